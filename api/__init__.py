@@ -1,0 +1,1 @@
+"""Chatify's HTTP transport: the FastAPI app factory, routers and error mapping."""

@@ -1,0 +1,30 @@
+"""``python -m api``: serve on HOST:PORT with the settings from the environment."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from api.app import create_app
+from services.settings import Settings
+
+
+def main() -> None:
+    """Configure logging and run uvicorn."""
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.llm_timeout_seconds) + 5,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The FastAPI app factory. The lifespan owns every resource: store, LLM client, scheduler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import ops, personalities, sessions
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from services.cache import ActiveSessions
+from services.gate import TurnGate
+from services.llm import build_llm
+from services.models import Clock, utc_now
+from services.scheduler import build_scheduler
+from services.sessions import SessionService
+from services.settings import Settings
+from services.store import build_store
+from services.templates import TemplateService
+from services.turns import TurnPipeline
+
+logger = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> FastAPI:
+    """Build the app; nothing connects until the lifespan starts."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.services = await _start_services(settings, clock, stack)
+            logger.info(
+                "chatify ready: store=%s llm=%s templates=%d",
+                settings.store,
+                settings.llm_provider,
+                app.state.services.templates.count,
+            )
+            yield
+
+    app = FastAPI(
+        title="Chatify",
+        version="1.0.0",
+        summary="Session-oriented chatbot service with personalities",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(sessions.router, prefix=API_PREFIX)
+    app.include_router(personalities.router, prefix=API_PREFIX)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials="*" not in settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-API-Key",
+                "X-Request-ID",
+                "Last-Event-ID",
+            ],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestLogMiddleware)
+    return app
+
+
+async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Services:
+    store = build_store(settings)
+    await store.open()
+    stack.push_async_callback(store.close)
+
+    templates = TemplateService(store, settings)
+    await templates.seed_if_empty()
+    await templates.refresh()
+
+    llm = build_llm(settings)
+    stack.push_async_callback(llm.close)
+
+    cache = ActiveSessions(
+        store,
+        maxsize=settings.session_cache_max,
+        idle_seconds=settings.session_idle_timeout_seconds,
+        clock=clock,
+    )
+    turns = TurnPipeline(
+        store=store,
+        sessions=cache,
+        gate=TurnGate(settings.session_queue_limit),
+        llm=llm,
+        clock=clock,
+    )
+    stack.push_async_callback(turns.drain)
+    session_service = SessionService(
+        store=store, templates=templates, sessions=cache, settings=settings, clock=clock
+    )
+    scheduler = build_scheduler(settings, sessions=session_service, templates=templates)
+    scheduler.start()
+    stack.callback(scheduler.shutdown, wait=False)
+    return Services(settings, store, templates, llm, session_service, turns)

@@ -1,0 +1,101 @@
+"""One mapping from errors to HTTP: domain errors, validation errors, and the rest."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.schemas import ErrorBody
+from services.errors import ChatifyError
+
+logger = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+_DOCS = {
+    404: "Not found: `session_not_found` or `template_not_found`",
+    409: "`session_ended`: the session is ended or expired",
+    413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES",
+    422: "`validation_error` (detail lists the errors) or `idempotency_conflict`",
+    429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited`; see Retry-After",
+    502: "`llm_error`: the model provider failed or sent an unusable reply",
+    503: "`store_unavailable` or `llm_unavailable`; see Retry-After",
+    504: "`llm_timeout`: no reply within LLM_TIMEOUT_SECONDS",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer."""
+    return {status: {"model": ErrorBody, "description": _DOCS[status]} for status in statuses}
+
+
+class PayloadTooLarge(ChatifyError):
+    code, status = "payload_too_large", 413
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    detail: Any = None,
+    retry_after: float | None = None,
+) -> JSONResponse:
+    """The API's error body."""
+    body = {
+        "success": False,
+        "error": {"code": code, "message": message},
+        "detail": message if detail is None else detail,
+    }
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _chatify_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ChatifyError)
+    if exc.status >= 500:
+        logger.warning("%s %s -> %s %s", request.method, request.url.path, exc.status, exc.code)
+    return error_response(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors(), exclude={"url"})
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    message = (
+        f"Invalid request: {where}: {first.get('msg', 'invalid')}" if where else "Invalid request"
+    )
+    return error_response(422, "validation_error", message, detail=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "Internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on the app."""
+    app.add_exception_handler(ChatifyError, _chatify_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

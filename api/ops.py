@@ -1,0 +1,63 @@
+"""Operational endpoints at the root: liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from api.deps import ServicesDep
+from services.errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["operations"])
+PING_TIMEOUT_SECONDS = 3.0
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    store: str
+    store_ok: bool
+    llm: str
+    templates: int
+    problems: list[str]
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    """Liveness: answers without touching any dependency."""
+    return Health()
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Store down or no templates loaded"}},
+)
+async def ready(services: ServicesDep) -> JSONResponse:
+    """Readiness: 200 when the store answers and templates are loaded, else 503."""
+    problems = []
+    try:
+        async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+            await services.store.ping()
+    except (StoreUnavailable, TimeoutError):
+        problems.append("store is not answering")
+    if services.templates.count == 0:
+        problems.append("no templates loaded")
+    body = Readiness(
+        status="unavailable" if problems else "ready",
+        store=services.store.name,
+        store_ok="store is not answering" not in problems,
+        llm=services.llm.provider,
+        templates=services.templates.count,
+        problems=problems,
+    )
+    return JSONResponse(body.model_dump(), status_code=503 if problems else 200)

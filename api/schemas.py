@@ -1,0 +1,173 @@
+"""Request and response bodies of the HTTP API (API.md), shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.models import SessionRecord, StoredMessage, TurnResult, Usage
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
+UserId = Field(
+    pattern=USER_ID_PATTERN,
+    min_length=1,
+    max_length=128,
+    description="1-128 characters of A-Z a-z 0-9 _ . : @ -",
+    examples=["user_12345"],
+)
+
+
+class CreateSessionRequest(BaseModel):
+    """Start a session with a personality."""
+
+    user_id: str = UserId
+    template_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="A personality id; the default personality when absent",
+        examples=["friendly-assistant"],
+    )
+
+
+class CreateSessionResponse(BaseModel):
+    success: Literal[True] = True
+    session_id: str
+    message: str = "Session created successfully"
+    template_id: str
+    welcome_message: str | None
+    created_at: str
+
+
+class SendMessageRequest(BaseModel):
+    """One user message. Leading and trailing white space is stripped."""
+
+    message: str = Field(
+        min_length=1,
+        description="1 to MAX_MESSAGE_CHARS (default 4000) characters after stripping",
+        examples=["Hi"],
+    )
+    client_message_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Idempotency key: resending it returns the stored reply without a new "
+        "LLM call; reusing it with a different message is 422 idempotency_conflict",
+        examples=["5f0c9a2e-msg-1"],
+    )
+
+
+class UsageBody(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, usage: Usage | None) -> UsageBody | None:
+        """From the domain record."""
+        return cls(**usage.as_dict()) if usage else None
+
+
+class MessageResponse(BaseModel):
+    success: Literal[True] = True
+    response: str
+    session_id: str
+    message_count: int = Field(description="Completed turns (a user message and its reply)")
+    replayed: bool = Field(description="True when returned from an earlier identical request")
+    usage: UsageBody | None
+
+    @classmethod
+    def of(cls, result: TurnResult) -> MessageResponse:
+        """From a turn's result."""
+        return cls(
+            response=result.reply,
+            session_id=result.session_id,
+            message_count=result.message_count,
+            replayed=result.replayed,
+            usage=UsageBody.of(result.usage),
+        )
+
+
+class MessageBody(BaseModel):
+    seq: int = Field(description="Position in the session, from 0")
+    role: Literal["user", "assistant"]
+    content: str
+    timestamp: str
+    client_message_id: str | None
+
+    @classmethod
+    def of(cls, message: StoredMessage) -> MessageBody:
+        """From a stored message."""
+        return cls(
+            seq=message.seq,
+            role=message.role,
+            content=message.content,
+            timestamp=message.timestamp,
+            client_message_id=message.client_message_id,
+        )
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    user_id: str
+    template_id: str
+    status: Literal["active", "ended", "expired"]
+    created_at: str
+    last_activity: str
+    ended_at: str | None
+    message_count: int
+    title: str | None
+
+    @classmethod
+    def fields_of(cls, record: SessionRecord) -> dict[str, Any]:
+        """The summary fields of a session record."""
+        return {name: getattr(record, name) for name in SessionSummary.model_fields}
+
+
+class SessionDetail(SessionSummary):
+    success: Literal[True] = True
+    conversation_history: list[MessageBody] = Field(description="The last 50 messages")
+
+
+class MessagesPage(BaseModel):
+    success: Literal[True] = True
+    messages: list[MessageBody] = Field(description="Oldest first")
+    next_before: int | None = Field(description="Pass as `before` for the previous page")
+
+
+class SessionStats(BaseModel):
+    duration_seconds: float
+    message_count: int
+    total_messages: int
+
+
+class EndSessionResponse(BaseModel):
+    success: Literal[True] = True
+    message: str = "Session ended successfully"
+    stats: SessionStats
+
+
+class UserSessions(BaseModel):
+    success: Literal[True] = True
+    sessions: list[SessionSummary]
+
+
+class Personalities(BaseModel):
+    success: Literal[True] = True
+    personalities: dict[str, str] = Field(description="Public personality ids and descriptions")
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(examples=["session_not_found"])
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    model_config = ConfigDict(json_schema_extra={"description": "Error response"})
+
+    success: Literal[False] = False
+    error: ErrorInfo
+    detail: str | list[Any] = Field(description="The message; for 422, the validation errors")

@@ -1,0 +1,153 @@
+"""Session routes: create, one turn, read, history, end, and a user's sessions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.exceptions import RequestValidationError
+
+from api.deps import SessionIdPath, SessionServiceDep, SettingsDep, TurnPipelineDep, ValidSessionDep
+from api.errors import documented
+from api.schemas import (
+    USER_ID_PATTERN,
+    CreateSessionRequest,
+    CreateSessionResponse,
+    EndSessionResponse,
+    MessageBody,
+    MessageResponse,
+    MessagesPage,
+    SendMessageRequest,
+    SessionDetail,
+    SessionStats,
+    SessionSummary,
+    UserSessions,
+)
+from services.models import parse_iso
+from services.settings import Settings
+
+router = APIRouter(prefix="/chatbot", tags=["sessions"])
+HISTORY_IN_DETAIL = 50
+
+
+def checked_message(body: SendMessageRequest, settings: Settings) -> str:
+    """The message stripped, within MAX_MESSAGE_CHARS, else a 422 like any validation error."""
+    text = body.message.strip()
+    limit = settings.max_message_chars
+    if not text:
+        error = {"type": "string_too_short", "msg": "Message is empty", "ctx": {"min_length": 1}}
+    elif len(text) > limit:
+        error = {
+            "type": "string_too_long",
+            "msg": f"Message has {len(text)} characters; at most {limit} are allowed",
+            "ctx": {"max_length": limit},
+        }
+    else:
+        return text
+    raise RequestValidationError([{**error, "loc": ("body", "message")}])
+
+
+@router.post(
+    "/session",
+    status_code=201,
+    response_model=CreateSessionResponse,
+    responses=documented(404, 413, 422, 503),
+)
+async def create_session(
+    body: CreateSessionRequest, sessions: SessionServiceDep
+) -> CreateSessionResponse:
+    """Start a session with a personality (the default one when template_id is absent)."""
+    created = await sessions.create_session(user_id=body.user_id, template_id=body.template_id)
+    return CreateSessionResponse(
+        session_id=created.record.session_id,
+        template_id=created.record.template_id,
+        welcome_message=created.welcome_message,
+        created_at=created.record.created_at,
+    )
+
+
+@router.post(
+    "/session/{session_id}/message",
+    response_model=MessageResponse,
+    responses=documented(404, 409, 413, 422, 429, 502, 503, 504),
+)
+async def send_message(
+    session_id: SessionIdPath,
+    body: SendMessageRequest,
+    turns: TurnPipelineDep,
+    settings: SettingsDep,
+) -> MessageResponse:
+    """One turn: the reply is stored with the message before it is returned."""
+    text = checked_message(body, settings)
+    result = await turns.run(session_id, text=text, client_message_id=body.client_message_id)
+    return MessageResponse.of(result)
+
+
+@router.get(
+    "/session/{session_id}",
+    response_model=SessionDetail,
+    responses=documented(404, 503),
+)
+async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> SessionDetail:
+    """A session's state and its last 50 messages."""
+    history = await sessions.messages(session.session_id, limit=HISTORY_IN_DETAIL)
+    return SessionDetail(
+        **SessionSummary.fields_of(session),
+        conversation_history=[MessageBody.of(m) for m in history],
+    )
+
+
+@router.get(
+    "/session/{session_id}/messages",
+    response_model=MessagesPage,
+    responses=documented(404, 422, 503),
+)
+async def list_messages(
+    session: ValidSessionDep,
+    sessions: SessionServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="Messages per page")] = 50,
+    before: Annotated[
+        int | None, Query(ge=0, description="Only messages with seq below this")
+    ] = None,
+) -> MessagesPage:
+    """A page of history, oldest first; follow `next_before` for older pages."""
+    page = await sessions.messages(session.session_id, limit=limit, before=before)
+    next_before = page[0].seq if page and page[0].seq > 0 else None
+    return MessagesPage(messages=[MessageBody.of(m) for m in page], next_before=next_before)
+
+
+@router.delete(
+    "/session/{session_id}",
+    response_model=EndSessionResponse,
+    responses=documented(404, 503),
+)
+async def end_session(session_id: SessionIdPath, sessions: SessionServiceDep) -> EndSessionResponse:
+    """End a session (idempotent). Its record and history stay stored."""
+    record = await sessions.end_session(session_id)
+    ended_at = parse_iso(record.ended_at or record.last_activity)
+    return EndSessionResponse(
+        stats=SessionStats(
+            duration_seconds=round((ended_at - parse_iso(record.created_at)).total_seconds(), 3),
+            message_count=record.message_count,
+            total_messages=record.message_count * 2,
+        )
+    )
+
+
+@router.get(
+    "/users/{user_id}/sessions",
+    response_model=UserSessions,
+    responses=documented(422, 503),
+)
+async def list_user_sessions(
+    user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)],
+    sessions: SessionServiceDep,
+    status: Annotated[
+        Literal["active", "ended", "expired"] | None,
+        Query(description="Only sessions in this state; all when absent"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> UserSessions:
+    """A user's sessions, newest first, without history."""
+    records = await sessions.list_user_sessions(user_id, status=status, limit=limit)
+    return UserSessions(sessions=[SessionSummary(**SessionSummary.fields_of(r)) for r in records])

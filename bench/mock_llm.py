@@ -1,0 +1,339 @@
+"""An OpenAI-compatible chat-completions server on loopback, for tests and benchmarks.
+
+It speaks real HTTP/1.1 (keep-alive, Content-Length requests, SSE responses), so the service's
+own OpenAI client talks to it exactly as to api.openai.com. Behaviour is scripted per request:
+tests push ``Reply`` objects that say what the next request gets (an error status, a hang, a
+dropped connection, a 429 with ``Retry-After``, chunked streaming); with nothing scripted it
+answers ``Echo: <last user message>`` after ``latency`` seconds.
+
+Run alone: ``python -m bench.mock_llm --port 9100 --latency-ms 200 --chunks 8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+@dataclass
+class Reply:
+    """What one request gets. Unset fields fall back to the server's defaults."""
+
+    content: str | None = None
+    status: int = 200
+    error_body: Any = None
+    retry_after: float | None = None
+    delay: float | None = None
+    hang: bool = False
+    drop: bool = False
+    chunks: int | None = None
+    chunk_delay: float = 0.0
+    fail_after_chunks: int | None = None
+    usage: bool = True
+    gate: threading.Event | None = None
+    arrived: threading.Event | None = None
+    raw_body: bytes | None = None
+
+
+@dataclass
+class RecordedRequest:
+    """A request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+@dataclass
+class MockLLMConfig:
+    """Defaults for requests that have no scripted ``Reply``."""
+
+    latency: float = 0.0
+    chunks: int = 4
+    reply_prefix: str = "Echo: "
+    record: bool = True
+
+
+class MockLLM:
+    """The server: ``start()`` runs it on its own thread and event loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: MockLLMConfig | None = None):
+        self.host = host
+        self.port = port
+        self.config = config or MockLLMConfig()
+        self.requests: list[RecordedRequest] = []
+        self._script: collections.deque[Reply] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL to give an OpenAI client (``.../v1``)."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies; each request takes the next one."""
+        self._script.extend(replies)
+
+    def reset(self) -> None:
+        """Forget scripted replies and recorded requests."""
+        self._script.clear()
+        self.requests.clear()
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """JSON bodies of the chat-completion requests received so far."""
+        return [r.body for r in self.requests if r.body is not None and "chat" in r.path]
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> MockLLM:
+        """Start serving on a background thread; returns once listening."""
+        self._thread = threading.Thread(target=self._run, name="mock-llm", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the thread."""
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> MockLLM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.run(self.serve())
+
+    async def serve(self) -> None:
+        """Serve until ``stop()``."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("mock LLM listening on %s", self.url)
+        self._ready.set()
+        async with self._server:
+            await self._stopped.wait()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        body = json.loads(raw) if raw else None
+        if self.config.record:
+            self.requests.append(RecordedRequest(method, path, headers, body))
+        if not path.rstrip("/").endswith("/chat/completions"):
+            await _send(writer, 404, {"error": {"message": "not found", "type": "invalid_request"}})
+            return True
+        reply = self._script.popleft() if self._script else Reply()
+        return await self._respond(writer, body or {}, reply)
+
+    async def _respond(
+        self, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply
+    ) -> bool:
+        if reply.arrived is not None:
+            reply.arrived.set()
+        if reply.gate is not None:
+            await asyncio.to_thread(reply.gate.wait, 30)
+        delay = self.config.latency if reply.delay is None else reply.delay
+        if delay:
+            await asyncio.sleep(delay)
+        if reply.hang:
+            await asyncio.sleep(3600)
+        if reply.drop:
+            return False
+        if reply.status != 200:
+            extra = {"retry-after": str(reply.retry_after)} if reply.retry_after is not None else {}
+            error = reply.error_body or {
+                "error": {"message": f"mock error {reply.status}", "type": "server_error"}
+            }
+            await _send(writer, reply.status, error, extra)
+            return True
+        if reply.raw_body is not None:
+            await _send_raw(writer, 200, reply.raw_body)
+            return True
+        content = reply.content if reply.content is not None else self._echo(body)
+        if body.get("stream"):
+            return await self._stream(writer, body, reply, content)
+        await _send(writer, 200, _completion(body, content, reply.usage))
+        return True
+
+    async def _stream(
+        self, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply, content: str
+    ) -> bool:
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            "transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+        )
+        writer.write(head.encode())
+        pieces = _split(content, reply.chunks or self.config.chunks)
+        for index, piece in enumerate(pieces):
+            if reply.fail_after_chunks is not None and index >= reply.fail_after_chunks:
+                return False
+            _write_chunk(writer, _sse(_chunk(body, {"content": piece}, None)))
+            await writer.drain()
+            if reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+        _write_chunk(writer, _sse(_chunk(body, {}, "stop")))
+        include_usage = (body.get("stream_options") or {}).get("include_usage")
+        if include_usage and reply.usage:
+            final = _chunk(body, None, None)
+            final["choices"] = []
+            final["usage"] = _usage(body, content)
+            _write_chunk(writer, _sse(final))
+        _write_chunk(writer, b"data: [DONE]\n\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    def _echo(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages") or [{}]
+        return f"{self.config.reply_prefix}{messages[-1].get('content', '')}"
+
+
+def _usage(body: dict[str, Any], content: str) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
+    completion = len(content) // 4 + 1
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _completion(body: dict[str, Any], content: str, usage: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "mock"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    if usage:
+        result["usage"] = _usage(body, content)
+    return result
+
+
+def _chunk(
+    body: dict[str, Any], delta: dict[str, Any] | None, finish: str | None
+) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", "mock"),
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+    }
+
+
+def _split(text: str, parts: int) -> list[str]:
+    size = max(1, -(-len(text) // max(1, parts)))
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+async def _send(
+    writer: asyncio.StreamWriter, status: int, payload: Any, extra: dict[str, str] | None = None
+) -> None:
+    await _send_raw(writer, status, json.dumps(payload).encode(), extra)
+
+
+async def _send_raw(
+    writer: asyncio.StreamWriter, status: int, data: bytes, extra: dict[str, str] | None = None
+) -> None:
+    headers = {
+        "content-type": "application/json",
+        "content-length": str(len(data)),
+        **(extra or {}),
+    }
+    head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    writer.write(head.encode() + data)
+    await writer.drain()
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--chunks", type=int, default=4)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = MockLLMConfig(latency=args.latency_ms / 1000, chunks=args.chunks, record=False)
+    server = MockLLM(args.host, args.port, config)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve())
+
+
+if __name__ == "__main__":
+    main()

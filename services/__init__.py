@@ -1,0 +1,1 @@
+"""Chatify's domain: sessions, turns, templates, storage and the LLM client."""

@@ -1,0 +1,61 @@
+"""Domain errors. Each carries the API error code and HTTP status it maps to."""
+
+from __future__ import annotations
+
+
+class ChatifyError(Exception):
+    """Base of every error the API reports to clients."""
+
+    code = "internal_error"
+    status = 500
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class SessionNotFound(ChatifyError):
+    code, status = "session_not_found", 404
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"Session {session_id} not found")
+
+
+class SessionEnded(ChatifyError):
+    code, status = "session_ended", 409
+
+    def __init__(self, session_id: str, status: str = "ended") -> None:
+        super().__init__(f"Session {session_id} is {status}; start a new session")
+
+
+class TemplateNotFound(ChatifyError):
+    code, status = "template_not_found", 404
+
+
+class IdempotencyConflict(ChatifyError):
+    code, status = "idempotency_conflict", 422
+
+
+class SessionBusy(ChatifyError):
+    code, status = "session_busy", 429
+    retry_after = 1.0
+
+
+class LLMError(ChatifyError):
+    code, status = "llm_error", 502
+
+
+class LLMTimeout(ChatifyError):
+    code, status = "llm_timeout", 504
+
+
+class LLMUnavailable(ChatifyError):
+    code, status = "llm_unavailable", 503
+
+
+class StoreUnavailable(ChatifyError):
+    code, status = "store_unavailable", 503
+    retry_after = 2.0

@@ -1,0 +1,179 @@
+"""The LLM client: any OpenAI-compatible chat-completions server, or an offline responder.
+
+``OpenAIChat`` keeps the SDK's retries, timeouts and error types but posts a plain JSON body
+through the SDK's low-level ``post``: building the typed request costs about three times the
+CPU (measured in ``bench/``), and a turn has little else to spend time on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx2
+import openai
+
+from services.errors import LLMError, LLMTimeout, LLMUnavailable
+from services.models import Sampling, Usage
+from services.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ChatMessage = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished reply."""
+
+    content: str
+    usage: Usage
+    model: str
+
+
+class LLMClient(Protocol):
+    """What the turn pipeline needs from a model."""
+
+    provider: str
+
+    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
+        """One chat completion; raises ``LLMError``/``LLMTimeout``/``LLMUnavailable``."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def build_llm(settings: Settings) -> LLMClient:
+    """The client the settings select."""
+    if settings.llm_provider == "offline":
+        logger.warning(
+            "no OPENAI_API_KEY or OPENAI_BASE_URL set: replies come from the offline responder"
+        )
+        return OfflineResponder()
+    return OpenAIChat(settings)
+
+
+class OpenAIChat:
+    """Chat completions over the OpenAI HTTP API (or a compatible server)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.provider: str = settings.llm_provider
+        self._deadline = settings.llm_timeout_seconds
+        self._client = openai.AsyncOpenAI(
+            # Local compatible servers (Ollama, vLLM, llama.cpp) need no key, the SDK does.
+            api_key=settings.openai_api_key or "not-needed",
+            base_url=settings.openai_base_url,
+            timeout=settings.llm_timeout_seconds,
+            max_retries=settings.llm_max_retries,
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._client.close()
+
+    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
+        """Ask for one reply within ``LLM_TIMEOUT_SECONDS``, retries included."""
+        body = request_body(messages, sampling)
+        try:
+            async with asyncio.timeout(self._deadline):
+                response = await self._client.post(
+                    "/chat/completions", body=body, cast_to=httpx2.Response
+                )
+            data = json.loads(response.content)
+        except (TimeoutError, openai.APITimeoutError) as exc:
+            raise LLMTimeout(
+                f"The language model did not answer within {self._deadline:g} s"
+            ) from exc
+        except openai.APIError as exc:
+            raise map_api_error(exc) from exc
+        except ValueError as exc:
+            raise LLMError("The language model sent a reply that is not JSON") from exc
+        return parse_completion(data, messages, sampling.model)
+
+
+def request_body(messages: list[ChatMessage], sampling: Sampling) -> dict[str, Any]:
+    """The chat-completions request for one turn."""
+    return {
+        "model": sampling.model,
+        "messages": messages,
+        "temperature": sampling.temperature,
+        "max_tokens": sampling.max_tokens,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+    }
+
+
+def map_api_error(exc: openai.APIError) -> LLMError | LLMUnavailable:
+    """An SDK error as the API's error; never carries the provider's body."""
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = _retry_after(exc.response)
+        return LLMUnavailable(
+            "The language model provider is rate limiting this service; try again shortly",
+            retry_after=retry_after or 5.0,
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMUnavailable("The language model could not be reached; try again shortly")
+    if isinstance(exc, openai.APIStatusError):
+        logger.warning("LLM upstream answered HTTP %s", exc.status_code)
+        return LLMError(f"The language model provider answered HTTP {exc.status_code}")
+    return LLMError("The language model sent a reply the service could not read")
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+def parse_completion(data: Any, messages: list[ChatMessage], model: str) -> Completion:
+    """Read a chat-completions response; an unusable one is ``LLMError``."""
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise LLMError("The language model sent a reply without a message") from exc
+    if not isinstance(content, str) or not content.strip():
+        raise LLMError("The language model sent an empty reply")
+    usage = _usage(data.get("usage")) or estimate_usage(messages, content)
+    return Completion(content, usage, str(data.get("model") or model))
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        prompt, completion = int(raw["prompt_tokens"]), int(raw["completion_tokens"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+
+
+def estimate_usage(messages: list[ChatMessage], reply: str) -> Usage:
+    """About four characters a token, for servers that report no usage."""
+    prompt = sum(len(m["content"]) for m in messages) // 4 + 4 * len(messages)
+    completion = max(1, len(reply) // 4)
+    return Usage(prompt, completion, prompt + completion)
+
+
+class OfflineResponder:
+    """A clearly labelled stand-in that needs no model, so a fresh install works."""
+
+    provider = "offline"
+
+    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
+        """A deterministic reply that says how to configure a real model."""
+        said = messages[-1]["content"]
+        if len(said) > 200:
+            said = said[:200] + "…"
+        content = (
+            "[offline] Chatify is running without a language model, so this is not a real "
+            "reply. Set OPENAI_API_KEY (or OPENAI_BASE_URL for an OpenAI-compatible server "
+            f'such as Ollama) and restart. You said: "{said}"'
+        )
+        return Completion(content, estimate_usage(messages, content), "offline")
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,155 @@
+"""Records the service keeps: sessions, messages, turns, and time helpers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Clock = Callable[[], datetime]
+SessionStatus = Literal["active", "ended", "expired"]
+Role = Literal["user", "assistant"]
+
+
+def utc_now() -> datetime:
+    """The wall clock, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def isoformat(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z`` (sorts as a string)."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def is_session_id(value: str) -> bool:
+    """Session ids are canonical UUIDs; anything else cannot exist and never reaches the store."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def parse_iso(text: str) -> datetime:
+    """Inverse of ``isoformat``."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """What the LLM is asked with, snapshotted per session."""
+
+    model: str
+    temperature: float
+    max_tokens: int
+    presence_penalty: float
+    frequency_penalty: float
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one completion."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    def as_dict(self) -> dict[str, int]:
+        """The API's JSON shape."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
+        """Read a stored usage object, if there is one."""
+        if not data:
+            return None
+        return cls(
+            int(data.get("prompt_tokens", 0)),
+            int(data.get("completion_tokens", 0)),
+            int(data.get("total_tokens", 0)),
+        )
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """A session's metadata as stored (its history lives beside it)."""
+
+    session_id: str
+    user_id: str
+    template_id: str
+    status: SessionStatus
+    created_at: str
+    last_activity: str
+    ended_at: str | None
+    message_count: int
+    system_prompt: str
+    sampling: Sampling
+    context_messages: int
+    title: str | None = None
+    summary: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message of a session's history."""
+
+    seq: int
+    role: Role
+    content: str
+    timestamp: str
+    client_message_id: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """A completed turn, ready to store: the user's message and the reply."""
+
+    user_text: str
+    reply: str
+    client_message_id: str | None
+    user_at: str
+    reply_at: str
+    usage: Usage | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTurn:
+    """A turn as stored. ``created`` is False when it was already there (idempotent replay)."""
+
+    user: StoredMessage
+    assistant: StoredMessage
+    created: bool = True
+
+    @property
+    def message_count(self) -> int:
+        """Completed turns up to and including this one."""
+        return self.assistant.seq // 2 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """What a turn returns to its transport."""
+
+    session_id: str
+    reply: str
+    message_count: int
+    replayed: bool
+    usage: Usage | None
+    model: str
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SeedReport:
+    """What seeding did."""
+
+    created: list[str] = field(default_factory=list)
+    overwritten: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)

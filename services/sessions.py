@@ -1,0 +1,124 @@
+"""Session lifecycle: create, read, end, list, and the idle/expiry housekeeping."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from services.cache import ActiveSessions
+from services.errors import SessionNotFound
+from services.models import (
+    Clock,
+    SessionRecord,
+    SessionStatus,
+    StoredMessage,
+    is_session_id,
+    isoformat,
+)
+from services.settings import Settings
+from services.store.base import Store
+from services.templates import TemplateService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """A created session and its template's greeting."""
+
+    record: SessionRecord
+    welcome_message: str | None
+
+
+class SessionService:
+    """Everything about sessions except running turns (see ``TurnPipeline``)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        templates: TemplateService,
+        sessions: ActiveSessions,
+        settings: Settings,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._templates = templates
+        self._sessions = sessions
+        self._settings = settings
+        self._clock = clock
+
+    async def create_session(self, *, user_id: str, template_id: str | None) -> NewSession:
+        """Snapshot the template's prompt and sampling into a new stored session."""
+        snapshot = self._templates.resolve(template_id)
+        now = isoformat(self._clock())
+        record = SessionRecord(
+            session_id=str(uuid.uuid4()),
+            user_id=user_id,
+            template_id=snapshot.template_id,
+            status="active",
+            created_at=now,
+            last_activity=now,
+            ended_at=None,
+            message_count=0,
+            system_prompt=snapshot.system_prompt,
+            sampling=snapshot.sampling,
+            context_messages=snapshot.context_messages,
+        )
+        await self._store.create_session(record)
+        self._sessions.put(record)
+        logger.info("session %s created with template %s", record.session_id, record.template_id)
+        return NewSession(record, snapshot.welcome_message)
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        """The stored session; ``SessionNotFound`` when there is none."""
+        record = await self._store.get_session(session_id) if is_session_id(session_id) else None
+        if record is None:
+            raise SessionNotFound(session_id)
+        return record
+
+    async def messages(
+        self, session_id: str, *, limit: int, before: int | None = None
+    ) -> list[StoredMessage]:
+        """A page of history, oldest first, ending just before ``before``."""
+        return await self._store.load_messages(session_id, limit=limit, before=before)
+
+    async def end_session(self, session_id: str) -> SessionRecord:
+        """Mark ended and drop from memory; ending twice changes nothing."""
+        record = None
+        if is_session_id(session_id):
+            record = await self._store.end_session(session_id, at=isoformat(self._clock()))
+        if record is None:
+            raise SessionNotFound(session_id)
+        self._sessions.forget(session_id)
+        return record
+
+    async def list_user_sessions(
+        self, user_id: str, *, status: SessionStatus | None, limit: int
+    ) -> list[SessionRecord]:
+        """A user's sessions, newest first."""
+        return await self._store.list_user_sessions(user_id, status=status, limit=limit)
+
+    def evict_idle_sessions(self) -> list[str]:
+        """Free memory of sessions idle past SESSION_IDLE_TIMEOUT_SECONDS (they stay active)."""
+        evicted = self._sessions.evict_idle()
+        if evicted:
+            logger.info("evicted %d idle sessions from memory", len(evicted))
+        return evicted
+
+    async def expire_idle_sessions(self) -> list[str]:
+        """Mark sessions idle past SESSION_EXPIRE_AFTER_SECONDS as expired in the store."""
+        if not self._settings.session_expire_after_seconds:
+            return []
+        now = self._clock()
+        idle_before = now - timedelta(seconds=self._settings.session_expire_after_seconds)
+        expired = await self._store.expire_idle_sessions(
+            idle_before=isoformat(idle_before), at=isoformat(now)
+        )
+        for session_id in expired:
+            self._sessions.forget(session_id)
+        if expired:
+            logger.info("expired %d idle sessions", len(expired))
+        return expired

@@ -1,0 +1,77 @@
+"""The storage contract every backend implements (SQLite, Firebase Realtime Database).
+
+All methods are async; a backend whose client blocks runs it on its own bounded thread pool.
+Failures to reach the store raise ``StoreUnavailable``; ``None`` means "not found".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from services.models import (
+    NewTurn,
+    SeedReport,
+    SessionRecord,
+    SessionStatus,
+    StoredMessage,
+    StoredTurn,
+)
+
+
+class Store(Protocol):
+    """Durable sessions, messages, templates and universal rules."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Connect and prepare (schema, pools). Raises on bad configuration."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    async def ping(self) -> None:
+        """Cheap round trip; raises ``StoreUnavailable`` when the store does not answer."""
+
+    async def create_session(self, session: SessionRecord) -> None:
+        """Store a new session (no messages yet)."""
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """A session's metadata, without history."""
+
+    async def load_messages(
+        self, session_id: str, *, limit: int, before: int | None = None
+    ) -> list[StoredMessage]:
+        """The last ``limit`` messages with ``seq < before`` (all when None), oldest first."""
+
+    async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
+        """The completed turn whose user message carries this ``client_message_id``."""
+
+    async def append_turn(self, session_id: str, turn: NewTurn) -> StoredTurn:
+        """Store both messages of a turn, ``message_count`` and ``last_activity`` atomically.
+
+        Allocates the next two ``seq`` values. If the session is no longer active raises
+        ``SessionEnded``; if a turn with the same ``client_message_id`` is already stored,
+        stores nothing and returns that turn with ``created=False``.
+        """
+
+    async def end_session(self, session_id: str, *, at: str) -> SessionRecord | None:
+        """Mark the session ended (kept as is when already ended)."""
+
+    async def list_user_sessions(
+        self, user_id: str, *, status: SessionStatus | None, limit: int
+    ) -> list[SessionRecord]:
+        """A user's sessions, newest first."""
+
+    async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
+        """Mark active sessions idle since before ``idle_before`` as expired; their ids."""
+
+    async def load_templates(self) -> dict[str, Any]:
+        """Raw template documents by id (validated by the template service)."""
+
+    async def load_universal_rules(self) -> dict[str, Any] | None:
+        """The raw universal rules document."""
+
+    async def seed(
+        self, templates: dict[str, Any], rules: dict[str, Any] | None, *, overwrite: bool
+    ) -> SeedReport:
+        """Write templates and rules that are missing (all of them with ``overwrite``)."""

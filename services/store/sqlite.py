@@ -1,0 +1,395 @@
+"""The embedded store: one SQLite file in WAL mode, driven from a bounded thread pool.
+
+Each pool thread owns one connection. Writes run in ``BEGIN IMMEDIATE`` transactions, so a
+turn (both messages, ``message_count``, ``last_activity``) is stored whole or not at all, also
+when several processes share the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
+from services.models import (
+    NewTurn,
+    Sampling,
+    SeedReport,
+    SessionRecord,
+    SessionStatus,
+    StoredMessage,
+    StoredTurn,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    template_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_activity TEXT NOT NULL,
+    ended_at TEXT,
+    message_count INTEGER NOT NULL DEFAULT 0,
+    system_prompt TEXT NOT NULL,
+    model TEXT NOT NULL,
+    temperature REAL NOT NULL,
+    max_tokens INTEGER NOT NULL,
+    presence_penalty REAL NOT NULL,
+    frequency_penalty REAL NOT NULL,
+    context_messages INTEGER NOT NULL,
+    title TEXT,
+    summary TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at);
+CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (status, last_activity);
+CREATE TABLE IF NOT EXISTS messages (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    client_message_id TEXT,
+    usage TEXT,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
+    ON messages (session_id, client_message_id)
+    WHERE client_message_id IS NOT NULL AND role = 'user';
+CREATE TABLE IF NOT EXISTS templates (template_id TEXT PRIMARY KEY, document TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, document TEXT NOT NULL);
+"""
+
+_SESSION_COLUMNS = (
+    "session_id, user_id, template_id, status, created_at, last_activity, ended_at, "
+    "message_count, system_prompt, model, temperature, max_tokens, presence_penalty, "
+    "frequency_penalty, context_messages, title, summary"
+)
+_MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage"
+
+
+class SQLiteStore:
+    """``Store`` on a SQLite file."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        threads: int = 4,
+        synchronous: str = "FULL",
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self._path = str(path)
+        self._busy_timeout = busy_timeout
+        self._threads = threads
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the file's folder and schema."""
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sqlite-store")
+        await self._run(lambda conn: conn.executescript(_SCHEMA))
+
+    async def close(self) -> None:
+        """Stop the pool and close every connection."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            raise StoreUnavailable("The session store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: work(self._connection()))
+        except sqlite3.Error as exc:
+            logger.error("sqlite store error: %s: %s", type(exc).__name__, exc)
+            raise StoreUnavailable("The session store is unavailable; try again shortly") from exc
+
+    @staticmethod
+    @contextmanager
+    def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """A trivial query through the pool."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def create_session(self, session: SessionRecord) -> None:
+        """Insert the session row."""
+        s, p = session, session.sampling
+        row = (
+            s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
+            s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature, p.max_tokens,
+            p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
+        )  # fmt: skip
+        sql = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                conn.execute(sql, row)
+
+        await self._run(insert)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session row, or None."""
+        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
+        row = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchone())
+        return _session(row) if row else None
+
+    async def load_messages(
+        self, session_id: str, *, limit: int, before: int | None = None
+    ) -> list[StoredMessage]:
+        """Newest ``limit`` messages below ``before``, returned oldest first."""
+        if limit <= 0:
+            return []
+        sql = (
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq < ? "
+            "ORDER BY seq DESC LIMIT ?"
+        )
+        upper = before if before is not None else 2**62
+        rows = await self._run(
+            lambda conn: conn.execute(sql, (session_id, upper, limit)).fetchall()
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
+        """The stored turn started by this client message id."""
+        return await self._run(lambda conn: _find_turn(conn, session_id, client_message_id))
+
+    async def append_turn(self, session_id: str, turn: NewTurn) -> StoredTurn:
+        """Both messages and the counters in one transaction."""
+
+        def append(conn: sqlite3.Connection) -> StoredTurn:
+            with self._write(conn):
+                if turn.client_message_id is not None:
+                    existing = _find_turn(conn, session_id, turn.client_message_id)
+                    if existing is not None:
+                        return existing
+                row = conn.execute(
+                    "SELECT status, message_count FROM sessions WHERE session_id = ?", (session_id,)
+                ).fetchone()
+                if row is None:
+                    raise SessionNotFound(session_id)
+                if row["status"] != "active":
+                    raise SessionEnded(session_id, row["status"])
+                user = StoredMessage(
+                    row["message_count"] * 2, "user", turn.user_text, turn.user_at,
+                    turn.client_message_id,
+                )  # fmt: skip
+                reply = StoredMessage(
+                    user.seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage
+                )
+                conn.executemany(
+                    f"INSERT INTO messages (session_id, {_MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                    [_message_row(session_id, user), _message_row(session_id, reply)],
+                )
+                conn.execute(
+                    "UPDATE sessions SET message_count = message_count + 1, last_activity = ? "
+                    "WHERE session_id = ?",
+                    (turn.reply_at, session_id),
+                )
+                return StoredTurn(user, reply)
+
+        return await self._run(append)
+
+    async def end_session(self, session_id: str, *, at: str) -> SessionRecord | None:
+        """Set status ended once; later calls leave it as it is."""
+
+        def end(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            with self._write(conn):
+                conn.execute(
+                    "UPDATE sessions SET status = 'ended', ended_at = ? "
+                    "WHERE session_id = ? AND status != 'ended'",
+                    (at, session_id),
+                )
+                sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
+                row: sqlite3.Row | None = conn.execute(sql, (session_id,)).fetchone()
+                return row
+
+        row = await self._run(end)
+        return _session(row) if row else None
+
+    async def list_user_sessions(
+        self, user_id: str, *, status: SessionStatus | None, limit: int
+    ) -> list[SessionRecord]:
+        """Newest first, optionally only one status."""
+        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ?"
+        params: tuple[Any, ...] = (user_id,)
+        if status is not None:
+            sql += " AND status = ?"
+            params += (status,)
+        sql += " ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        rows = await self._run(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
+        return [_session(row) for row in rows]
+
+    async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
+        """Active sessions idle since before ``idle_before`` become expired."""
+
+        def expire(conn: sqlite3.Connection) -> list[str]:
+            with self._write(conn):
+                rows = conn.execute(
+                    "UPDATE sessions SET status = 'expired', ended_at = ? "
+                    "WHERE status = 'active' AND last_activity < ? RETURNING session_id",
+                    (at, idle_before),
+                ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(expire)
+
+    # -- templates ---------------------------------------------------------------------------
+
+    async def load_templates(self) -> dict[str, Any]:
+        """Every template document by id."""
+        rows = await self._run(
+            lambda conn: conn.execute("SELECT template_id, document FROM templates").fetchall()
+        )
+        return {row[0]: _json_or_none(row[1], f"template {row[0]}") for row in rows}
+
+    async def load_universal_rules(self) -> dict[str, Any] | None:
+        """The universal rules document, if stored."""
+        row = await self._run(
+            lambda conn: conn.execute(
+                "SELECT document FROM settings WHERE key = 'universalRules'"
+            ).fetchone()
+        )
+        return _json_or_none(row[0], "universal rules") if row else None
+
+    async def seed(
+        self, templates: dict[str, Any], rules: dict[str, Any] | None, *, overwrite: bool
+    ) -> SeedReport:
+        """Insert missing documents; replace existing ones only with ``overwrite``."""
+
+        def seed(conn: sqlite3.Connection) -> SeedReport:
+            report = SeedReport()
+            docs = [("templates", "template_id", key, doc) for key, doc in templates.items()]
+            if rules is not None:
+                docs.append(("settings", "key", "universalRules", rules))
+            with self._write(conn):
+                for table, column, key, doc in docs:
+                    label = key if table == "templates" else "settings/universalRules"
+                    exists = conn.execute(
+                        f"SELECT 1 FROM {table} WHERE {column} = ?", (key,)
+                    ).fetchone()
+                    if exists and not overwrite:
+                        report.kept.append(label)
+                        continue
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {table} ({column}, document) VALUES (?, ?)",
+                        (key, json.dumps(doc)),
+                    )
+                    (report.overwritten if exists else report.created).append(label)
+            return report
+
+        return await self._run(seed)
+
+
+def _json_or_none(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        logger.error("stored %s is not valid JSON; ignoring it", what)
+        return None
+
+
+def _find_turn(
+    conn: sqlite3.Connection, session_id: str, client_message_id: str
+) -> StoredTurn | None:
+    rows = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq IN ("
+        "SELECT seq FROM messages WHERE session_id = ? AND client_message_id = ? AND role = 'user'"
+        " UNION SELECT seq + 1 FROM messages"
+        " WHERE session_id = ? AND client_message_id = ? AND role = 'user') ORDER BY seq",
+        (session_id, session_id, client_message_id, session_id, client_message_id),
+    ).fetchall()
+    if len(rows) != 2:
+        return None
+    return StoredTurn(_message(rows[0]), _message(rows[1]), created=False)
+
+
+def _session(row: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(
+        session_id=row["session_id"],
+        user_id=row["user_id"],
+        template_id=row["template_id"],
+        status=row["status"],
+        created_at=row["created_at"],
+        last_activity=row["last_activity"],
+        ended_at=row["ended_at"],
+        message_count=row["message_count"],
+        system_prompt=row["system_prompt"],
+        sampling=Sampling(
+            model=row["model"],
+            temperature=row["temperature"],
+            max_tokens=row["max_tokens"],
+            presence_penalty=row["presence_penalty"],
+            frequency_penalty=row["frequency_penalty"],
+        ),
+        context_messages=row["context_messages"],
+        title=row["title"],
+        summary=row["summary"],
+    )
+
+
+def _message(row: sqlite3.Row) -> StoredMessage:
+    usage = Usage.from_dict(json.loads(row["usage"])) if row["usage"] else None
+    return StoredMessage(
+        row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"], usage
+    )
+
+
+def _message_row(session_id: str, message: StoredMessage) -> tuple[Any, ...]:
+    usage = json.dumps(message.usage.as_dict()) if message.usage else None
+    return (
+        session_id, message.seq, message.role, message.content, message.timestamp,
+        message.client_message_id, usage,
+    )  # fmt: skip

@@ -1,0 +1,219 @@
+"""Every error code this service answers, in the one error format."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.mock_llm import MockLLM, Reply
+from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
+
+API = "/api/v1/chatbot"
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is the API's error body with this status and code."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["success"] is False
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if status != 422 or code != "validation_error":
+        assert body["detail"] == body["error"]["message"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/session/{id}"),
+        ("GET", "/session/{id}/messages"),
+        ("DELETE", "/session/{id}"),
+        ("POST", "/session/{id}/message"),
+    ],
+)
+@pytest.mark.parametrize("session_id", [str(uuid.uuid4()), "not-a-uuid", "a.b$c"])
+async def test_unknown_session_is_404(
+    chat: RunningApp, method: str, path: str, session_id: str
+) -> None:
+    body = {"message": "hi"} if method == "POST" else None
+    url = API + path.format(id=session_id)
+    response = await chat.client.request(method, url, json=body)
+    assert_error(response, 404, "session_not_found")
+
+
+async def test_unknown_template_is_404(chat: RunningApp) -> None:
+    response = await chat.client.post(
+        f"{API}/session", json={"user_id": "u1", "template_id": "nope"}
+    )
+    assert_error(response, 404, "template_not_found")
+
+
+async def test_ended_session_is_409(chat: RunningApp) -> None:
+    session_id = await chat.create_session()
+    await chat.client.delete(f"{API}/session/{session_id}")
+    assert_error(await chat.send(session_id, "hello?"), 409, "session_ended")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"user_id": ""},
+        {"user_id": "has space"},
+        {"user_id": "x" * 129},
+        {"user_id": "u1", "template_id": ""},
+        {"user_id": 5},
+    ],
+)
+async def test_invalid_create_body_is_422(chat: RunningApp, body: dict[str, Any]) -> None:
+    error = assert_error(
+        await chat.client.post(f"{API}/session", json=body), 422, "validation_error"
+    )
+    assert isinstance(error["detail"], list) and error["detail"][0]["loc"][0] == "body"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"message": ""},
+        {"message": "   \n\t "},
+        {"message": "x" * 101},
+        {"message": "hi", "client_message_id": ""},
+        {"message": "hi", "client_message_id": "x" * 65},
+        {"message": ["hi"]},
+    ],
+)
+async def test_invalid_message_body_is_422(
+    make_settings: SettingsFactory, clock: FakeClock, body: dict[str, Any], llm: MockLLM
+) -> None:
+    async with running_app(make_settings(max_message_chars=100), clock) as chat:
+        session_id = await chat.create_session()
+        response = await chat.client.post(f"{API}/session/{session_id}/message", json=body)
+        assert_error(response, 422, "validation_error")
+        assert (await chat.send(session_id, "x" * 100)).status_code == 200
+    assert len(llm.chat_requests()) == 1
+
+
+async def test_not_json_is_422(chat: RunningApp) -> None:
+    response = await chat.client.post(
+        f"{API}/session", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_error(response, 422, "validation_error")
+
+
+async def test_bad_query_parameters_are_422(chat: RunningApp) -> None:
+    session_id = await chat.create_session()
+    for query in ["limit=0", "limit=201", "before=-1", "limit=abc"]:
+        response = await chat.client.get(f"{API}/session/{session_id}/messages?{query}")
+        assert_error(response, 422, "validation_error")
+    response = await chat.client.get(f"{API}/users/u1/sessions?status=sleeping")
+    assert_error(response, 422, "validation_error")
+    assert_error(await chat.client.get(f"{API}/users/bad user/sessions"), 422, "validation_error")
+
+
+async def test_body_over_the_limit_is_413_before_parsing(
+    make_settings: SettingsFactory, clock: FakeClock
+) -> None:
+    async with running_app(make_settings(max_request_bytes=2048), clock) as chat:
+        session_id = await chat.create_session()
+        big = {"message": "x" * 3000}
+        assert_error(await chat.send(session_id, big["message"]), 413, "payload_too_large")
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"message": "'
+            for _ in range(10):
+                yield b"x" * 500
+            yield b'"}'
+
+        response = await chat.client.post(
+            f"{API}/session/{session_id}/message",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+        assert_error(response, 413, "payload_too_large")
+
+
+async def test_unknown_route_and_wrong_method(chat: RunningApp) -> None:
+    assert_error(await chat.client.get("/api/v1/nothing"), 404, "not_found")
+    assert_error(await chat.client.put(f"{API}/session"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "code"),
+    [
+        (Reply(status=500), 502, "llm_error"),
+        (Reply(status=401), 502, "llm_error"),
+        (Reply(status=400), 502, "llm_error"),
+        (Reply(raw_body=b"<html>oops</html>"), 502, "llm_error"),
+        (Reply(raw_body=b'{"choices": []}'), 502, "llm_error"),
+        (Reply(content=""), 502, "llm_error"),
+        (Reply(status=429, retry_after=7), 503, "llm_unavailable"),
+        (Reply(drop=True), 503, "llm_unavailable"),
+        (Reply(hang=True), 504, "llm_timeout"),
+    ],
+)
+async def test_llm_failures_map_to_api_codes_and_store_nothing(
+    make_settings: SettingsFactory,
+    clock: FakeClock,
+    llm: MockLLM,
+    reply: Reply,
+    status: int,
+    code: str,
+) -> None:
+    secret = "sk-live-SECRET123 upstream.internal.example"
+    if reply.status != 200:
+        reply.error_body = {"error": {"message": f"bad key {secret}", "type": "x"}}
+    llm.script(reply)
+    async with running_app(make_settings(llm_timeout_seconds=0.5), clock) as chat:
+        session_id = await chat.create_session()
+        response = await chat.send(session_id, "hi", client_message_id="c1")
+
+        assert_error(response, status, code)
+        assert "SECRET" not in response.text and "internal" not in response.text
+        if code == "llm_unavailable" and reply.retry_after:
+            assert response.headers["retry-after"] == "7"
+        detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
+        assert detail["message_count"] == 0 and detail["conversation_history"] == []
+        assert (await chat.send(session_id, "hi", client_message_id="c1")).status_code == 200
+
+
+async def test_unreachable_llm_is_503(make_settings: SettingsFactory, clock: FakeClock) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    settings = make_settings(openai_base_url=f"http://127.0.0.1:{closed_port}/v1")
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session()
+        assert_error(await chat.send(session_id, "hi"), 503, "llm_unavailable")
+
+
+async def test_locked_store_is_503_and_recovers(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    settings = make_settings(store_timeout_seconds=0.2)
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session()
+        blocker = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")
+            response = await chat.send(session_id, "hi", client_message_id="c1")
+            body = assert_error(response, 503, "store_unavailable")
+            assert str(settings.sqlite_path) not in body["error"]["message"]
+            assert response.headers["retry-after"] == "2"
+            created = await chat.client.post(f"{API}/session", json={"user_id": "u1"})
+            assert_error(created, 503, "store_unavailable")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        retried = await chat.send(session_id, "hi", client_message_id="c1")
+        assert retried.status_code == 200 and retried.json()["message_count"] == 1
+        detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
+        assert [m["content"] for m in detail["conversation_history"]] == ["hi", "Echo: hi"]

@@ -1,0 +1,142 @@
+"""Reads: history pages, a user's sessions, personalities, health and readiness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.mock_llm import MockLLM
+from services.settings import REPO_ROOT
+from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
+
+API = "/api/v1/chatbot"
+
+
+async def test_history_pages_walk_back_oldest_first(chat: RunningApp, llm: MockLLM) -> None:
+    session_id = await chat.create_session()
+    for n in range(5):
+        await chat.send(session_id, f"m{n}", client_message_id=f"id{n}")
+
+    first = (await chat.client.get(f"{API}/session/{session_id}/messages?limit=4")).json()
+    assert [m["seq"] for m in first["messages"]] == [6, 7, 8, 9]
+    assert first["messages"][0] == {
+        "seq": 6,
+        "role": "user",
+        "content": "m3",
+        "timestamp": "2026-01-01T12:00:00.000Z",
+        "client_message_id": "id3",
+    }
+    assert first["next_before"] == 6
+    second = (await chat.client.get(f"{API}/session/{session_id}/messages?limit=4&before=6")).json()
+    assert [m["seq"] for m in second["messages"]] == [2, 3, 4, 5]
+    last = (await chat.client.get(f"{API}/session/{session_id}/messages?limit=4&before=2")).json()
+    assert [m["seq"] for m in last["messages"]] == [0, 1]
+    assert last["next_before"] is None
+    everything = (await chat.client.get(f"{API}/session/{session_id}/messages")).json()
+    assert len(everything["messages"]) == 10 and everything["next_before"] is None
+
+
+async def test_session_detail_holds_the_last_50_messages(chat: RunningApp) -> None:
+    session_id = await chat.create_session("plain")
+    for n in range(26):
+        await chat.send(session_id, f"m{n}")
+    detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
+    history = detail["conversation_history"]
+    assert len(history) == 50 and history[0]["seq"] == 2 and history[-1]["seq"] == 51
+    assert detail["message_count"] == 26
+
+
+async def test_user_sessions_newest_first_with_status_filter(
+    chat: RunningApp, clock: FakeClock
+) -> None:
+    ids = []
+    for _ in range(3):
+        ids.append(await chat.create_session(user_id="alice"))
+        clock.advance(1)
+    await chat.create_session(user_id="bob")
+    await chat.client.delete(f"{API}/session/{ids[0]}")
+
+    listed = (await chat.client.get(f"{API}/users/alice/sessions")).json()
+    assert [s["session_id"] for s in listed["sessions"]] == ids[::-1]
+    assert set(listed["sessions"][0]) == {
+        "session_id",
+        "user_id",
+        "template_id",
+        "status",
+        "created_at",
+        "last_activity",
+        "ended_at",
+        "message_count",
+        "title",
+    }
+    active = (await chat.client.get(f"{API}/users/alice/sessions?status=active")).json()
+    assert [s["session_id"] for s in active["sessions"]] == [ids[2], ids[1]]
+    ended = (await chat.client.get(f"{API}/users/alice/sessions?status=ended")).json()
+    assert [s["status"] for s in ended["sessions"]] == ["ended"]
+    one = (await chat.client.get(f"{API}/users/alice/sessions?limit=1")).json()
+    assert len(one["sessions"]) == 1
+    nobody = (await chat.client.get(f"{API}/users/nobody/sessions")).json()
+    assert nobody == {"success": True, "sessions": []}
+
+
+async def test_personalities_lists_public_templates_only(chat: RunningApp) -> None:
+    response = await chat.client.get(f"{API}/personalities")
+    assert response.json() == {
+        "success": True,
+        "personalities": {"pirate": "Talks like a pirate", "plain": "Uses every default"},
+    }
+
+
+async def test_hidden_templates_can_still_start_sessions(chat: RunningApp) -> None:
+    response = await chat.client.post(
+        f"{API}/session", json={"user_id": "u1", "template_id": "hidden"}
+    )
+    assert response.status_code == 201 and response.json()["welcome_message"] is None
+
+
+async def test_health_and_ready(chat: RunningApp) -> None:
+    assert (await chat.client.get("/health")).json() == {"status": "ok"}
+    ready = await chat.client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "store": "sqlite",
+        "store_ok": True,
+        "llm": "openai-compatible",
+        "templates": 3,
+        "problems": [],
+    }
+
+
+async def test_not_ready_without_templates(
+    make_settings: SettingsFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty-seed"
+    (empty / "templates").mkdir(parents=True)
+    async with running_app(make_settings(templates_seed_dir=empty), clock) as chat:
+        ready = await chat.client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["problems"] == ["no templates loaded"]
+        created = await chat.client.post(f"{API}/session", json={"user_id": "u1"})
+        assert created.status_code == 404
+        assert created.json()["error"]["code"] == "template_not_found"
+
+
+async def test_default_seed_has_a_default_and_public_personalities(
+    make_settings: SettingsFactory, clock: FakeClock
+) -> None:
+    settings = make_settings(templates_seed_dir=REPO_ROOT / "templates_seed")
+    async with running_app(settings, clock) as chat:
+        personalities = (await chat.client.get(f"{API}/personalities")).json()["personalities"]
+        assert len(personalities) >= 5 and all(personalities.values())
+        created = (await chat.client.post(f"{API}/session", json={"user_id": "u1"})).json()
+        assert created["template_id"] == "friendly-assistant"
+        assert created["welcome_message"]
+
+
+async def test_openapi_documents_errors_and_limits(chat: RunningApp) -> None:
+    schema = (await chat.client.get("/openapi.json")).json()
+    turn = schema["paths"]["/api/v1/chatbot/session/{session_id}/message"]["post"]
+    assert {"404", "409", "413", "422", "429", "502", "503", "504"} <= set(turn["responses"])
+    request = schema["components"]["schemas"]["SendMessageRequest"]["properties"]
+    assert request["client_message_id"]["anyOf"][0]["maxLength"] == 64
+    assert "MAX_MESSAGE_CHARS" in request["message"]["description"]

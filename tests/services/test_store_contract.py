@@ -1,0 +1,196 @@
+"""The storage contract, written once and run against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.errors import SessionEnded, SessionNotFound
+from services.models import NewTurn, Sampling, SessionRecord, Usage
+from services.store.base import Store
+from services.store.sqlite import SQLiteStore
+
+T0 = "2026-01-01T12:00:00.000Z"
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open, empty store of each backend."""
+    backend: Store = SQLiteStore(tmp_path / "contract.db", threads=4)
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def make_session(user_id: str = "u1", created_at: str = T0) -> SessionRecord:
+    """A fresh active session record."""
+    return SessionRecord(
+        session_id=str(uuid.uuid4()),
+        user_id=user_id,
+        template_id="pirate",
+        status="active",
+        created_at=created_at,
+        last_activity=created_at,
+        ended_at=None,
+        message_count=0,
+        system_prompt="rules\n\nYou are a pirate.",
+        sampling=Sampling("gpt-test", 0.3, 77, 0.1, 0.2),
+        context_messages=4,
+    )
+
+
+def make_turn(n: int, client_message_id: str | None = None) -> NewTurn:
+    """Turn number ``n`` with recognisable text."""
+    return NewTurn(
+        user_text=f"question {n}",
+        reply=f"answer {n}",
+        client_message_id=client_message_id,
+        user_at=f"2026-01-01T12:{n:02d}:00.000Z",
+        reply_at=f"2026-01-01T12:{n:02d}:01.000Z",
+        usage=Usage(10, n, 10 + n),
+    )
+
+
+async def test_session_round_trip(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    assert await store.get_session(session.session_id) == session
+    assert await store.get_session(str(uuid.uuid4())) is None
+
+
+async def test_turns_get_consecutive_seqs_and_update_counters(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    for n in range(3):
+        stored = await store.append_turn(session.session_id, make_turn(n, f"c{n}"))
+        assert (stored.user.seq, stored.assistant.seq, stored.created) == (2 * n, 2 * n + 1, True)
+        assert stored.message_count == n + 1
+
+    record = await store.get_session(session.session_id)
+    assert record is not None
+    assert record.message_count == 3 and record.last_activity == "2026-01-01T12:02:01.000Z"
+    messages = await store.load_messages(session.session_id, limit=100)
+    assert [(m.seq, m.role, m.content) for m in messages] == [
+        (0, "user", "question 0"),
+        (1, "assistant", "answer 0"),
+        (2, "user", "question 1"),
+        (3, "assistant", "answer 1"),
+        (4, "user", "question 2"),
+        (5, "assistant", "answer 2"),
+    ]
+    assert messages[0].client_message_id == "c0" and messages[0].usage is None
+    assert messages[1].usage == Usage(10, 0, 10) and messages[1].client_message_id is None
+
+
+async def test_load_messages_returns_the_newest_below_before_oldest_first(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    for n in range(5):
+        await store.append_turn(session.session_id, make_turn(n))
+    sid = session.session_id
+    assert [m.seq for m in await store.load_messages(sid, limit=3)] == [7, 8, 9]
+    assert [m.seq for m in await store.load_messages(sid, limit=3, before=7)] == [4, 5, 6]
+    assert [m.seq for m in await store.load_messages(sid, limit=3, before=2)] == [0, 1]
+    assert await store.load_messages(sid, limit=0) == []
+    assert await store.load_messages(str(uuid.uuid4()), limit=5) == []
+
+
+async def test_a_client_message_id_is_stored_once(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    first = await store.append_turn(session.session_id, make_turn(0, "same"))
+    again = await store.append_turn(session.session_id, make_turn(1, "same"))
+    assert again.created is False
+    assert (again.user, again.assistant) == (first.user, first.assistant)
+    found = await store.find_turn(session.session_id, "same")
+    assert found is not None and found.assistant.content == "answer 0"
+    assert await store.find_turn(session.session_id, "other") is None
+    record = await store.get_session(session.session_id)
+    assert record is not None and record.message_count == 1
+
+
+async def test_concurrent_appends_lose_and_duplicate_nothing(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    await asyncio.gather(
+        *(store.append_turn(session.session_id, make_turn(n, f"c{n}")) for n in range(20))
+    )
+    messages = await store.load_messages(session.session_id, limit=100)
+    assert [m.seq for m in messages] == list(range(40))
+    assert [m.role for m in messages] == ["user", "assistant"] * 20
+    for user, reply in zip(messages[::2], messages[1::2], strict=True):
+        assert reply.content == user.content.replace("question", "answer")
+    record = await store.get_session(session.session_id)
+    assert record is not None and record.message_count == 20
+
+
+async def test_no_turn_is_appended_to_an_ended_or_unknown_session(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    await store.end_session(session.session_id, at="2026-01-01T13:00:00.000Z")
+    with pytest.raises(SessionEnded):
+        await store.append_turn(session.session_id, make_turn(0))
+    with pytest.raises(SessionNotFound):
+        await store.append_turn(str(uuid.uuid4()), make_turn(0))
+    assert await store.load_messages(session.session_id, limit=10) == []
+
+
+async def test_ending_is_idempotent(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    first = await store.end_session(session.session_id, at="2026-01-01T13:00:00.000Z")
+    second = await store.end_session(session.session_id, at="2026-01-01T14:00:00.000Z")
+    assert first is not None and second is not None
+    assert first.status == second.status == "ended"
+    assert first.ended_at == second.ended_at == "2026-01-01T13:00:00.000Z"
+    assert await store.end_session(str(uuid.uuid4()), at=T0) is None
+
+
+async def test_user_sessions_newest_first(store: Store) -> None:
+    sessions = [make_session("alice", f"2026-01-0{n}T00:00:00.000Z") for n in range(1, 4)]
+    for session in sessions:
+        await store.create_session(session)
+    await store.create_session(make_session("bob"))
+    await store.end_session(sessions[0].session_id, at=T0)
+
+    listed = await store.list_user_sessions("alice", status=None, limit=10)
+    assert [s.session_id for s in listed] == [s.session_id for s in sessions[::-1]]
+    active = await store.list_user_sessions("alice", status="active", limit=10)
+    assert [s.session_id for s in active] == [sessions[2].session_id, sessions[1].session_id]
+    assert len(await store.list_user_sessions("alice", status=None, limit=2)) == 2
+
+
+async def test_idle_sessions_expire(store: Store) -> None:
+    old, new = make_session(created_at="2026-01-01T00:00:00.000Z"), make_session()
+    await store.create_session(old)
+    await store.create_session(new)
+    expired = await store.expire_idle_sessions(
+        idle_before="2026-01-01T06:00:00.000Z", at="2026-01-01T12:30:00.000Z"
+    )
+    assert expired == [old.session_id]
+    record = await store.get_session(old.session_id)
+    assert record is not None and record.status == "expired"
+    assert (await store.expire_idle_sessions(idle_before=T0, at=T0)) == []
+
+
+async def test_seeding_keeps_edits_unless_overwriting(store: Store) -> None:
+    first = await store.seed({"a": {"personalityPrompt": "A"}}, {"rules": "R"}, overwrite=False)
+    assert first.created == ["a", "settings/universalRules"]
+    await store.seed({"a": {"personalityPrompt": "edited"}}, None, overwrite=True)
+    kept = await store.seed(
+        {"a": {"personalityPrompt": "A"}, "b": {"personalityPrompt": "B"}}, None, overwrite=False
+    )
+    assert (kept.created, kept.kept) == (["b"], ["a"])
+    templates = await store.load_templates()
+    assert templates["a"] == {"personalityPrompt": "edited"}
+    assert await store.load_universal_rules() == {"rules": "R"}
+
+
+async def test_ping_answers(store: Store) -> None:
+    await store.ping()

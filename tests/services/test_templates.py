@@ -1,0 +1,93 @@
+"""Template validation, defaults and the composed system prompt."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.errors import TemplateNotFound
+from services.settings import Settings
+from services.store.sqlite import SQLiteStore
+from services.templates import TemplateService
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    backend = SQLiteStore(tmp_path / "templates.db")
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+async def test_malformed_template_is_skipped_and_the_last_good_version_kept(
+    store: SQLiteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.seed(
+        {"good": {"personalityPrompt": "Good."}, "bad": {"personalityPrompt": "Fine at first."}},
+        None,
+        overwrite=False,
+    )
+    service = TemplateService(store, settings())
+    await service.refresh()
+    assert service.count == 2
+
+    await store.seed(
+        {
+            "bad": {"personalityPrompt": 5, "temperature": "hot"},
+            "broken": {"title": "no prompt"},
+        },
+        None,
+        overwrite=True,
+    )
+    await service.refresh()
+
+    assert service.resolve("bad").system_prompt == "Fine at first."
+    with pytest.raises(TemplateNotFound):
+        service.resolve("broken")
+    assert "template 'broken' is malformed" in caplog.text
+    assert "'bad' is malformed" in caplog.text and "keeping the last good version" in caplog.text
+
+
+async def test_default_template_and_setting_override(store: SQLiteStore) -> None:
+    await store.seed(
+        {
+            "a": {"personalityPrompt": "A."},
+            "b": {"personalityPrompt": "B.", "isDefault": True},
+        },
+        None,
+        overwrite=False,
+    )
+    service = TemplateService(store, settings())
+    await service.refresh()
+    assert service.resolve(None).template_id == "b"
+    chosen = TemplateService(store, settings(default_template_id="a"))
+    await chosen.refresh()
+    assert chosen.resolve(None).template_id == "a"
+
+
+async def test_disabled_rules_are_left_out(store: SQLiteStore) -> None:
+    await store.seed(
+        {"a": {"personalityPrompt": "  A.  "}}, {"rules": "R.", "enabled": False}, overwrite=False
+    )
+    service = TemplateService(store, settings())
+    await service.refresh()
+    assert service.resolve("a").system_prompt == "A."
+
+
+def test_bad_configuration_fails_at_start() -> None:
+    with pytest.raises(ValueError, match="store"):
+        settings(store="mongodb")
+    with pytest.raises(ValueError, match="context_messages"):
+        settings(context_messages=-1)
+    with pytest.raises(ValueError, match="CORS_ORIGINS"):
+        settings(cors_origins="*,https://a.example")
+    assert settings(cors_origins="https://a.example, https://b.example").cors_origins == [
+        "https://a.example",
+        "https://b.example",
+    ]
