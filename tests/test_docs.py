@@ -1,0 +1,21 @@
+"""Every setting is documented where users look for it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from services.settings import REPO_ROOT, Settings
+
+
+@pytest.mark.parametrize("name", sorted(n.upper() for n in Settings.model_fields))
+def test_setting_is_documented(name: str) -> None:
+    example = (REPO_ROOT / ".env.example").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert re.search(rf"^{name}=", example, re.M), f"{name} missing from .env.example"
+    assert f"| `{name}` |" in readme, f"{name} missing from the README's configuration table"
+
+
+def test_procfile_starts_the_service_with_python_m_api() -> None:
+    assert (REPO_ROOT / "Procfile").read_text().strip() == "web: python -m api"
