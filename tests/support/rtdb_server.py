@@ -276,7 +276,9 @@ class QuerySpec:
         if self.limit_first is not None:
             selected = selected[: self.limit_first]
         if self.limit_last is not None:
-            selected = selected[len(selected) - self.limit_last :] if self.limit_last else []
+            selected = (
+                selected[max(0, len(selected) - self.limit_last) :] if self.limit_last else []
+            )
         return dict(selected) or None
 
 

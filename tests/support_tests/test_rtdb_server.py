@@ -261,6 +261,8 @@ def test_etags_of_null_are_stable_and_delete_honours_if_match(server: RTDBServer
 def test_order_by_key_limits_and_ranges(server: RTDBServer, root: db.Reference) -> None:
     root.child("m").set({k: k.upper() for k in ("a", "b", "c", "d", "e")})
     assert list(root.child("m").order_by_key().limit_to_last(2).get()) == ["d", "e"]
+    # A limit larger than what the range holds returns all of it.
+    assert list(root.child("m").order_by_key().end_at("b").limit_to_last(5).get()) == ["a", "b"]
     assert list(root.child("m").order_by_key().limit_to_first(2).get()) == ["a", "b"]
     assert list(root.child("m").order_by_key().start_at("b").end_at("d").get()) == ["b", "c", "d"]
     assert dict(root.child("m").order_by_key().equal_to("c").get()) == {"c": "C"}
