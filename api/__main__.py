@@ -16,6 +16,8 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # APScheduler logs every job run at INFO; our jobs log what they did themselves.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     uvicorn.run(
         create_app(settings),
         host=settings.host,

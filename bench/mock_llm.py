@@ -181,10 +181,14 @@ class MockLLM:
             await _send(writer, 404, {"error": {"message": "not found", "type": "invalid_request"}})
             return True
         reply = self._script.popleft() if self._script else Reply()
-        return await self._respond(writer, body or {}, reply)
+        return await self._respond(reader, writer, body or {}, reply)
 
     async def _respond(
-        self, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        body: dict[str, Any],
+        reply: Reply,
     ) -> bool:
         if reply.arrived is not None:
             reply.arrived.set()
@@ -193,8 +197,9 @@ class MockLLM:
         delay = self.config.latency if reply.delay is None else reply.delay
         if delay:
             await asyncio.sleep(delay)
-        if reply.hang:
-            await asyncio.sleep(3600)
+        if reply.hang:  # until the client gives up and closes the connection
+            await reader.read()
+            return False
         if reply.drop:
             return False
         if reply.status != 200:

@@ -89,7 +89,7 @@ class TurnPipeline:
             usage=completion.usage,
         )
         try:
-            stored = await self._store.append_turn(record.session_id, turn)
+            stored = await self._store.append_turn(record, turn)
         except SessionEnded:
             self._sessions.forget(record.session_id)
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from api.app import create_app
 from api.deps import Services
 from bench.mock_llm import MockLLM
 from services.settings import Settings
+from tests.support.rtdb_server import RTDBServer
+
+# Google's emulator, when the Firebase suite runs against it (`-m firebase_emulator`, README).
+GOOGLE_EMULATOR = os.environ.get("FIREBASE_DATABASE_EMULATOR_HOST")
 
 # The tests configure everything themselves; nothing leaks in from the machine's environment.
 for _name in Settings.model_fields:
@@ -101,13 +106,57 @@ def seed_dir(tmp_path: Path) -> Path:
 SettingsFactory = Callable[..., Settings]
 
 
+@pytest.fixture(scope="session")
+def rtdb_server() -> Iterator[RTDBServer]:
+    """Our Realtime Database test server (fault injection, request log)."""
+    with RTDBServer() as server:
+        yield server
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, llm: MockLLM, seed_dir: Path) -> SettingsFactory:
-    """Settings on a temporary SQLite file and the mock LLM; keyword overrides win."""
+def rtdb(rtdb_server: RTDBServer) -> Iterator[RTDBServer]:
+    """The test server with no faults and an empty request log."""
+    rtdb_server.faults.clear()
+    rtdb_server.clear_requests()
+    yield rtdb_server
+    rtdb_server.faults.clear()
+
+
+def firebase_url(server: RTDBServer, *, google_emulator: bool) -> str:
+    """A database of its own (a fresh namespace), on Google's emulator when asked and set."""
+    namespace = f"chatify-{uuid.uuid4().hex[:12]}"
+    if google_emulator and GOOGLE_EMULATOR:
+        return f"http://{GOOGLE_EMULATOR}?ns={namespace}"
+    return server.database_url(namespace)
+
+
+# "firebase" runs on Google's emulator when FIREBASE_DATABASE_EMULATOR_HOST is set (else on our
+# test server); "firebase-test-server" always runs on ours, for tests that inject faults.
+@pytest.fixture(params=["sqlite", pytest.param("firebase", marks=pytest.mark.firebase_emulator)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each store backend in turn."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, llm: MockLLM, seed_dir: Path, backend: str, rtdb: RTDBServer
+) -> SettingsFactory:
+    """Settings on an empty store of the backend under test and the mock LLM; keyword
+    overrides win. Each call on the Firebase backend gets the same fresh database."""
+    store: dict[str, Any] = (
+        {
+            "store": "firebase",
+            "firebase_database_url": firebase_url(rtdb, google_emulator=backend == "firebase"),
+        }
+        if backend.startswith("firebase")
+        else {"store": "sqlite", "sqlite_path": tmp_path / "chatify.db"}
+    )
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "sqlite_path": tmp_path / "chatify.db",
+            **store,
             "templates_seed_dir": seed_dir,
             "openai_base_url": llm.url,
             "openai_api_key": "sk-test",

@@ -17,4 +17,6 @@ def build_store(settings: Settings) -> Store:
             synchronous=settings.sqlite_synchronous,
             busy_timeout=settings.store_timeout_seconds,
         )
-    raise ValueError(f"STORE={settings.store!r} is not available in this build")
+    from services.store.firebase import FirebaseStore
+
+    return FirebaseStore(settings)

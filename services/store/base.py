@@ -46,7 +46,7 @@ class Store(Protocol):
     async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
         """The completed turn whose user message carries this ``client_message_id``."""
 
-    async def append_turn(self, session_id: str, turn: NewTurn) -> StoredTurn:
+    async def append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
         """Store both messages of a turn, ``message_count`` and ``last_activity`` atomically.
 
         Allocates the next two ``seq`` values. If the session is no longer active raises

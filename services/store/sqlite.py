@@ -206,8 +206,9 @@ class SQLiteStore:
         """The stored turn started by this client message id."""
         return await self._run(lambda conn: _find_turn(conn, session_id, client_message_id))
 
-    async def append_turn(self, session_id: str, turn: NewTurn) -> StoredTurn:
+    async def append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
         """Both messages and the counters in one transaction."""
+        session_id = session.session_id
 
         def append(conn: sqlite3.Connection) -> StoredTurn:
             with self._write(conn):

@@ -195,6 +195,7 @@ async def test_unreachable_llm_is_503(make_settings: SettingsFactory, clock: Fak
         assert_error(await chat.send(session_id, "hi"), 503, "llm_unavailable")
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 async def test_locked_store_is_503_and_recovers(
     make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
 ) -> None:

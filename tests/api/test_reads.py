@@ -93,13 +93,13 @@ async def test_hidden_templates_can_still_start_sessions(chat: RunningApp) -> No
     assert response.status_code == 201 and response.json()["welcome_message"] is None
 
 
-async def test_health_and_ready(chat: RunningApp) -> None:
+async def test_health_and_ready(chat: RunningApp, backend: str) -> None:
     assert (await chat.client.get("/health")).json() == {"status": "ok"}
     ready = await chat.client.get("/ready")
     assert ready.status_code == 200
     assert ready.json() == {
         "status": "ready",
-        "store": "sqlite",
+        "store": backend,
         "store_ok": True,
         "llm": "openai-compatible",
         "templates": 3,

@@ -5,22 +5,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from services.errors import SessionEnded, SessionNotFound
 from services.models import NewTurn, Sampling, SessionRecord, Usage
+from services.store import build_store
 from services.store.base import Store
-from services.store.sqlite import SQLiteStore
+from tests.conftest import SettingsFactory
 
 T0 = "2026-01-01T12:00:00.000Z"
 
 
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+@pytest.fixture
+async def store(make_settings: SettingsFactory) -> AsyncIterator[Store]:
     """An open, empty store of each backend."""
-    backend: Store = SQLiteStore(tmp_path / "contract.db", threads=4)
+    backend = build_store(make_settings())
     await backend.open()
     try:
         yield backend
@@ -68,7 +68,7 @@ async def test_turns_get_consecutive_seqs_and_update_counters(store: Store) -> N
     session = make_session()
     await store.create_session(session)
     for n in range(3):
-        stored = await store.append_turn(session.session_id, make_turn(n, f"c{n}"))
+        stored = await store.append_turn(session, make_turn(n, f"c{n}"))
         assert (stored.user.seq, stored.assistant.seq, stored.created) == (2 * n, 2 * n + 1, True)
         assert stored.message_count == n + 1
 
@@ -92,7 +92,7 @@ async def test_load_messages_returns_the_newest_below_before_oldest_first(store:
     session = make_session()
     await store.create_session(session)
     for n in range(5):
-        await store.append_turn(session.session_id, make_turn(n))
+        await store.append_turn(session, make_turn(n))
     sid = session.session_id
     assert [m.seq for m in await store.load_messages(sid, limit=3)] == [7, 8, 9]
     assert [m.seq for m in await store.load_messages(sid, limit=3, before=7)] == [4, 5, 6]
@@ -104,8 +104,8 @@ async def test_load_messages_returns_the_newest_below_before_oldest_first(store:
 async def test_a_client_message_id_is_stored_once(store: Store) -> None:
     session = make_session()
     await store.create_session(session)
-    first = await store.append_turn(session.session_id, make_turn(0, "same"))
-    again = await store.append_turn(session.session_id, make_turn(1, "same"))
+    first = await store.append_turn(session, make_turn(0, "same"))
+    again = await store.append_turn(session, make_turn(1, "same"))
     assert again.created is False
     assert (again.user, again.assistant) == (first.user, first.assistant)
     found = await store.find_turn(session.session_id, "same")
@@ -118,9 +118,7 @@ async def test_a_client_message_id_is_stored_once(store: Store) -> None:
 async def test_concurrent_appends_lose_and_duplicate_nothing(store: Store) -> None:
     session = make_session()
     await store.create_session(session)
-    await asyncio.gather(
-        *(store.append_turn(session.session_id, make_turn(n, f"c{n}")) for n in range(20))
-    )
+    await asyncio.gather(*(store.append_turn(session, make_turn(n, f"c{n}")) for n in range(20)))
     messages = await store.load_messages(session.session_id, limit=100)
     assert [m.seq for m in messages] == list(range(40))
     assert [m.role for m in messages] == ["user", "assistant"] * 20
@@ -135,9 +133,9 @@ async def test_no_turn_is_appended_to_an_ended_or_unknown_session(store: Store) 
     await store.create_session(session)
     await store.end_session(session.session_id, at="2026-01-01T13:00:00.000Z")
     with pytest.raises(SessionEnded):
-        await store.append_turn(session.session_id, make_turn(0))
+        await store.append_turn(session, make_turn(0))
     with pytest.raises(SessionNotFound):
-        await store.append_turn(str(uuid.uuid4()), make_turn(0))
+        await store.append_turn(make_session(), make_turn(0))
     assert await store.load_messages(session.session_id, limit=10) == []
 
 

@@ -1,0 +1,219 @@
+"""The Firebase backend over its real protocol: what it writes and reads, two instances on one
+database, and store faults. Runs against our RTDB test server (it needs its fault injection
+and request log)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bench.mock_llm import MockLLM
+from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
+from tests.support.rtdb_server import RecordedRequest, RTDBServer
+
+pytestmark = pytest.mark.parametrize("backend", ["firebase-test-server"])
+API = "/api/v1/chatbot"
+
+
+def namespace_of(chat: RunningApp) -> str:
+    """The test database's namespace."""
+    url = chat.services.settings.firebase_database_url or ""
+    return url.split("ns=")[1]
+
+
+def writes(server: RTDBServer, ns: str) -> list[RecordedRequest]:
+    """Requests that changed data, in order."""
+    return [r for r in server.requests if r.namespace == ns and r.method in ("PATCH", "PUT")]
+
+
+@pytest.fixture
+async def chat(make_settings: SettingsFactory, clock: FakeClock) -> AsyncIterator[RunningApp]:
+    """An app on the Firebase backend with a short store timeout."""
+    async with running_app(make_settings(store_timeout_seconds=2), clock) as running:
+        yield running
+
+
+async def test_a_turn_is_one_update_whose_size_does_not_grow(
+    chat: RunningApp, rtdb: RTDBServer
+) -> None:
+    ns = namespace_of(chat)
+    session_id = await chat.create_session("pirate")
+    sizes = []
+    for n in range(1, 201):
+        rtdb.clear_requests()
+        reply = await chat.send(session_id, f"turn {n:03d}", client_message_id=f"id-{n:03d}")
+        assert reply.status_code == 200
+        patches = [r for r in writes(rtdb, ns) if r.method == "PATCH"]
+        assert len(patches) == 1, "a turn must be exactly one multi-path update"
+        sizes.append(patches[0].body_size)
+
+    assert sizes[199] - sizes[0] <= 8  # only the digits of seq grow
+    stored = rtdb.get_data(ns, f"/userSessions/{session_id}")
+    assert stored["message_count"] == 200
+    assert len(stored["conversation_history"]) == 400
+
+
+async def test_loading_a_session_reads_metadata_and_context_only(
+    make_settings: SettingsFactory, clock: FakeClock, rtdb: RTDBServer, llm: MockLLM
+) -> None:
+    settings = make_settings()
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("pirate")  # 4 messages of context
+        for n in range(30):
+            await chat.send(session_id, f"message number {n} " + "x" * 200)
+    rtdb.clear_requests()
+    async with running_app(settings, clock) as chat:
+        assert (await chat.send(session_id, "and now?")).status_code == 200
+
+    session_reads = [
+        r for r in rtdb.requests if r.method == "GET" and r.path.startswith("/userSessions/")
+    ]
+    assert session_reads, "the session was not loaded from the store"
+    for read in session_reads:
+        assert "orderBy" in read.params or read.path.endswith(("next_seq",)), read
+        assert read.response_size < 4000, read
+    history = [r for r in session_reads if r.path.endswith("/conversation_history")]
+    assert [r.params.get("limitToLast") for r in history] == ["4"]
+    assert [m["content"] for m in llm.chat_requests()[-1]["messages"][1:3]] == [
+        "message number 28 " + "x" * 200,
+        "Echo: message number 28 " + "x" * 200,
+    ]
+
+
+async def test_two_instances_on_one_database_lose_and_duplicate_nothing(
+    make_settings: SettingsFactory, clock: FakeClock, rtdb: RTDBServer
+) -> None:
+    settings = make_settings(session_queue_limit=100)
+    async with running_app(settings, clock) as one, running_app(settings, clock) as two:
+        session_id = await one.create_session("plain", user_id="two-devices")
+        await two.send(session_id, "warm up the second cache")
+        sends = [(one if n % 2 else two).send(session_id, f"device message {n}") for n in range(40)]
+        replies = await asyncio.gather(*sends)
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+
+        ns = namespace_of(one)
+        stored = rtdb.get_data(ns, f"/userSessions/{session_id}")
+        history = [
+            stored["conversation_history"][k] for k in sorted(stored["conversation_history"])
+        ]
+        assert [m["seq"] for m in history] == list(range(82))
+        assert [m["role"] for m in history] == ["user", "assistant"] * 41
+        for user, reply in zip(history[::2], history[1::2], strict=True):
+            assert reply["content"] == f"Echo: {user['content']}"
+        sent = {f"device message {n}" for n in range(40)} | {"warm up the second cache"}
+        assert sorted(m["content"] for m in history[::2]) == sorted(sent)
+        assert stored["message_count"] == 41
+        index = rtdb.get_data(ns, f"/userSessionIndex/two-devices/{session_id}")
+        assert index["message_count"] == 41
+        assert sorted(r.json()["message_count"] for r in replies) == list(range(2, 42))
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 503},
+        {"status": 500},
+        {"drop": True},
+        {"delay": 5.0},
+    ],
+    ids=["503", "500", "dropped", "slow"],
+)
+async def test_a_store_that_is_down_answers_503_writes_nothing_and_recovers(
+    chat: RunningApp, rtdb: RTDBServer, fault: dict[str, Any]
+) -> None:
+    ns = namespace_of(chat)
+    session_id = await chat.create_session()
+    await chat.send(session_id, "before the outage")
+    chat.services.sessions._sessions.forget(session_id)  # the next turn must load from the store
+    before = rtdb.get_data(ns, "/")
+
+    rtdb.faults.add(times=None, namespace=ns, **fault)
+    failed = await chat.send(session_id, "during the outage", client_message_id="c1")
+    assert failed.status_code == 503 and failed.json()["error"]["code"] == "store_unavailable"
+    assert failed.headers["retry-after"] == "2"
+    assert (await chat.client.get("/health")).status_code == 200
+    assert (await chat.client.get("/ready")).status_code == 503
+    rtdb.faults.clear()
+
+    assert rtdb.get_data(ns, "/") == before, "something was half-written"
+    assert (await chat.client.get("/ready")).status_code == 200
+    retried = await chat.send(session_id, "during the outage", client_message_id="c1")
+    assert retried.status_code == 200 and retried.json()["message_count"] == 2
+    history = rtdb.get_data(ns, f"/userSessions/{session_id}/conversation_history")
+    assert [history[k]["seq"] for k in sorted(history)] == [0, 1, 2, 3]
+
+
+async def test_a_failed_turn_write_gives_its_seq_back(chat: RunningApp, rtdb: RTDBServer) -> None:
+    ns = namespace_of(chat)
+    session_id = await chat.create_session()
+    rtdb.faults.add(status=503, times=1, methods={"PATCH"}, namespace=ns)
+    assert (await chat.send(session_id, "lost")).status_code == 503
+    ok = await chat.send(session_id, "kept")
+    assert ok.json()["message_count"] == 1
+    history = rtdb.get_data(ns, f"/userSessions/{session_id}/conversation_history")
+    assert [(history[k]["seq"], history[k]["content"]) for k in sorted(history)] == [
+        (0, "kept"),
+        (1, "Echo: kept"),
+    ]
+
+
+async def test_a_lost_answer_to_a_turn_write_is_not_a_lost_turn(
+    chat: RunningApp, rtdb: RTDBServer
+) -> None:
+    ns = namespace_of(chat)
+    session_id = await chat.create_session()
+    rtdb.faults.add(times=1, methods={"PATCH"}, namespace=ns, drop=True)
+    reply = await chat.send(session_id, "hi", client_message_id="c1")
+    stored = rtdb.get_data(ns, f"/userSessions/{session_id}")
+    if reply.status_code == 200:  # the server applied the write before dropping the answer
+        assert stored["message_count"] == 1
+    else:
+        assert reply.status_code == 503 and "conversation_history" not in stored
+    again = await chat.send(session_id, "hi", client_message_id="c1")
+    assert again.status_code == 200 and again.json()["message_count"] == 1
+
+
+async def test_a_slow_store_does_not_block_health(chat: RunningApp, rtdb: RTDBServer) -> None:
+    ns = namespace_of(chat)
+    session_id = await chat.create_session()
+    chat.services.sessions._sessions.forget(session_id)
+    rtdb.faults.add(times=None, namespace=ns, delay=1.5)
+    turn = asyncio.create_task(chat.send(session_id, "slow"))
+    for _ in range(400):
+        if any(r.namespace == ns for r in rtdb.requests if r.method == "GET"):
+            break
+        await asyncio.sleep(0.005)
+    health = await chat.client.get("/health")
+    assert health.status_code == 200 and not turn.done(), "health waited for the store"
+    rtdb.faults.clear()
+    await turn
+
+
+async def test_template_edits_in_the_database_apply_without_restart(
+    chat: RunningApp, rtdb: RTDBServer
+) -> None:
+    ns = namespace_of(chat)
+    templates = chat.services.templates
+    rtdb.clear_requests()
+    await templates.refresh()
+    unchanged = [r for r in rtdb.requests if r.path in ("/templates", "/settings/universalRules")]
+    assert [r.status for r in unchanged] == [304, 304], "an unchanged refresh transferred data"
+
+    rtdb.set_data(ns, "/templates/pirate/personalityPrompt", "You are a retired pirate.")
+    rtdb.set_data(ns, "/templates/plain/temperature", "hot")  # malformed: keeps the last good one
+    rtdb.set_data(ns, "/templates/fresh", {"personalityPrompt": "New.", "description": "New one"})
+    await templates.refresh()
+
+    created = await chat.client.post(
+        f"{API}/session", json={"user_id": "u1", "template_id": "pirate"}
+    )
+    session_id = created.json()["session_id"]
+    assert templates.resolve("pirate").system_prompt.endswith("You are a retired pirate.")
+    assert templates.resolve("plain").sampling.temperature == 0.9
+    personalities = (await chat.client.get(f"{API}/personalities")).json()["personalities"]
+    assert personalities["fresh"] == "New one"
+    stored = rtdb.get_data(ns, f"/userSessions/{session_id}")
+    assert stored["system_prompt"].endswith("You are a retired pirate.")

@@ -1,0 +1,89 @@
+"""Configuration: defaults, backend selection, and bad values failing loudly at start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from api.app import create_app
+from services.settings import Settings
+from services.store.firebase import _database_url
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)
+
+
+def test_defaults_need_nothing() -> None:
+    plain = settings()
+    assert (plain.store, plain.llm_provider, plain.port) == ("sqlite", "offline", 8000)
+
+
+@pytest.mark.parametrize(
+    ("values", "names"),
+    [
+        ({"store": "mongodb"}, "store"),
+        ({"context_messages": -1}, "context_messages"),
+        ({"cors_origins": "*,https://a.example"}, "CORS_ORIGINS"),
+        ({"store": "firebase"}, "FIREBASE_DATABASE_URL"),
+        ({"firebase_database_url": "ftp://x"}, "FIREBASE_DATABASE_URL"),
+        ({"firebase_database_url": "https://x.firebaseio.com"}, "FIREBASE_CREDENTIALS_JSON"),
+        (
+            {
+                "firebase_database_url": "https://x.firebaseio.com",
+                "google_application_credentials": "/nonexistent/key.json",
+            },
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ),
+        (
+            {
+                "firebase_database_url": "https://x.firebaseio.com",
+                "firebase_database_emulator_host": "http://127.0.0.1:9000",
+            },
+            "FIREBASE_DATABASE_EMULATOR_HOST",
+        ),
+    ],
+)
+def test_bad_configuration_names_the_setting(values: dict[str, Any], names: str) -> None:
+    with pytest.raises(ValidationError, match=names):
+        settings(**values)
+
+
+def test_lists_come_comma_separated() -> None:
+    origins = settings(cors_origins="https://a.example, https://b.example").cors_origins
+    assert origins == ["https://a.example", "https://b.example"]
+
+
+def test_a_database_url_selects_firebase_unless_store_says_otherwise() -> None:
+    url = "http://127.0.0.1:9000?ns=chatify"
+    assert settings(firebase_database_url=url).store == "firebase"
+    assert settings(firebase_database_url=url, store="sqlite").store == "sqlite"
+
+
+def test_emulator_host_turns_a_production_url_into_the_emulator_namespace() -> None:
+    emulated = settings(
+        firebase_database_url="https://chatify-prod.firebaseio.com",
+        firebase_database_emulator_host="127.0.0.1:9000",
+    )
+    assert emulated.firebase_uses_emulator
+    assert _database_url(emulated) == "http://127.0.0.1:9000?ns=chatify-prod"
+
+
+async def test_invalid_inline_credentials_fail_at_start_without_echoing_them(
+    tmp_path: Path,
+) -> None:
+    secret = {"type": "service_account", "private_key": "SECRET-KEY-MATERIAL"}
+    bad = settings(
+        firebase_database_url="https://x.firebaseio.com",
+        firebase_credentials_json=json.dumps(secret),
+    )
+    app = create_app(bad)
+    with pytest.raises(ValueError, match="FIREBASE_CREDENTIALS_JSON") as caught:
+        async with app.router.lifespan_context(app):
+            pass
+    assert "SECRET" not in str(caught.value)
+    assert "SECRET" not in repr(bad)
