@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,9 @@ class FirebaseStore:
         self._timeout = settings.store_timeout_seconds
         self._app: firebase_admin.App | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Last known (value, ETag) of each session's next_seq; pool threads share it.
         self._slots: LRUCache[str, tuple[Any, str]] = LRUCache(settings.session_cache_max)
+        self._slots_lock = threading.Lock()
         self._templates: tuple[Any, str] | None = None
         self._rules: tuple[Any, str] | None = None
 
@@ -252,7 +255,7 @@ class FirebaseStore:
 
     def _release(self, session_id: str, seq: int, claim: str) -> None:
         """Give back a claimed seq whose turn was not written, so no gap is left behind."""
-        cached = self._slots.pop(session_id, None)
+        cached = self._slot(session_id, pop=True)
         if cached is None or cached[0].get("by") != claim:
             return
         ref = self._ref(f"userSessions/{session_id}/next_seq")
@@ -261,26 +264,37 @@ class FirebaseStore:
         except (firebase_errors.FirebaseError, requests.RequestException) as exc:
             logger.warning("could not release seq %d of %s: %s", seq, session_id, _short(exc))
 
+    def _slot(
+        self, session_id: str, new: tuple[Any, str] | None = None, *, pop: bool = False
+    ) -> tuple[Any, str] | None:
+        """Read, replace or drop a cached next_seq (value, ETag), under the lock."""
+        with self._slots_lock:
+            if pop:
+                return self._slots.pop(session_id, None)
+            if new is not None:
+                self._slots[session_id] = new
+            return self._slots.get(session_id)
+
     def _allocate(self, session_id: str) -> tuple[int, str]:
         """The next two seqs, claimed with a conditional write on the tiny ``next_seq`` node."""
         ref = self._ref(f"userSessions/{session_id}/next_seq")
-        cached = self._slots.get(session_id)
+        cached = self._slot(session_id)
         value, etag = cached if cached else ref.get(etag=True)
         token = uuid.uuid4().hex
         for _ in range(_CAS_ATTEMPTS):
             if not isinstance(value, dict):
                 raise SessionNotFound(session_id)
             if "closed" in value:
-                self._slots.pop(session_id, None)
+                self._slot(session_id, pop=True)
                 raise SessionEnded(session_id, str(value["closed"]))
             if value.get("by") == token:  # our write landed; its answer was lost and retried
-                self._slots[session_id] = (value, etag)
+                self._slot(session_id, (value, etag))
                 return int(value["next"]) - 2, token
             seq = int(value["next"])
             claimed = {"next": seq + 2, "by": token}
             ok, value, etag = ref.set_if_unchanged(etag, claimed)
             if ok:
-                self._slots[session_id] = (claimed, etag)
+                self._slot(session_id, (claimed, etag))
                 return seq, token
         raise StoreUnavailable("Too many concurrent writers on one session; try again")
 
@@ -306,7 +320,7 @@ class FirebaseStore:
                 f"sessionActivity/{session_id}": None,
             }
         )
-        self._slots.pop(session_id, None)
+        self._slot(session_id, pop=True)
         record.status, record.ended_at = status, at  # type: ignore[assignment]
         return record
 
