@@ -51,6 +51,8 @@ class Reply:
     chunks: int | None = None
     chunk_delay: float = 0.0
     fail_after_chunks: int | None = None
+    pause_after_chunks: int | None = None
+    resume: threading.Event | None = None
     usage: bool = True
     gate: threading.Event | None = None
     arrived: threading.Event | None = None
@@ -230,6 +232,8 @@ class MockLLM:
         for index, piece in enumerate(pieces):
             if reply.fail_after_chunks is not None and index >= reply.fail_after_chunks:
                 return False
+            if index == reply.pause_after_chunks and reply.resume is not None:
+                await asyncio.to_thread(reply.resume.wait, 30)
             _write_chunk(writer, _sse(_chunk(body, {"content": piece}, None)))
             await writer.drain()
             if reply.chunk_delay:

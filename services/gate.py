@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from services.errors import SessionBusy
 
@@ -19,25 +18,21 @@ class _Lane:
 class TurnGate:
     """Per-session FIFO locks, kept apart from the session cache so eviction can't split them.
 
-    ``asyncio.Lock`` wakes waiters first-come first-served, which gives arrival order.
+    A place in the queue is reserved synchronously (so a full queue is a plain 429 before any
+    stream starts); ``asyncio.Lock`` then wakes waiters first come, first served.
     """
 
     def __init__(self, queue_limit: int) -> None:
         self._queue_limit = queue_limit
         self._lanes: dict[str, _Lane] = {}
 
-    def busy(self, session_id: str) -> bool:
-        """Whether a turn of this session is running or waiting."""
-        return session_id in self._lanes
-
     def waiting(self, session_id: str) -> int:
         """How many turns of this session wait behind the running one."""
         lane = self._lanes.get(session_id)
         return max(0, lane.holders - 1) if lane else 0
 
-    @asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
-        """Wait for the session's turn; ``SessionBusy`` when too many already wait."""
+    def reserve(self, session_id: str) -> Ticket:
+        """A place in the session's queue; ``SessionBusy`` when too many already wait."""
         lane = self._lanes.get(session_id)
         if lane is None:
             lane = self._lanes[session_id] = _Lane()
@@ -47,10 +42,36 @@ class TurnGate:
                 "wait for the replies"
             )
         lane.holders += 1
+        return Ticket(self, session_id, lane)
+
+    def _leave(self, session_id: str, lane: _Lane) -> None:
+        lane.holders -= 1
+        if lane.holders == 0:
+            del self._lanes[session_id]
+
+
+class Ticket:
+    """``async with ticket:`` waits for the session's turn and holds it."""
+
+    def __init__(self, gate: TurnGate, session_id: str, lane: _Lane) -> None:
+        self._gate, self._session_id, self._lane = gate, session_id, lane
+        self._done = False
+
+    async def __aenter__(self) -> None:
         try:
-            async with lane.lock:
-                yield
-        finally:
-            lane.holders -= 1
-            if lane.holders == 0:
-                del self._lanes[session_id]
+            await self._lane.lock.acquire()
+        except BaseException:
+            self.discard()
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._lane.lock.release()
+        self.discard()
+
+    def discard(self) -> None:
+        """Give the place up (idempotent); for a ticket that never entered."""
+        if not self._done:
+            self._done = True
+            self._gate._leave(self._session_id, self._lane)

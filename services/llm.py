@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from services.settings import Settings
 logger = logging.getLogger(__name__)
 
 ChatMessage = dict[str, str]
+DeltaSink = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,11 @@ class LLMClient(Protocol):
 
     async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
         """One chat completion; raises ``LLMError``/``LLMTimeout``/``LLMUnavailable``."""
+
+    async def stream(
+        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+    ) -> Completion:
+        """The same, handing each piece of text to ``on_delta`` as it arrives."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -92,6 +99,54 @@ class OpenAIChat:
         except ValueError as exc:
             raise LLMError("The language model sent a reply that is not JSON") from exc
         return parse_completion(data, messages, sampling.model)
+
+    async def stream(
+        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+    ) -> Completion:
+        """Stream the reply; usage comes from ``stream_options.include_usage`` when served."""
+        body = request_body(messages, sampling)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        parts: list[str] = []
+        usage: Usage | None = None
+        model = sampling.model
+        try:
+            async with asyncio.timeout(self._deadline):
+                chunks = await self._client.post(
+                    "/chat/completions",
+                    body=body,
+                    cast_to=dict,
+                    stream=True,
+                    stream_cls=openai.AsyncStream[dict[str, Any]],
+                )
+                async with chunks:
+                    async for chunk in chunks:
+                        usage = _usage(chunk.get("usage")) or usage
+                        model = str(chunk.get("model") or model)
+                        for piece in _delta_texts(chunk):
+                            parts.append(piece)
+                            on_delta(piece)
+        except (TimeoutError, openai.APITimeoutError) as exc:
+            raise LLMTimeout(
+                f"The language model did not finish within {self._deadline:g} s"
+            ) from exc
+        except openai.APIError as exc:
+            raise map_api_error(exc) from exc
+        reply = "".join(parts)
+        if not reply.strip():
+            raise LLMError("The language model sent an empty reply")
+        return Completion(reply, usage or estimate_usage(messages, reply), model)
+
+
+def _delta_texts(chunk: Any) -> list[str]:
+    if not isinstance(chunk, dict):
+        raise LLMError("The language model sent a stream chunk that is not an object")
+    texts = []
+    for choice in chunk.get("choices") or []:
+        content = ((choice or {}).get("delta") or {}).get("content")
+        if isinstance(content, str) and content:
+            texts.append(content)
+    return texts
 
 
 def request_body(messages: list[ChatMessage], sampling: Sampling) -> dict[str, Any]:
@@ -174,6 +229,17 @@ class OfflineResponder:
             f'such as Ollama) and restart. You said: "{said}"'
         )
         return Completion(content, estimate_usage(messages, content), "offline")
+
+    async def stream(
+        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+    ) -> Completion:
+        """The offline reply, a few words at a time."""
+        completion = await self.complete(messages, sampling)
+        words = completion.content.split(" ")
+        for start in range(0, len(words), 4):
+            on_delta(" ".join(words[start : start + 4]) + (" " if start + 4 < len(words) else ""))
+            await asyncio.sleep(0)
+        return completion
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     session_expire_after_seconds: float = Field(0, ge=0)
     session_cache_max: int = Field(10000, ge=1)
     session_queue_limit: int = Field(4, ge=0)
+    sse_ping_seconds: float = Field(15, gt=0)
+    ws_ping_seconds: float = Field(20, gt=0)
 
     # Storage
     store: Literal["sqlite", "firebase"] = "sqlite"  # firebase when FIREBASE_DATABASE_URL is set

@@ -74,8 +74,10 @@ async def test_a_retry_waits_for_the_turn_in_flight(chat: RunningApp, llm: MockL
     original = asyncio.create_task(chat.send(session_id, "hi", client_message_id="m-1"))
     await _arrived(arrived)
     retry = asyncio.create_task(chat.send(session_id, "hi", client_message_id="m-1"))
-    gate = chat.services.turns._gate
-    await _until(lambda: gate.waiting(session_id) == 1, "the retry to queue")
+    running = chat.services.turns.in_flight(session_id, "m-1")
+    assert running is not None
+    await _until(lambda: running.joiners == 1, "the retry to join the turn in flight")
+    assert chat.services.turns._gate.waiting(session_id) == 0  # joined, not queued
     release.set()
 
     first, second = await original, await retry
