@@ -25,6 +25,9 @@ def main() -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.llm_timeout_seconds) + 5,
+        # Protocol pings keep idle WebSockets open through proxies that cut silent ones.
+        ws_ping_interval=settings.ws_ping_seconds,
+        ws_ping_timeout=settings.ws_ping_seconds,
     )
 
 

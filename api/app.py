@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import ops, personalities, sessions
+from api import ops, personalities, playground, sessions, stream, ws
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -52,7 +52,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     )
     install_error_handlers(app)
     app.include_router(ops.router)
+    app.include_router(playground.router)
     app.include_router(sessions.router, prefix=API_PREFIX)
+    app.include_router(stream.router, prefix=API_PREFIX)
+    app.include_router(ws.router, prefix=API_PREFIX)
     app.include_router(personalities.router, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(

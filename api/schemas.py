@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.models import SessionRecord, StoredMessage, TurnResult, Usage
+from services.settings import Settings
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 UserId = Field(
@@ -171,3 +173,25 @@ class ErrorBody(BaseModel):
     success: Literal[False] = False
     error: ErrorInfo
     detail: str | list[Any] = Field(description="The message; for 422, the validation errors")
+
+
+def message_problem(text: str, limit: int) -> dict[str, Any] | None:
+    """What is wrong with a stripped message, as a validation error entry; None when fine."""
+    if not text:
+        return {"type": "string_too_short", "msg": "Message is empty", "ctx": {"min_length": 1}}
+    if len(text) > limit:
+        return {
+            "type": "string_too_long",
+            "msg": f"Message has {len(text)} characters; at most {limit} are allowed",
+            "ctx": {"max_length": limit},
+        }
+    return None
+
+
+def checked_message(body: SendMessageRequest, settings: Settings) -> str:
+    """The message stripped, within MAX_MESSAGE_CHARS, else a 422 like any validation error."""
+    text = body.message.strip()
+    problem = message_problem(text, settings.max_message_chars)
+    if problem is not None:
+        raise RequestValidationError([{**problem, "loc": ("body", "message")}])
+    return text

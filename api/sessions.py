@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from fastapi.exceptions import RequestValidationError
 
 from api.deps import SessionIdPath, SessionServiceDep, SettingsDep, TurnPipelineDep, ValidSessionDep
 from api.errors import documented
@@ -22,29 +21,12 @@ from api.schemas import (
     SessionStats,
     SessionSummary,
     UserSessions,
+    checked_message,
 )
 from services.models import parse_iso
-from services.settings import Settings
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
 HISTORY_IN_DETAIL = 50
-
-
-def checked_message(body: SendMessageRequest, settings: Settings) -> str:
-    """The message stripped, within MAX_MESSAGE_CHARS, else a 422 like any validation error."""
-    text = body.message.strip()
-    limit = settings.max_message_chars
-    if not text:
-        error = {"type": "string_too_short", "msg": "Message is empty", "ctx": {"min_length": 1}}
-    elif len(text) > limit:
-        error = {
-            "type": "string_too_long",
-            "msg": f"Message has {len(text)} characters; at most {limit} are allowed",
-            "ctx": {"max_length": limit},
-        }
-    else:
-        return text
-    raise RequestValidationError([{**error, "loc": ("body", "message")}])
 
 
 @router.post(

@@ -140,3 +140,14 @@ async def test_openapi_documents_errors_and_limits(chat: RunningApp) -> None:
     request = schema["components"]["schemas"]["SendMessageRequest"]["properties"]
     assert request["client_message_id"]["anyOf"][0]["maxLength"] == 64
     assert "MAX_MESSAGE_CHARS" in request["message"]["description"]
+
+
+async def test_playground_page_and_script_with_security_headers(chat: RunningApp) -> None:
+    page = await chat.client.get("/playground")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert '<script src="/playground/app.js">' in page.text
+    script = await chat.client.get("/playground/app.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "/message/stream" in script.text and "client_message_id" in script.text

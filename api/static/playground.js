@@ -1,0 +1,125 @@
+// Chatify playground: pick a personality, chat, and watch the reply stream in (SSE over fetch).
+"use strict";
+const API = "/api/v1/chatbot";
+const $ = (id) => document.getElementById(id);
+const userId = localStorage.getItem("chatify-playground-user") ||
+  "playground-" + crypto.randomUUID().slice(0, 8);
+localStorage.setItem("chatify-playground-user", userId);
+let sessionId = null;
+
+function bubble(role, text) {
+  const div = document.createElement("div");
+  div.className = "msg " + role;
+  div.textContent = text;
+  $("log").appendChild(div);
+  $("log").scrollTop = $("log").scrollHeight;
+  return div;
+}
+
+function status(text, isError) {
+  $("status").textContent = text || "";
+  $("status").className = isError ? "error" : "";
+}
+
+async function api(method, path, body) {
+  const response = await fetch(API + path, {
+    method,
+    headers: body ? { "Content-Type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error ? data.error.code + ": " + data.error.message : response.status);
+  return data;
+}
+
+async function loadPersonalities() {
+  const data = await api("GET", "/personalities");
+  for (const [id, description] of Object.entries(data.personalities)) {
+    const option = new Option(id + " — " + description, id);
+    $("personality").add(option);
+  }
+}
+
+async function newChat() {
+  $("log").replaceChildren();
+  const data = await api("POST", "/session", { user_id: userId, template_id: $("personality").value });
+  sessionId = data.session_id;
+  bubble("note", "Session " + sessionId + " with " + data.template_id);
+  if (data.welcome_message) bubble("assistant", data.welcome_message);
+  for (const id of ["text", "send", "end"]) $(id).disabled = false;
+  $("text").focus();
+}
+
+async function endChat() {
+  const data = await api("DELETE", "/session/" + sessionId);
+  bubble("note", "Ended: " + data.stats.message_count + " turns in " + data.stats.duration_seconds + " s");
+  for (const id of ["text", "send", "end"]) $(id).disabled = true;
+}
+
+// Reads `event:`/`data:` blocks from a fetch body as they arrive.
+async function* readEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const event = { event: "message", data: "" };
+      for (const line of block.split("\n")) {
+        if (line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const name = line.slice(0, colon), value = line.slice(colon + 1).replace(/^ /, "");
+        if (name === "data") event.data += value; else event[name] = value;
+      }
+      if (event.data) yield event;
+    }
+  }
+}
+
+async function send(text) {
+  bubble("user", text);
+  const reply = bubble("assistant", "");
+  const started = performance.now();
+  const response = await fetch(API + "/session/" + sessionId + "/message/stream", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ message: text, client_message_id: crypto.randomUUID() }),
+  });
+  if (!response.ok) {
+    const data = await response.json();
+    throw new Error(data.error.code + ": " + data.error.message);
+  }
+  let first = null;
+  for await (const event of readEvents(response)) {
+    const data = JSON.parse(event.data);
+    if (event.event === "delta") {
+      first = first || performance.now();
+      reply.textContent += data.content;
+      $("log").scrollTop = $("log").scrollHeight;
+    } else if (event.event === "done") {
+      const total = Math.round(performance.now() - started);
+      const ttft = first ? Math.round(first - started) : total;
+      status("turn " + data.message_count + " · first text after " + ttft + " ms · done in " +
+        total + " ms · " + (data.usage ? data.usage.total_tokens + " tokens" : ""));
+    } else if (event.event === "error") {
+      throw new Error(data.code + ": " + data.message);
+    }
+  }
+}
+
+$("new").addEventListener("click", () => newChat().catch((e) => status(e.message, true)));
+$("end").addEventListener("click", () => endChat().catch((e) => status(e.message, true)));
+$("form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("text").value.trim();
+  if (!text || !sessionId) return;
+  $("text").value = "";
+  $("send").disabled = true;
+  status("");
+  send(text).catch((err) => status(err.message, true)).finally(() => { $("send").disabled = false; });
+});
+loadPersonalities().catch((e) => status(e.message, true));

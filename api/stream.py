@@ -1,0 +1,82 @@
+"""One turn streamed as Server-Sent Events, with resume by ``client_message_id``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import SessionIdPath, SettingsDep, TurnPipelineDep
+from api.errors import documented
+from api.schemas import MessageResponse, SendMessageRequest, checked_message
+from services.turns import Turn, TurnEvent
+
+router = APIRouter(prefix="/chatbot", tags=["streaming"])
+
+_STREAM_DOC = {
+    "description": "`text/event-stream`: `start`, `delta`…, then `done` (the JSON 200 body, "
+    "sent once the turn is stored) or `error` (`{code, message}`). Every event has an `id`; "
+    "`: ping` comments keep idle connections open.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+@router.post(
+    "/session/{session_id}/message/stream",
+    response_class=EventSourceResponse,
+    responses={200: _STREAM_DOC, **documented(404, 409, 413, 422, 429)},
+)
+async def stream_message(
+    session_id: SessionIdPath,
+    body: SendMessageRequest,
+    turns: TurnPipelineDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(description="Resume a turn in flight after this event (same client_message_id)"),
+    ] = None,
+) -> EventSourceResponse:
+    """One turn, streamed. A dropped client does not cancel it; resend the same request (same
+    `client_message_id`) to resume it, or to have it replayed once it is stored."""
+    text = checked_message(body, settings)
+    await turns.check_session(session_id)
+    turn, joined = turns.submit(
+        session_id, text=text, client_message_id=body.client_message_id, stream=True
+    )
+    after = _event_number(last_event_id) if joined else -1
+    return EventSourceResponse(
+        _events(turn, after),
+        ping=settings.sse_ping_seconds,
+        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def _event_number(header: str | None) -> int:
+    try:
+        return int(header) if header is not None else -1
+    except ValueError:
+        return -1
+
+
+async def _events(turn: Turn, after: int) -> AsyncIterator[ServerSentEvent]:
+    async for event in turn.follow(after):
+        yield ServerSentEvent(
+            data=json.dumps(event_data(turn, event)), event=event.kind, id=str(event.id)
+        )
+
+
+def event_data(turn: Turn, event: TurnEvent) -> dict[str, Any]:
+    """The JSON of one event, as API.md describes it."""
+    if event.kind == "start":
+        return {"session_id": turn.session_id, "turn": event.turn}
+    if event.kind == "delta":
+        return {"content": event.content}
+    if event.kind == "done":
+        assert event.result is not None
+        return MessageResponse.of(event.result).model_dump()
+    assert event.error is not None
+    return {"code": event.error.code, "message": event.error.message}
