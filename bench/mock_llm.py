@@ -75,6 +75,7 @@ class MockLLMConfig:
 
     latency: float = 0.0
     chunks: int = 4
+    chunk_delay: float = 0.0
     reply_prefix: str = "Echo: "
     record: bool = True
 
@@ -93,6 +94,7 @@ class MockLLM:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
+        self.fixed_reply: str | None = None
 
     @property
     def url(self) -> str:
@@ -236,8 +238,8 @@ class MockLLM:
                 await asyncio.to_thread(reply.resume.wait, 30)
             _write_chunk(writer, _sse(_chunk(body, {"content": piece}, None)))
             await writer.drain()
-            if reply.chunk_delay:
-                await asyncio.sleep(reply.chunk_delay)
+            if reply.chunk_delay or self.config.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay or self.config.chunk_delay)
         _write_chunk(writer, _sse(_chunk(body, {}, "stop")))
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if include_usage and reply.usage:
@@ -251,6 +253,8 @@ class MockLLM:
         return True
 
     def _echo(self, body: dict[str, Any]) -> str:
+        if self.fixed_reply is not None:
+            return self.fixed_reply
         messages = body.get("messages") or [{}]
         return f"{self.config.reply_prefix}{messages[-1].get('content', '')}"
 
@@ -336,10 +340,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=4)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    parser.add_argument("--reply", default=None, help="fixed reply text (default: echo)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = MockLLMConfig(latency=args.latency_ms / 1000, chunks=args.chunks, record=False)
+    config = MockLLMConfig(
+        latency=args.latency_ms / 1000,
+        chunks=args.chunks,
+        chunk_delay=args.chunk_delay_ms / 1000,
+        record=False,
+    )
     server = MockLLM(args.host, args.port, config)
+    if args.reply is not None:
+        server.fixed_reply = args.reply
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve())
 
