@@ -9,14 +9,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import ops, personalities, playground, sessions, stream, ws
+from api import admin, ops, personalities, playground, sessions, stream, ws
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from services.cache import ActiveSessions
 from services.gate import TurnGate
+from services.identity import build_authenticator
 from services.llm import build_llm
 from services.models import Clock, utc_now
+from services.quotas import Quotas
 from services.scheduler import build_scheduler
 from services.sessions import SessionService
 from services.settings import Settings
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.include_router(stream.router, prefix=API_PREFIX)
     app.include_router(ws.router, prefix=API_PREFIX)
     app.include_router(personalities.router, prefix=API_PREFIX)
+    app.include_router(admin.router, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -77,7 +80,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     return app
 
 
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+
+
 async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Services:
+    if settings.auth_mode == "none" and settings.host not in LOOPBACK_HOSTS:
+        logger.warning(
+            "AUTH_MODE=none while serving on %s: anyone who reaches this port can read and "
+            "write every session; set AUTH_MODE=api_key or firebase before exposing it",
+            settings.host,
+        )
+    auth = build_authenticator(settings)
+    stack.push_async_callback(auth.close)
     store = build_store(settings)
     await store.open()
     stack.push_async_callback(store.close)
@@ -101,6 +115,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         gate=TurnGate(settings.session_queue_limit),
         llm=llm,
         clock=clock,
+        log_content=settings.log_message_content,
     )
     stack.push_async_callback(turns.drain)
     session_service = SessionService(
@@ -109,4 +124,4 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     scheduler = build_scheduler(settings, sessions=session_service, templates=templates)
     scheduler.start()
     stack.callback(scheduler.shutdown, wait=False)
-    return Services(settings, store, templates, llm, session_service, turns)
+    return Services(settings, store, templates, llm, session_service, turns, auth, Quotas(settings))

@@ -8,8 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
+from services.errors import ChatifyError, SessionNotFound
+from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
 from services.models import SessionRecord
+from services.quotas import Quotas
 from services.sessions import SessionService
 from services.settings import Settings
 from services.store.base import Store
@@ -27,6 +30,8 @@ class Services:
     llm: LLMClient
     sessions: SessionService
     turns: TurnPipeline
+    auth: Authenticator
+    quotas: Quotas
 
 
 def get_services(conn: HTTPConnection) -> Services:
@@ -53,15 +58,67 @@ def get_turns(services: ServicesDep) -> TurnPipeline:
     return services.turns
 
 
+def get_quotas(services: ServicesDep) -> Quotas:
+    """The abuse limits."""
+    return services.quotas
+
+
+def credentials_of(conn: HTTPConnection) -> Credentials:
+    """What a request presented: a bearer token, an X-API-Key, or (WebSocket only, since
+    browsers cannot set headers there) a ``token`` query parameter."""
+    authorization = conn.headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    return Credentials(
+        bearer=value.strip() or None if scheme.lower() == "bearer" else None,
+        api_key=conn.headers.get("x-api-key") or None,
+        query_token=conn.query_params.get("token") if conn.scope["type"] == "websocket" else None,
+    )
+
+
+async def get_caller(conn: HTTPConnection, services: ServicesDep) -> Caller:
+    """The authenticated caller, or 401 ``unauthenticated``."""
+    return await services.auth.authenticate(credentials_of(conn))
+
+
+async def get_caller_or_error(conn: HTTPConnection, services: ServicesDep) -> Caller | ChatifyError:
+    """The same, with the error returned rather than raised (a WebSocket closes with it)."""
+    try:
+        return await get_caller(conn, services)
+    except ChatifyError as error:
+        return error
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+CallerOrErrorDep = Annotated[Caller | ChatifyError, Depends(get_caller_or_error)]
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
 TurnPipelineDep = Annotated[TurnPipeline, Depends(get_turns)]
 SessionIdPath = Annotated[str, Path(description="The session's id (a UUID)")]
 
 
-async def valid_session(session_id: SessionIdPath, sessions: SessionServiceDep) -> SessionRecord:
-    """The stored session named in the path, or 404 ``session_not_found``."""
-    return await sessions.get_session(session_id)
+def owned(record: SessionRecord, caller: Caller) -> SessionRecord:
+    """The session if the caller may use it; another user's session does not exist (404)."""
+    if not caller.may_act_for(record.user_id):
+        raise SessionNotFound(record.session_id)
+    return record
+
+
+async def valid_session(
+    session_id: SessionIdPath, sessions: SessionServiceDep, caller: CallerDep
+) -> SessionRecord:
+    """The caller's stored session named in the path, or 404 ``session_not_found``."""
+    return owned(await sessions.get_session(session_id), caller)
+
+
+async def turn_session(
+    session_id: SessionIdPath, turns: TurnPipelineDep, caller: CallerDep, quotas: QuotasDep
+) -> SessionRecord:
+    """The caller's active session, ready for a turn (404, 409; 429 past the turn rate)."""
+    record = owned(await turns.check_session(session_id), caller)
+    await quotas.take_turn(record.user_id)
+    return record
 
 
 ValidSessionDep = Annotated[SessionRecord, Depends(valid_session)]
+TurnSessionDep = Annotated[SessionRecord, Depends(turn_session)]

@@ -26,8 +26,10 @@ _HTTP_CODES = {
 }
 
 _DOCS = {
-    404: "Not found: `session_not_found` or `template_not_found`",
-    409: "`session_ended`: the session is ended or expired",
+    401: "`unauthenticated`: missing or invalid API key or ID token",
+    403: "`forbidden`: the caller may not act for that user, or is not an admin",
+    404: "Not found: `session_not_found` (also another user's session) or `template_not_found`",
+    409: "`session_ended` (ended or expired), or `active_session_limit` when creating",
     413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES",
     422: "`validation_error` (detail lists the errors) or `idempotency_conflict`",
     429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited`; see Retry-After",
@@ -68,7 +70,10 @@ async def _chatify_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatifyError)
     if exc.status >= 500:
         logger.warning("%s %s -> %s %s", request.method, request.url.path, exc.status, exc.code)
-    return error_response(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
+    response = error_response(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,19 +11,21 @@ from services.models import SessionRecord, StoredMessage, TurnResult, Usage
 from services.settings import Settings
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
-UserId = Field(
-    pattern=USER_ID_PATTERN,
-    min_length=1,
-    max_length=128,
-    description="1-128 characters of A-Z a-z 0-9 _ . : @ -",
-    examples=["user_12345"],
-)
 
 
 class CreateSessionRequest(BaseModel):
     """Start a session with a personality."""
 
-    user_id: str = UserId
+    user_id: str | None = Field(
+        None,
+        pattern=USER_ID_PATTERN,
+        min_length=1,
+        max_length=128,
+        description="1-128 characters of A-Z a-z 0-9 _ . : @ -. Required, except for callers "
+        "bound to a user (Firebase ID token, per-user API key): they may omit it, and if "
+        "they send it, it must be their own (else 403).",
+        examples=["user_12345"],
+    )
     template_id: str | None = Field(
         None,
         min_length=1,

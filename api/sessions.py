@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
+from fastapi.exceptions import RequestValidationError
 
-from api.deps import SessionIdPath, SessionServiceDep, SettingsDep, TurnPipelineDep, ValidSessionDep
+from api.deps import (
+    CallerDep,
+    QuotasDep,
+    SessionServiceDep,
+    SettingsDep,
+    TurnPipelineDep,
+    TurnSessionDep,
+    ValidSessionDep,
+)
 from api.errors import documented
 from api.schemas import (
     USER_ID_PATTERN,
@@ -23,6 +32,7 @@ from api.schemas import (
     UserSessions,
     checked_message,
 )
+from services.errors import Forbidden
 from services.models import parse_iso
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
@@ -33,13 +43,18 @@ HISTORY_IN_DETAIL = 50
     "/session",
     status_code=201,
     response_model=CreateSessionResponse,
-    responses=documented(404, 413, 422, 503),
+    responses=documented(401, 403, 404, 409, 413, 422, 429, 503),
 )
 async def create_session(
-    body: CreateSessionRequest, sessions: SessionServiceDep
+    body: CreateSessionRequest, sessions: SessionServiceDep, caller: CallerDep, quotas: QuotasDep
 ) -> CreateSessionResponse:
     """Start a session with a personality (the default one when template_id is absent)."""
-    created = await sessions.create_session(user_id=body.user_id, template_id=body.template_id)
+    user_id = caller.resolve_user(body.user_id)
+    if user_id is None:
+        missing = {"type": "missing", "loc": ("body", "user_id"), "msg": "Field required"}
+        raise RequestValidationError([missing])
+    await quotas.take_session(user_id)
+    created = await sessions.create_session(user_id=user_id, template_id=body.template_id)
     return CreateSessionResponse(
         session_id=created.record.session_id,
         template_id=created.record.template_id,
@@ -51,24 +66,26 @@ async def create_session(
 @router.post(
     "/session/{session_id}/message",
     response_model=MessageResponse,
-    responses=documented(404, 409, 413, 422, 429, 502, 503, 504),
+    responses=documented(401, 404, 409, 413, 422, 429, 502, 503, 504),
 )
 async def send_message(
-    session_id: SessionIdPath,
     body: SendMessageRequest,
+    session: TurnSessionDep,
     turns: TurnPipelineDep,
     settings: SettingsDep,
 ) -> MessageResponse:
     """One turn: the reply is stored with the message before it is returned."""
     text = checked_message(body, settings)
-    result = await turns.run(session_id, text=text, client_message_id=body.client_message_id)
+    result = await turns.run(
+        session.session_id, text=text, client_message_id=body.client_message_id
+    )
     return MessageResponse.of(result)
 
 
 @router.get(
     "/session/{session_id}",
     response_model=SessionDetail,
-    responses=documented(404, 503),
+    responses=documented(401, 404, 503),
 )
 async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> SessionDetail:
     """A session's state and its last 50 messages."""
@@ -82,7 +99,7 @@ async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> 
 @router.get(
     "/session/{session_id}/messages",
     response_model=MessagesPage,
-    responses=documented(404, 422, 503),
+    responses=documented(401, 404, 422, 503),
 )
 async def list_messages(
     session: ValidSessionDep,
@@ -101,11 +118,11 @@ async def list_messages(
 @router.delete(
     "/session/{session_id}",
     response_model=EndSessionResponse,
-    responses=documented(404, 503),
+    responses=documented(401, 404, 503),
 )
-async def end_session(session_id: SessionIdPath, sessions: SessionServiceDep) -> EndSessionResponse:
+async def end_session(session: ValidSessionDep, sessions: SessionServiceDep) -> EndSessionResponse:
     """End a session (idempotent). Its record and history stay stored."""
-    record = await sessions.end_session(session_id)
+    record = await sessions.end_session(session.session_id)
     ended_at = parse_iso(record.ended_at or record.last_activity)
     return EndSessionResponse(
         stats=SessionStats(
@@ -119,17 +136,20 @@ async def end_session(session_id: SessionIdPath, sessions: SessionServiceDep) ->
 @router.get(
     "/users/{user_id}/sessions",
     response_model=UserSessions,
-    responses=documented(422, 503),
+    responses=documented(401, 403, 422, 503),
 )
 async def list_user_sessions(
     user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)],
     sessions: SessionServiceDep,
+    caller: CallerDep,
     status: Annotated[
         Literal["active", "ended", "expired"] | None,
         Query(description="Only sessions in this state; all when absent"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> UserSessions:
-    """A user's sessions, newest first, without history."""
+    """A user's sessions, newest first, without history (callers bound to a user: their own)."""
+    if not caller.may_act_for(user_id):
+        raise Forbidden("A user may list only their own sessions")
     records = await sessions.list_user_sessions(user_id, status=status, limit=limit)
     return UserSessions(sessions=[SessionSummary(**SessionSummary.fields_of(r)) for r in records])

@@ -8,10 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
-from api.deps import SessionIdPath, SettingsDep, TurnPipelineDep
+from api.deps import QuotasDep, SettingsDep, TurnPipelineDep, TurnSessionDep
 from api.errors import documented
 from api.schemas import MessageResponse, SendMessageRequest, checked_message
+from services.quotas import StreamSlot
 from services.turns import Turn, TurnEvent
 
 router = APIRouter(prefix="/chatbot", tags=["streaming"])
@@ -27,13 +29,14 @@ _STREAM_DOC = {
 @router.post(
     "/session/{session_id}/message/stream",
     response_class=EventSourceResponse,
-    responses={200: _STREAM_DOC, **documented(404, 409, 413, 422, 429)},
+    responses={200: _STREAM_DOC, **documented(401, 404, 409, 413, 422, 429)},
 )
 async def stream_message(
-    session_id: SessionIdPath,
     body: SendMessageRequest,
+    session: TurnSessionDep,
     turns: TurnPipelineDep,
     settings: SettingsDep,
+    quotas: QuotasDep,
     last_event_id: Annotated[
         str | None,
         Header(description="Resume a turn in flight after this event (same client_message_id)"),
@@ -42,16 +45,22 @@ async def stream_message(
     """One turn, streamed. A dropped client does not cancel it; resend the same request (same
     `client_message_id`) to resume it, or to have it replayed once it is stored."""
     text = checked_message(body, settings)
-    await turns.check_session(session_id)
-    turn, joined = turns.submit(
-        session_id, text=text, client_message_id=body.client_message_id, stream=True
-    )
+    slot = quotas.open_stream(session.user_id)
+    try:
+        turn, joined = turns.submit(
+            session.session_id, text=text, client_message_id=body.client_message_id, stream=True
+        )
+    except BaseException:
+        slot.release()
+        raise
     after = _event_number(last_event_id) if joined else -1
     return EventSourceResponse(
-        _events(turn, after),
+        _events(turn, after, slot),
         ping=settings.sse_ping_seconds,
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         headers={"Cache-Control": "no-cache"},
+        # Also runs when the client left before the first event was read.
+        background=BackgroundTask(slot.release),
     )
 
 
@@ -62,11 +71,13 @@ def _event_number(header: str | None) -> int:
         return -1
 
 
-async def _events(turn: Turn, after: int) -> AsyncIterator[ServerSentEvent]:
-    async for event in turn.follow(after):
-        yield ServerSentEvent(
-            data=json.dumps(event_data(turn, event)), event=event.kind, id=str(event.id)
-        )
+async def _events(turn: Turn, after: int, slot: StreamSlot) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for event in turn.follow(after):
+            data = json.dumps(event_data(turn, event))
+            yield ServerSentEvent(data=data, event=event.kind, id=str(event.id))
+    finally:
+        slot.release()
 
 
 def event_data(turn: Turn, event: TurnEvent) -> dict[str, Any]:

@@ -9,15 +9,29 @@ from typing import Any, Literal
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
 
-from api.deps import ServicesDep, SessionIdPath
+from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath, owned
 from api.schemas import MessageBody, MessageResponse, message_problem
-from services.errors import ChatifyError, SessionEnded, SessionNotFound
+from services.errors import (
+    ChatifyError,
+    Forbidden,
+    RateLimited,
+    SessionEnded,
+    SessionNotFound,
+    Unauthenticated,
+)
+from services.models import SessionRecord
 from services.turns import Turn
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/chatbot", tags=["streaming"])
 HISTORY_ON_CONNECT = 50
-CLOSE_CODES = {SessionNotFound.code: 4404, SessionEnded.code: 4409}
+CLOSE_CODES = {
+    Unauthenticated.code: 4401,
+    Forbidden.code: 4403,
+    SessionNotFound.code: 4404,
+    SessionEnded.code: 4409,
+    RateLimited.code: 4429,
+}
 
 
 class UserMessageFrame(BaseModel):
@@ -30,28 +44,37 @@ class UserMessageFrame(BaseModel):
 
 @router.websocket("/session/{session_id}/ws")
 async def session_socket(
-    websocket: WebSocket, session_id: SessionIdPath, services: ServicesDep
+    websocket: WebSocket,
+    session_id: SessionIdPath,
+    services: ServicesDep,
+    caller: CallerOrErrorDep,
 ) -> None:
     """`chat_history` on connect; then for each `user_message`: `ai_response_delta`…,
-    `ai_response`, `backend_status`. Recoverable errors arrive as `error` events; an unknown or
-    ended session closes the socket with 4404 or 4409."""
+    `ai_response`, `backend_status`. Authenticate like HTTP, or with a `token` query parameter
+    (browsers cannot set WebSocket headers). Recoverable errors arrive as `error` events; the
+    socket closes with 4401 (not authenticated), 4404 (no such session), 4409 (ended) or 4429
+    (too many open streams)."""
     await websocket.accept()
     try:
-        await services.turns.check_session(session_id)
+        if isinstance(caller, ChatifyError):
+            raise caller
+        record = owned(await services.turns.check_session(session_id), caller)
+        slot = services.quotas.open_stream(record.user_id)
     except ChatifyError as error:
         await _fail(websocket, error)
         return
-    history = await services.sessions.messages(session_id, limit=HISTORY_ON_CONNECT)
-    await websocket.send_json(
-        {"type": "chat_history", "messages": [MessageBody.of(m).model_dump() for m in history]}
-    )
     try:
+        history = await services.sessions.messages(session_id, limit=HISTORY_ON_CONNECT)
+        messages = [MessageBody.of(m).model_dump() for m in history]
+        await websocket.send_json({"type": "chat_history", "messages": messages})
         while True:
             frame = await _next_frame(websocket, services.settings.max_message_chars)
-            if frame is not None and not await _turn(websocket, services, session_id, frame):
+            if frame is not None and not await _turn(websocket, services, record, frame):
                 return
     except WebSocketDisconnect:
         return
+    finally:
+        slot.release()
 
 
 async def _next_frame(websocket: WebSocket, limit: int) -> UserMessageFrame | None:
@@ -83,12 +106,16 @@ def _frame_problem(exc: ValueError) -> tuple[str, str]:
 
 
 async def _turn(
-    websocket: WebSocket, services: ServicesDep, session_id: str, frame: UserMessageFrame
+    websocket: WebSocket, services: ServicesDep, record: SessionRecord, frame: UserMessageFrame
 ) -> bool:
     """Run one turn over the socket; False when the socket was closed."""
     try:
+        await services.quotas.take_turn(record.user_id)
         turn, _ = services.turns.submit(
-            session_id, text=frame.message, client_message_id=frame.client_message_id, stream=True
+            record.session_id,
+            text=frame.message,
+            client_message_id=frame.client_message_id,
+            stream=True,
         )
     except ChatifyError as error:
         await _send_error(websocket, error.code, error.message)
@@ -112,7 +139,7 @@ async def _forward(websocket: WebSocket, turn: Turn) -> bool:
                 }
             )
         elif event.kind == "error" and event.error is not None:
-            if event.error.code in CLOSE_CODES:
+            if event.error.code in (SessionNotFound.code, SessionEnded.code):
                 await _fail(websocket, event.error)
                 return False
             await _send_error(websocket, event.error.code, event.error.message)

@@ -59,3 +59,19 @@ class LLMUnavailable(ChatifyError):
 class StoreUnavailable(ChatifyError):
     code, status = "store_unavailable", 503
     retry_after = 2.0
+
+
+class Unauthenticated(ChatifyError):
+    code, status = "unauthenticated", 401
+
+
+class Forbidden(ChatifyError):
+    code, status = "forbidden", 403
+
+
+class RateLimited(ChatifyError):
+    code, status = "rate_limited", 429
+
+
+class ActiveSessionLimit(ChatifyError):
+    code, status = "active_session_limit", 409

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from services.cache import ActiveSessions
-from services.errors import SessionNotFound
+from services.errors import ActiveSessionLimit, SessionNotFound
 from services.models import (
     Clock,
     SessionRecord,
@@ -50,9 +50,19 @@ class SessionService:
         self._settings = settings
         self._clock = clock
 
+    @property
+    def cached_count(self) -> int:
+        """Sessions held in memory."""
+        return len(self._sessions)
+
     async def create_session(self, *, user_id: str, template_id: str | None) -> NewSession:
         """Snapshot the template's prompt and sampling into a new stored session."""
         snapshot = self._templates.resolve(template_id)
+        cap = self._settings.max_active_sessions_per_user
+        if len(await self._store.list_user_sessions(user_id, status="active", limit=cap)) >= cap:
+            raise ActiveSessionLimit(
+                f"User {user_id} already has {cap} active sessions; end one to start another"
+            )
         now = isoformat(self._clock())
         record = SessionRecord(
             session_id=str(uuid.uuid4()),

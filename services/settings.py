@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -59,6 +61,21 @@ class Settings(BaseSettings):
     templates_seed_dir: Path = REPO_ROOT / "templates_seed"
     template_refresh_seconds: float = Field(30, gt=0)
 
+    # Identity and abuse limits
+    auth_mode: Literal["none", "api_key", "firebase"] = "none"
+    api_keys: Annotated[list[str], NoDecode] = Field([], repr=False)
+    user_api_keys: Annotated[list[str], NoDecode] = Field([], repr=False)
+    admin_api_keys: Annotated[list[str], NoDecode] = Field([], repr=False)
+    firebase_project_id: str | None = None
+    firebase_check_revoked: bool = False
+    firebase_auth_emulator_host: str | None = None
+    rate_limit_turns_per_minute: int = Field(30, ge=1)
+    rate_limit_sessions_per_minute: int = Field(10, ge=1)
+    max_streams_per_user: int = Field(4, ge=1)
+    max_active_sessions_per_user: int = Field(20, ge=1)
+    rate_limit_storage_uri: str = Field("memory://", repr=False)
+    log_message_content: bool = False
+
     # Firebase Realtime Database (STORE=firebase)
     firebase_database_url: str | None = None
     firebase_credentials_json: SecretStr | None = None
@@ -72,7 +89,7 @@ class Settings(BaseSettings):
             return {**data, "store": "firebase"}
         return data
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "api_keys", "user_api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -85,6 +102,8 @@ class Settings(BaseSettings):
         "default_template_id",
         "firebase_database_url",
         "firebase_database_emulator_host",
+        "firebase_project_id",
+        "firebase_auth_emulator_host",
         mode="before",
     )
     @classmethod
@@ -124,6 +143,56 @@ class Settings(BaseSettings):
         if self.firebase_credentials_json is None and path is not None and not path.is_file():
             raise ValueError(f"GOOGLE_APPLICATION_CREDENTIALS: no file at {path}")
         return self
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.auth_mode == "api_key" and not (
+            self.api_keys or self.user_api_keys or self.admin_api_keys
+        ):
+            raise ValueError("AUTH_MODE=api_key needs API_KEYS, USER_API_KEYS or ADMIN_API_KEYS")
+        for entry in self.user_api_keys:
+            user, sep, key = entry.partition("=")
+            if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,128}", user):
+                raise ValueError(
+                    "USER_API_KEYS entries are user_id=key (user_id: A-Z a-z 0-9 _.:@-)"
+                )
+        for entry in [*self.api_keys, *self.admin_api_keys, *self.user_api_keys]:
+            key = entry.partition("=")[2] if entry in self.user_api_keys else entry
+            if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
+                raise ValueError("API keys given as sha256: need 64 hex digits after the prefix")
+        if (
+            self.auth_mode == "firebase"
+            and self.firebase_check_revoked
+            and not self.firebase_auth_emulator_host
+            and self.firebase_credentials_json is None
+            and self.google_application_credentials is None
+        ):
+            raise ValueError(
+                "FIREBASE_CHECK_REVOKED=true asks Firebase Auth about each token, which needs "
+                "FIREBASE_CREDENTIALS_JSON or GOOGLE_APPLICATION_CREDENTIALS"
+            )
+        if self.auth_mode == "firebase" and not self.firebase_auth_project_id:
+            raise ValueError(
+                "AUTH_MODE=firebase needs FIREBASE_PROJECT_ID "
+                "(or Firebase credentials that name the project)"
+            )
+        return self
+
+    @property
+    def firebase_auth_project_id(self) -> str | None:
+        """The project whose ID tokens are accepted."""
+        if self.firebase_project_id:
+            return self.firebase_project_id
+        raw = None
+        if self.firebase_credentials_json is not None:
+            raw = self.firebase_credentials_json.get_secret_value()
+        elif self.google_application_credentials and self.google_application_credentials.is_file():
+            raw = self.google_application_credentials.read_text(encoding="utf-8")
+        try:
+            project = json.loads(raw).get("project_id") if raw else None
+        except (ValueError, AttributeError):
+            return None
+        return project if isinstance(project, str) and project else None
 
     @property
     def firebase_uses_emulator(self) -> bool:

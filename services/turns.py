@@ -21,7 +21,15 @@ from services.cache import ActiveSession, ActiveSessions
 from services.errors import ChatifyError, IdempotencyConflict, SessionEnded
 from services.gate import Ticket, TurnGate
 from services.llm import ChatMessage, Completion, LLMClient
-from services.models import Clock, NewTurn, Sampling, StoredTurn, TurnResult, isoformat
+from services.models import (
+    Clock,
+    NewTurn,
+    Sampling,
+    SessionRecord,
+    StoredTurn,
+    TurnResult,
+    isoformat,
+)
 from services.prompt import build_prompt
 from services.store.base import Store
 
@@ -89,7 +97,9 @@ class TurnPipeline:
         gate: TurnGate,
         llm: LLMClient,
         clock: Clock,
+        log_content: bool = False,
     ) -> None:
+        self._log_content = log_content
         self._store = store
         self._sessions = sessions
         self._gate = gate
@@ -98,13 +108,18 @@ class TurnPipeline:
         self._in_flight: dict[tuple[str, str], Turn] = {}  # by (session_id, client_message_id)
         self._tasks: set[asyncio.Task[TurnResult]] = set()
 
+    @property
+    def in_flight_count(self) -> int:
+        """Turns running or queued in this process."""
+        return len(self._tasks)
+
     def in_flight(self, session_id: str, client_message_id: str) -> Turn | None:
         """The running turn started with this ``client_message_id``, if any."""
         return self._in_flight.get((session_id, client_message_id))
 
-    async def check_session(self, session_id: str) -> None:
-        """``SessionNotFound``/``SessionEnded`` now, before a stream starts."""
-        await self._sessions.get(session_id)
+    async def check_session(self, session_id: str) -> SessionRecord:
+        """The active session (``SessionNotFound``/``SessionEnded`` now, before a stream)."""
+        return (await self._sessions.get(session_id)).record
 
     def submit(
         self, session_id: str, *, text: str, client_message_id: str | None, stream: bool
@@ -200,6 +215,14 @@ class TurnPipeline:
                 active.remember(stored)
             result = _result(active, stored, replayed=False, completion=completion)
         result = dataclasses.replace(result, latency_ms=(time.perf_counter() - started) * 1000)
+        if self._log_content:  # LOG_MESSAGE_CONTENT=true only: message bodies are private
+            logger.info(
+                "turn %s #%d: %r -> %r",
+                turn.session_id,
+                result.message_count,
+                turn.text,
+                result.reply,
+            )
         turn.emit("done", result=result)
         return result
 

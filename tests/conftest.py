@@ -162,6 +162,12 @@ def make_settings(
             "openai_api_key": "sk-test",
             "llm_max_retries": 0,
             "llm_timeout_seconds": 5,
+            "host": "127.0.0.1",
+            # Generous limits; the tests of the limits set their own.
+            "rate_limit_turns_per_minute": 100_000,
+            "rate_limit_sessions_per_minute": 100_000,
+            "max_streams_per_user": 1000,
+            "max_active_sessions_per_user": 1000,
             **overrides,
         }
         return Settings(_env_file=None, **values)

@@ -437,6 +437,11 @@ def _read_if_changed(ref: db.Reference, last: tuple[Any, str] | None) -> tuple[A
 def _credential(settings: Settings) -> credentials.Base | None:
     if settings.firebase_uses_emulator:
         return None  # firebase-admin sends the emulator's owner token itself
+    return firebase_credential(settings)
+
+
+def firebase_credential(settings: Settings) -> credentials.Base:
+    """The service-account credential from the settings; ``ValueError`` naming the variable."""
     try:
         if settings.firebase_credentials_json is not None:
             info = json.loads(settings.firebase_credentials_json.get_secret_value())
