@@ -34,7 +34,7 @@ class Services:
     quotas: Quotas
 
 
-def get_services(conn: HTTPConnection) -> Services:
+async def get_services(conn: HTTPConnection) -> Services:
     """The app's services (built by the lifespan)."""
     services: Services = conn.app.state.services
     return services
@@ -43,22 +43,22 @@ def get_services(conn: HTTPConnection) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings(services: ServicesDep) -> Settings:
+async def get_settings(services: ServicesDep) -> Settings:
     """The settings."""
     return services.settings
 
 
-def get_session_service(services: ServicesDep) -> SessionService:
+async def get_session_service(services: ServicesDep) -> SessionService:
     """The session service."""
     return services.sessions
 
 
-def get_turns(services: ServicesDep) -> TurnPipeline:
+async def get_turns(services: ServicesDep) -> TurnPipeline:
     """The turn pipeline."""
     return services.turns
 
 
-def get_quotas(services: ServicesDep) -> Quotas:
+async def get_quotas(services: ServicesDep) -> Quotas:
     """The abuse limits."""
     return services.quotas
 
@@ -112,11 +112,11 @@ async def valid_session(
 
 
 async def turn_session(
-    session_id: SessionIdPath, turns: TurnPipelineDep, caller: CallerDep, quotas: QuotasDep
+    session_id: SessionIdPath, services: ServicesDep, caller: CallerDep
 ) -> SessionRecord:
     """The caller's active session, ready for a turn (404, 409; 429 past the turn rate)."""
-    record = owned(await turns.check_session(session_id), caller)
-    await quotas.take_turn(record.user_id)
+    record = owned(await services.turns.check_session(session_id), caller)
+    await services.quotas.take_turn(record.user_id)
     return record
 
 

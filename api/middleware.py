@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -26,7 +27,7 @@ class RequestLogMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_id(scope) or _next_id()
         started = time.perf_counter()
         status = 0
 
@@ -51,6 +52,15 @@ class RequestLogMiddleware:
                 (time.perf_counter() - started) * 1000,
                 request_id,
             )
+
+
+_PROCESS_TAG = uuid.uuid4().hex[:12]
+_counter = itertools.count(1)
+
+
+def _next_id() -> str:
+    """Unique per process start and request, without a random draw per request."""
+    return f"{_PROCESS_TAG}{next(_counter):020x}"
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import (
     CallerDep,
     QuotasDep,
+    ServicesDep,
     SessionServiceDep,
-    SettingsDep,
-    TurnPipelineDep,
     TurnSessionDep,
     ValidSessionDep,
 )
@@ -69,17 +68,15 @@ async def create_session(
     responses=documented(401, 404, 409, 413, 422, 429, 502, 503, 504),
 )
 async def send_message(
-    body: SendMessageRequest,
-    session: TurnSessionDep,
-    turns: TurnPipelineDep,
-    settings: SettingsDep,
-) -> MessageResponse:
+    body: SendMessageRequest, session: TurnSessionDep, services: ServicesDep
+) -> Response:
     """One turn: the reply is stored with the message before it is returned."""
-    text = checked_message(body, settings)
-    result = await turns.run(
+    text = checked_message(body, services.settings)
+    result = await services.turns.run(
         session.session_id, text=text, client_message_id=body.client_message_id
     )
-    return MessageResponse.of(result)
+    # Serialised by pydantic-core directly: FastAPI would validate the model a second time.
+    return Response(MessageResponse.of(result).model_dump_json(), media_type="application/json")
 
 
 @router.get(

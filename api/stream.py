@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import QuotasDep, SettingsDep, TurnPipelineDep, TurnSessionDep
+from api.deps import ServicesDep, TurnSessionDep
 from api.errors import documented
 from api.schemas import MessageResponse, SendMessageRequest, checked_message
 from services.quotas import StreamSlot
@@ -34,9 +34,7 @@ _STREAM_DOC = {
 async def stream_message(
     body: SendMessageRequest,
     session: TurnSessionDep,
-    turns: TurnPipelineDep,
-    settings: SettingsDep,
-    quotas: QuotasDep,
+    services: ServicesDep,
     last_event_id: Annotated[
         str | None,
         Header(description="Resume a turn in flight after this event (same client_message_id)"),
@@ -44,10 +42,11 @@ async def stream_message(
 ) -> EventSourceResponse:
     """One turn, streamed. A dropped client does not cancel it; resend the same request (same
     `client_message_id`) to resume it, or to have it replayed once it is stored."""
+    settings = services.settings
     text = checked_message(body, settings)
-    slot = quotas.open_stream(session.user_id)
+    slot = services.quotas.open_stream(session.user_id)
     try:
-        turn, joined = turns.submit(
+        turn, joined = services.turns.submit(
             session.session_id, text=text, client_message_id=body.client_message_id, stream=True
         )
     except BaseException:

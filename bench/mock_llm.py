@@ -17,6 +17,7 @@ import collections
 import contextlib
 import json
 import logging
+import random
 import socket
 import threading
 import time
@@ -78,6 +79,12 @@ class MockLLMConfig:
     chunk_delay: float = 0.0
     reply_prefix: str = "Echo: "
     record: bool = True
+    # Faults for requests with no scripted reply, drawn at random per request.
+    error_rate: float = 0.0  # HTTP 500
+    hang_rate: float = 0.0  # no answer until the client gives up
+    rate_limit_rate: float = 0.0  # HTTP 429 with Retry-After: 1
+    drop_rate: float = 0.0  # connection closed without an answer
+    seed: int | None = None
 
 
 class MockLLM:
@@ -95,6 +102,7 @@ class MockLLM:
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
         self.fixed_reply: str | None = None
+        self._random = random.Random(self.config.seed)
 
     @property
     def url(self) -> str:
@@ -184,8 +192,22 @@ class MockLLM:
         if not path.rstrip("/").endswith("/chat/completions"):
             await _send(writer, 404, {"error": {"message": "not found", "type": "invalid_request"}})
             return True
-        reply = self._script.popleft() if self._script else Reply()
+        reply = self._script.popleft() if self._script else self._default_reply()
         return await self._respond(reader, writer, body or {}, reply)
+
+    def _default_reply(self) -> Reply:
+        """A normal reply, or a random fault at the configured rates."""
+        c, draw = self.config, self._random.random()
+        for rate, fault in (
+            (c.error_rate, Reply(status=500)),
+            (c.hang_rate, Reply(hang=True)),
+            (c.rate_limit_rate, Reply(status=429, retry_after=1)),
+            (c.drop_rate, Reply(drop=True)),
+        ):
+            if draw < rate:
+                return fault
+            draw -= rate
+        return Reply()
 
     async def _respond(
         self,
@@ -342,6 +364,10 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     parser.add_argument("--reply", default=None, help="fixed reply text (default: echo)")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of HTTP 500s")
+    parser.add_argument("--hang-rate", type=float, default=0.0, help="share of hangs")
+    parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of 429s")
+    parser.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = MockLLMConfig(
@@ -349,6 +375,10 @@ def main() -> None:
         chunks=args.chunks,
         chunk_delay=args.chunk_delay_ms / 1000,
         record=False,
+        error_rate=args.error_rate,
+        hang_rate=args.hang_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        drop_rate=args.drop_rate,
     )
     server = MockLLM(args.host, args.port, config)
     if args.reply is not None:

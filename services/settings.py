@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     llm_timeout_seconds: float = Field(30.0, gt=0)
     llm_max_retries: int = Field(2, ge=0, le=10)
+    llm_max_connections: int = Field(1000, ge=1)
 
     # Sampling defaults, used where a template does not set its own
     default_model: str = "gpt-4o-mini"
@@ -73,7 +74,6 @@ class Settings(BaseSettings):
     rate_limit_sessions_per_minute: int = Field(10, ge=1)
     max_streams_per_user: int = Field(4, ge=1)
     max_active_sessions_per_user: int = Field(20, ge=1)
-    rate_limit_storage_uri: str = Field("memory://", repr=False)
     log_message_content: bool = False
 
     # Firebase Realtime Database (STORE=firebase)

@@ -1,0 +1,360 @@
+"""Load: virtual users that create a session, send K turns one after another and end it, over
+REST or SSE; and, in the same run, the same chat completions with the same growing histories
+sent straight to the LLM, so the service's overhead is a difference measured side by side.
+
+Virtual users are spread over several client processes so that the client is not the
+bottleneck; each phase reports the clients' CPU use next to the service's.
+
+    python -m bench.load --users 32 --turns 20 --latency-ms 200 --store sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger("bench.load")
+SYSTEM_PROMPT = "x" * 1100  # about the size of a seed personality with the universal rules
+CONTEXT = 10
+
+
+@dataclass
+class Phase:
+    """One measured run: what to do and against what."""
+
+    mode: str  # "rest", "sse", "direct", "direct-stream"
+    users: int
+    turns: int
+    base_url: str
+    llm_url: str
+    processes: int = 4
+    message_chars: int = 60
+
+
+@dataclass
+class Result:
+    """Latencies by operation (ms), errors, wall time and CPU of the clients."""
+
+    ops: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    wall: float = 0.0
+    client_cpu: float = 0.0
+    turns: int = 0
+
+    def merge(self, other: Result) -> None:
+        """Add another process's numbers."""
+        for op, values in other.ops.items():
+            self.ops[op].extend(values)
+        for code, count in other.errors.items():
+            self.errors[code] += count
+        self.client_cpu += other.client_cpu
+        self.turns += other.turns
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def message(user: int, turn: int, chars: int) -> str:
+    """A user message of a fixed length."""
+    text = f"user {user} says turn {turn}: "
+    return (text + "lorem ipsum dolor sit amet " * 10)[:chars]
+
+
+async def _user_service(phase: Phase, client: httpx.AsyncClient, user: int, out: Result) -> None:
+    started = time.perf_counter()
+    created = await client.post(
+        "/api/v1/chatbot/session", json={"user_id": f"load-{os.getpid()}-{user}"}
+    )
+    out.ops["create"].append((time.perf_counter() - started) * 1000)
+    if created.status_code != 201:
+        out.errors[f"create {created.status_code}"] += 1
+        return
+    session_id = created.json()["session_id"]
+    for turn in range(phase.turns):
+        body = {"message": message(user, turn, phase.message_chars)}
+        started = time.perf_counter()
+        if phase.mode == "rest":
+            response = await client.post(f"/api/v1/chatbot/session/{session_id}/message", json=body)
+            code = response.status_code
+        else:
+            code = await _sse_turn(client, session_id, body, started, out)
+        out.ops["turn"].append((time.perf_counter() - started) * 1000)
+        if code == 200:
+            out.turns += 1
+        else:
+            out.errors[f"turn {code}"] += 1
+    started = time.perf_counter()
+    ended = await client.delete(f"/api/v1/chatbot/session/{session_id}")
+    out.ops["end"].append((time.perf_counter() - started) * 1000)
+    if ended.status_code != 200:
+        out.errors[f"end {ended.status_code}"] += 1
+
+
+async def _sse_turn(
+    client: httpx.AsyncClient, session_id: str, body: dict[str, Any], started: float, out: Result
+) -> int:
+    url = f"/api/v1/chatbot/session/{session_id}/message/stream"
+    async with client.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return response.status_code
+        first = True
+        async for line in response.aiter_lines():
+            if first and line.startswith("event: delta"):
+                out.ops["first delta"].append((time.perf_counter() - started) * 1000)
+                first = False
+            if line.startswith("event: error"):
+                return 599
+            if line.startswith("event: done"):
+                return 200
+    return 598
+
+
+async def _user_direct(phase: Phase, client: httpx.AsyncClient, user: int, out: Result) -> None:
+    history: list[dict[str, str]] = []
+    stream = phase.mode == "direct-stream"
+    for turn in range(phase.turns):
+        text = message(user, turn, phase.message_chars)
+        body: dict[str, Any] = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, *history[-CONTEXT:]]
+            + [{"role": "user", "content": text}],
+            "temperature": 0.9,
+            "max_tokens": 50,
+            "presence_penalty": 0.6,
+            "frequency_penalty": 0.6,
+        }
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        started = time.perf_counter()
+        reply = ""
+        if stream:
+            async with client.stream("POST", "/chat/completions", json=body) as response:
+                first = True
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        chunk = json.loads(line[6:])
+                        for choice in chunk["choices"]:
+                            reply += choice["delta"].get("content") or ""
+                            if first and reply:
+                                out.ops["first delta"].append(
+                                    (time.perf_counter() - started) * 1000
+                                )
+                                first = False
+                code = response.status_code
+        else:
+            response = await client.post("/chat/completions", json=body)
+            code = response.status_code
+            if code == 200:
+                reply = response.json()["choices"][0]["message"]["content"]
+        out.ops["turn"].append((time.perf_counter() - started) * 1000)
+        if code != 200:
+            out.errors[f"turn {code}"] += 1
+            continue
+        out.turns += 1
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+
+
+async def _run_users(phase: Phase, users: list[int]) -> Result:
+    out = Result()
+    direct = phase.mode.startswith("direct")
+    limits = httpx.Limits(max_connections=len(users) + 10, max_keepalive_connections=len(users))
+    async with httpx.AsyncClient(
+        base_url=phase.llm_url if direct else phase.base_url, limits=limits, timeout=120
+    ) as client:
+        run = _user_direct if direct else _user_service
+        await asyncio.gather(*(run(phase, client, user, out) for user in users))
+    return out
+
+
+def _process_main(phase: Phase, users: list[int], start_at: float, queue: Any) -> None:
+    time.sleep(max(0.0, start_at - time.time()))  # all processes start together
+    cpu = time.process_time()
+    result = asyncio.run(_run_users(phase, users))
+    result.client_cpu = time.process_time() - cpu
+    queue.put((dict(result.ops), dict(result.errors), result.client_cpu, result.turns))
+
+
+def run_phase(phase: Phase) -> Result:
+    """Run the virtual users in ``phase.processes`` client processes; merged results."""
+    processes = max(1, min(phase.processes, phase.users))
+    shares = [list(range(n, phase.users, processes)) for n in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    start_at = time.time() + 1.5
+    workers = [
+        context.Process(target=_process_main, args=(phase, share, start_at, queue))
+        for share in shares
+    ]
+    for worker in workers:
+        worker.start()
+    merged = Result()
+    for _ in workers:
+        ops, errors, cpu, turns = queue.get(timeout=3600)
+        part = Result(defaultdict(list, ops), defaultdict(int, errors), 0.0, cpu, turns)
+        merged.merge(part)
+    for worker in workers:
+        worker.join()
+    merged.wall = time.time() - start_at
+    return merged
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(phase: Phase, service_pid: int | None = None) -> dict[str, Any]:
+    """Run a phase and summarise it; with ``service_pid``, also the service's CPU per turn."""
+    cpu_before = process_cpu_seconds(service_pid) if service_pid else 0.0
+    result = run_phase(phase)
+    service_cpu = process_cpu_seconds(service_pid) - cpu_before if service_pid else 0.0
+    summary: dict[str, Any] = {
+        "mode": phase.mode,
+        "users": phase.users,
+        "turns": result.turns,
+        "errors": dict(result.errors),
+        "turns_per_s": result.turns / result.wall if result.wall else 0.0,
+        "client_cpu_pct": 100 * result.client_cpu / result.wall if result.wall else 0.0,
+        "service_cpu_ms_per_turn": 1000 * service_cpu / result.turns if result.turns else 0.0,
+        "ops": {
+            op: {
+                "n": len(values),
+                "p50": percentile(values, 50),
+                "p95": percentile(values, 95),
+                "p99": percentile(values, 99),
+                "max": max(values),
+                "mean": statistics.fmean(values),
+            }
+            for op, values in result.ops.items()
+            if values
+        },
+    }
+    return summary
+
+
+def table(
+    rows: list[dict[str, Any]], columns: list[tuple[str, Callable[[dict[str, Any]], str]]]
+) -> str:
+    """A Markdown table."""
+    head = "| " + " | ".join(name for name, _ in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def main() -> None:
+    """Run one scenario against a service this command starts, and print the tables."""
+    from bench.harness import running, start_mock_llm, start_rtdb, start_service
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1)
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--store", choices=["sqlite", "firebase"], default="sqlite")
+    parser.add_argument("--transport", choices=["rest", "sse"], default="rest")
+    parser.add_argument("--processes", type=int, default=4)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with running(start_mock_llm("--latency-ms", str(args.latency_ms))) as llm:
+        store = start_rtdb() if args.store == "firebase" else None
+        try:
+            settings = bench_settings(llm.url, store.url if store else None)
+            with running(start_service(**settings)) as service:
+                direct = "direct" if args.transport == "rest" else "direct-stream"
+                rows = [
+                    measure(
+                        Phase(
+                            direct,
+                            args.users,
+                            args.turns,
+                            service.url,
+                            f"{llm.url}/v1",
+                            args.processes,
+                        )
+                    ),
+                    measure(
+                        Phase(
+                            args.transport,
+                            args.users,
+                            args.turns,
+                            service.url,
+                            f"{llm.url}/v1",
+                            args.processes,
+                        ),
+                        service.popen.pid,
+                    ),
+                ]
+        finally:
+            if store:
+                store.stop()
+    logger.info("%s", summary_table(rows))
+
+
+def bench_settings(llm_url: str, rtdb_url: str | None, **extra: object) -> dict[str, object]:
+    """Service settings for load: limits that a benchmark must not hit."""
+    settings: dict[str, object] = {
+        "openai_base_url": f"{llm_url}/v1",
+        "openai_api_key": "bench",
+        "rate_limit_turns_per_minute": 10_000_000,
+        "rate_limit_sessions_per_minute": 10_000_000,
+        "max_streams_per_user": 10_000,
+        "max_active_sessions_per_user": 10_000,
+        "session_queue_limit": 100,
+        **extra,
+    }
+    if rtdb_url:
+        settings["firebase_database_url"] = f"{rtdb_url}?ns=bench{os.getpid()}"
+    else:
+        settings["store"] = "sqlite"
+        settings["sqlite_path"] = f"/tmp/chatify-bench-{os.getpid()}-{time.time_ns()}.db"
+    return settings
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Per-operation latencies of each phase."""
+    flat = []
+    for row in rows:
+        for op, stats in row["ops"].items():
+            flat.append({**row, "op": op, **stats})
+    return table(
+        flat,
+        [
+            ("phase", lambda r: r["mode"]),
+            ("users", lambda r: str(r["users"])),
+            ("op", lambda r: r["op"]),
+            ("n", lambda r: str(r["n"])),
+            ("p50 ms", lambda r: f"{r['p50']:.2f}"),
+            ("p95 ms", lambda r: f"{r['p95']:.2f}"),
+            ("p99 ms", lambda r: f"{r['p99']:.2f}"),
+            ("max ms", lambda r: f"{r['max']:.1f}"),
+            ("turns/s", lambda r: f"{r['turns_per_s']:.0f}"),
+            ("errors", lambda r: json.dumps(r["errors"]) if r["errors"] else "0"),
+            ("client CPU %", lambda r: f"{r['client_cpu_pct']:.0f}"),
+            ("service CPU ms/turn", lambda r: f"{r['service_cpu_ms_per_turn']:.2f}"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
