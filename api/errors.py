@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -48,6 +49,14 @@ class PayloadTooLarge(ChatifyError):
     code, status = "payload_too_large", 413
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON escaped to ASCII: a validation error may echo a lone surrogate from the request,
+    which UTF-8 cannot encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
 def error_response(
     status: int,
     code: str,
@@ -63,7 +72,7 @@ def error_response(
         "detail": message if detail is None else detail,
     }
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
 async def _chatify_error(request: Request, exc: Exception) -> JSONResponse:
@@ -89,8 +98,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (not UTF-8, nested too deep): to clients
+        # that is one more invalid request.
+        problem = {"type": "json_invalid", "loc": ["body"], "msg": str(exc.detail)}
+        return error_response(
+            422, "validation_error", f"Invalid request: {exc.detail}", detail=[problem]
+        )
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    response = error_response(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})  # e.g. Allow on 405
+    return response
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

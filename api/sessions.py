@@ -103,7 +103,7 @@ async def list_messages(
     sessions: SessionServiceDep,
     limit: Annotated[int, Query(ge=1, le=200, description="Messages per page")] = 50,
     before: Annotated[
-        int | None, Query(ge=0, description="Only messages with seq below this")
+        int | None, Query(ge=0, le=2**62, description="Only messages with seq below this")
     ] = None,
 ) -> MessagesPage:
     """A page of history, oldest first; follow `next_before` for older pages."""
