@@ -26,6 +26,7 @@ class ActiveSession:
 
     record: SessionRecord
     context: deque[StoredMessage]
+    next_seq: int  # where this process expects the session's next turn to be stored
 
     def find(self, client_message_id: str) -> StoredTurn | None:
         """A turn still in the context window, by the id of its user message."""
@@ -36,11 +37,12 @@ class ActiveSession:
         return None
 
     def remember(self, turn: StoredTurn) -> None:
-        """Add a stored turn to the context and the counters."""
+        """Add a turn stored where expected to the context and the counters."""
         self.context.append(turn.user)
         self.context.append(turn.assistant)
         self.record.message_count = turn.message_count
         self.record.last_activity = turn.assistant.timestamp
+        self.next_seq = turn.assistant.seq + 1
 
 
 class ActiveSessions:
@@ -69,7 +71,9 @@ class ActiveSessions:
                 raise SessionNotFound(session_id)
             if record.status != "active":
                 raise SessionEnded(session_id, record.status)
-            history = await self._store.load_messages(session_id, limit=record.context_messages)
+            # At least one message, to learn where the next turn goes even without context.
+            limit = max(1, record.context_messages)
+            history = await self._store.load_messages(session_id, limit=limit)
             return self.put(record, history)
         self._cache[session_id] = active  # restarts its idle time
         return active
@@ -78,8 +82,9 @@ class ActiveSessions:
         self, record: SessionRecord, history: list[StoredMessage] | None = None
     ) -> ActiveSession:
         """Cache a session with its recent history."""
-        context = deque(history or (), maxlen=record.context_messages)
-        active = ActiveSession(record, context)
+        history = history or []
+        context = deque(history, maxlen=record.context_messages)
+        active = ActiveSession(record, context, history[-1].seq + 1 if history else 0)
         self._cache[record.session_id] = active
         return active
 

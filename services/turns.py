@@ -207,12 +207,12 @@ class TurnPipeline:
         if not stored.created:  # another instance stored this client_message_id first
             self._sessions.forget(record.session_id)
             result = _result(active, stored, replayed=True)
+        elif stored.user.seq == active.next_seq:
+            active.remember(stored)
+            result = _result(active, stored, replayed=False, completion=completion)
         else:
-            if stored.user.seq != record.message_count * 2:
-                # Another instance appended to this session: our context is stale.
-                self._sessions.forget(record.session_id)
-            else:
-                active.remember(stored)
+            # Stored elsewhere than expected (another instance appended): the context is stale.
+            self._sessions.forget(record.session_id)
             result = _result(active, stored, replayed=False, completion=completion)
         result = dataclasses.replace(result, latency_ms=(time.perf_counter() - started) * 1000)
         if self._log_content:  # LOG_MESSAGE_CONTENT=true only: message bodies are private
@@ -258,6 +258,8 @@ def _result(
     return TurnResult(
         session_id=active.record.session_id,
         reply=stored.assistant.content,
+        # The turn's own number, from its position (exact: seqs have no gaps but on Firebase
+        # after a crash between a seq claim and the turn's write).
         message_count=stored.message_count,
         replayed=replayed,
         usage=stored.assistant.usage,

@@ -23,11 +23,14 @@ transaction on the session node, which would read and rewrite the whole history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +62,8 @@ T = TypeVar("T")
 _FORBIDDEN_IN_KEYS = re.compile(r"[%.$#\[\]/\x00-\x1f\x7f]")
 _SUMMARY_FIELDS = ("template_id", "status", "created_at", "last_activity", "ended_at", "title")
 _CAS_ATTEMPTS = 25
+_CLAIM_ATTEMPTS = 5
+_CLAIM_WAIT_SECONDS = 0.1  # in a pool thread, never on the event loop
 _IDS = "conversation_client_ids"
 # Key ranges of a session node that hold its metadata and none of its growing children.
 _META_RANGES = ((None, "context_messages"), ("conversation_history0", None))
@@ -88,6 +93,8 @@ class FirebaseStore:
         # Last known (value, ETag) of each session's next_seq; pool threads share it.
         self._slots: LRUCache[str, tuple[Any, str]] = LRUCache(settings.session_cache_max)
         self._slots_lock = threading.Lock()
+        # Tokens of seq claims whose answer was lost, by session (their turns were not written).
+        self._unused_claims: LRUCache[str, tuple[str, ...]] = LRUCache(1000)
         self._templates: tuple[Any, str] | None = None
         self._rules: tuple[Any, str] | None = None
 
@@ -216,35 +223,66 @@ class FirebaseStore:
     def _find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
         base = f"userSessions/{session_id}"
         seq = self._ref(f"{base}/{_IDS}/{encode_key(client_message_id)}").get()
-        if not isinstance(seq, int):
-            return None
-        query = self._ref(f"{base}/conversation_history").order_by_key()
-        pair = _messages(query.start_at(message_key(seq)).limit_to_first(2).get())
-        if len(pair) != 2 or pair[0].seq != seq:
-            return None
-        return StoredTurn(pair[0], pair[1], created=False)
+        return self._pair(session_id, seq) if isinstance(seq, int) else None
 
     async def append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
         """Allocate two seqs by compare-and-set, then write the turn in one update."""
         return await self._run(lambda: self._append_turn(session, turn))
 
     def _append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
-        sid = session.session_id
-        if turn.client_message_id is not None:
-            existing = self._find_turn(sid, turn.client_message_id)
-            if existing is not None:
-                return existing
+        sid, cid = session.session_id, turn.client_message_id
+        pointer = None
+        if cid is not None:
+            # Claim the id before taking seqs, so an instance that loses takes none.
+            pointer = self._ref(f"userSessions/{sid}/{_IDS}/{encode_key(cid)}")
+            winner = self._claim_id(sid, pointer)
+            if winner is not None:
+                return winner
         seq, claim = self._allocate(sid)
-        user = StoredMessage(seq, "user", turn.user_text, turn.user_at, turn.client_message_id)
+        user = StoredMessage(seq, "user", turn.user_text, turn.user_at, cid)
         reply = StoredMessage(seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage)
         try:
             self._ref("/").update(_turn_updates(session, user, reply))
-        except (firebase_errors.FirebaseError, requests.RequestException):
+        except (firebase_errors.FirebaseError, requests.RequestException) as exc:
             if self._landed(sid, user):  # the answer was lost, not the write
                 return StoredTurn(user, reply)
-            self._release(sid, seq, claim)
+            if not _may_land_later(exc):  # refused, or the connection died: never applied
+                self._release(sid, seq, claim)
+                if pointer is not None:
+                    with contextlib.suppress(firebase_errors.FirebaseError):
+                        pointer.delete()
+            # Else (a timeout) the write may still land: its seqs and claim stay taken.
             raise
         return StoredTurn(user, reply)
+
+    def _claim_id(self, session_id: str, pointer: db.Reference) -> StoredTurn | None:
+        """Claim a client_message_id with a conditional create; None when the claim is ours,
+        else the turn stored under it.
+
+        A claim of another instance is waited for (bounded) while its turn may still be
+        written, and taken over only if that turn never appears (its writer died).
+        """
+        token = f"pending:{uuid.uuid4().hex}"
+        value, etag = pointer.get(etag=True)
+        for attempt in range(_CLAIM_ATTEMPTS + 1):
+            winner = self._pair(session_id, value) if isinstance(value, int) else None
+            if winner is not None:
+                return winner
+            if value is None or attempt == _CLAIM_ATTEMPTS:
+                ok, value, etag = pointer.set_if_unchanged(etag, token)
+                if ok:
+                    return None
+                continue
+            time.sleep(_CLAIM_WAIT_SECONDS * (attempt + 1))  # a pool thread, not the loop
+            value, etag = pointer.get(etag=True)
+        raise StoreUnavailable("Another instance is storing this client_message_id; retry it")
+
+    def _pair(self, session_id: str, seq: int) -> StoredTurn | None:
+        query = self._ref(f"userSessions/{session_id}/conversation_history").order_by_key()
+        pair = _messages(query.start_at(message_key(seq)).limit_to_first(2).get())
+        if len(pair) != 2 or pair[0].seq != seq or pair[1].seq != seq + 1:
+            return None
+        return StoredTurn(pair[0], pair[1], created=False)
 
     def _landed(self, session_id: str, user: StoredMessage) -> bool:
         path = f"userSessions/{session_id}/conversation_history/{message_key(user.seq)}"
@@ -276,26 +314,40 @@ class FirebaseStore:
             return self._slots.get(session_id)
 
     def _allocate(self, session_id: str) -> tuple[int, str]:
-        """The next two seqs, claimed with a conditional write on the tiny ``next_seq`` node."""
+        """The next two seqs, claimed with a conditional write on the tiny ``next_seq`` node.
+
+        A claim whose answer never came (timeout, dropped connection) may still land; its
+        turn was never written, so when this process later finds its own unused claim on the
+        node, it takes those seqs rather than leaving a gap.
+        """
         ref = self._ref(f"userSessions/{session_id}/next_seq")
         cached = self._slot(session_id)
         value, etag = cached if cached else ref.get(etag=True)
         token = uuid.uuid4().hex
-        for _ in range(_CAS_ATTEMPTS):
-            if not isinstance(value, dict):
-                raise SessionNotFound(session_id)
-            if "closed" in value:
-                self._slot(session_id, pop=True)
-                raise SessionEnded(session_id, str(value["closed"]))
-            if value.get("by") == token:  # our write landed; its answer was lost and retried
-                self._slot(session_id, (value, etag))
-                return int(value["next"]) - 2, token
-            seq = int(value["next"])
-            claimed = {"next": seq + 2, "by": token}
-            ok, value, etag = ref.set_if_unchanged(etag, claimed)
-            if ok:
-                self._slot(session_id, (claimed, etag))
-                return seq, token
+        with self._slots_lock:
+            ours = {token, *self._unused_claims.pop(session_id, ())}
+        try:
+            for _ in range(_CAS_ATTEMPTS):
+                if not isinstance(value, dict):
+                    raise SessionNotFound(session_id)
+                if "closed" in value:
+                    self._slot(session_id, pop=True)
+                    raise SessionEnded(session_id, str(value["closed"]))
+                if value.get("by") in ours:  # a claim of ours landed unanswered: use its seqs
+                    self._slot(session_id, (value, etag))
+                    return int(value["next"]) - 2, str(value["by"])
+                seq = int(value["next"])
+                claimed = {"next": seq + 2, "by": token}
+                ok, value, etag = ref.set_if_unchanged(etag, claimed)
+                if ok:
+                    self._slot(session_id, (claimed, etag))
+                    return seq, token
+        except (firebase_errors.FirebaseError, requests.RequestException) as exc:
+            if not _refused(exc):
+                with self._slots_lock:
+                    self._unused_claims[session_id] = tuple(ours)[-8:]
+            self._slot(session_id, pop=True)
+            raise
         raise StoreUnavailable("Too many concurrent writers on one session; try again")
 
     async def end_session(self, session_id: str, *, at: str) -> SessionRecord | None:
@@ -467,6 +519,26 @@ def _database_url(settings: Settings) -> str:
         namespace = url.removeprefix("https://").split(".")[0]
         return f"http://{host}?ns={namespace}"
     return url
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether the database answered with an error (so the request was not applied)."""
+    response = getattr(exc, "http_response", None)
+    return response is not None and response.status_code >= 400
+
+
+def _may_land_later(exc: BaseException) -> bool:
+    """A timeout: the request may still be applied. (A refusal or a dropped connection is not.)"""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, requests.exceptions.Timeout | TimeoutError | socket.timeout):
+            return True
+        if "timed out" in str(seen).lower():
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    return False
 
 
 def _short(exc: Exception) -> str:
