@@ -25,6 +25,9 @@ def main() -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.llm_timeout_seconds) + 5,
+        # Longer than the idle timeout of clients' pools and load balancers (60 s is common),
+        # so the server never closes a connection that a client is about to reuse.
+        timeout_keep_alive=int(settings.http_keepalive_seconds),
         # Protocol pings keep idle WebSockets open through proxies that cut silent ones.
         ws_ping_interval=settings.ws_ping_seconds,
         ws_ping_timeout=settings.ws_ping_seconds,

@@ -41,6 +41,7 @@ class Phase:
     llm_url: str
     processes: int = 4
     message_chars: int = 60
+    ramp_seconds: float = 0.0  # virtual users start spread over this time
 
 
 @dataclass
@@ -181,7 +182,15 @@ async def _run_users(phase: Phase, users: list[int]) -> Result:
         base_url=phase.llm_url if direct else phase.base_url, limits=limits, timeout=120
     ) as client:
         run = _user_direct if direct else _user_service
-        await asyncio.gather(*(run(phase, client, user, out) for user in users))
+
+        async def guarded(user: int) -> None:
+            await asyncio.sleep(phase.ramp_seconds * user / max(1, phase.users))
+            try:
+                await run(phase, client, user, out)
+            except httpx.HTTPError as exc:  # counted, never fatal: the table says how many
+                out.errors[type(exc).__name__] += 1
+
+        await asyncio.gather(*(guarded(user) for user in users))
     return out
 
 

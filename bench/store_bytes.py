@@ -84,6 +84,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logger.setLevel(logging.INFO)
+    main_with(turns=args.turns)
+
+
+def main_with(*, turns: int) -> None:
+    """Measure and log the table."""
     with (
         MockLLM(config=MockLLMConfig(record=False)) as llm,
         RTDBServer() as rtdb,
@@ -93,6 +98,7 @@ def main() -> None:
             "openai_base_url": llm.url,
             "openai_api_key": "bench",
             "templates_seed_dir": REPO_ROOT / "templates_seed",
+            "rate_limit_turns_per_minute": 1_000_000,
         }
         db = Path(folder) / "bench.db"
         runs = {
@@ -105,10 +111,10 @@ def main() -> None:
                 firebase_counter(rtdb, "b"),
             ),
         }
-        lines = [f"| backend | turn 1 | turn {args.turns} |", "|---|---|---|"]
+        lines = [f"| backend | turn 1 | turn {turns} |", "|---|---|---|"]
         for name, (settings, counter) in runs.items():
-            result = asyncio.run(measure(settings, args.turns, counter))
-            lines.append(f"| {name} | {result[1]} | {result[args.turns]} |")
+            result = asyncio.run(measure(settings, turns, counter))
+            lines.append(f"| {name} | {result[1]} | {result[turns]} |")
     logger.info("store bytes written per turn\n%s", "\n".join(lines))
 
 

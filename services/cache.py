@@ -10,6 +10,7 @@ size does not grow with the conversation. Anything cached is also stored.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from dataclasses import dataclass
 
@@ -81,7 +82,11 @@ class ActiveSessions:
     def put(
         self, record: SessionRecord, history: list[StoredMessage] | None = None
     ) -> ActiveSession:
-        """Cache a session with its recent history."""
+        """Cache a session with its recent history.
+
+        Sessions of one personality share their system prompt text (about 1 kB each).
+        """
+        record.system_prompt = sys.intern(record.system_prompt)
         history = history or []
         context = deque(history, maxlen=record.context_messages)
         active = ActiveSession(record, context, history[-1].seq + 1 if history else 0)

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = []
     max_request_bytes: int = Field(65536, ge=1024)
+    http_keepalive_seconds: float = Field(75, gt=0)
 
     # LLM provider
     openai_api_key: str | None = None
