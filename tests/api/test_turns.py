@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
 
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
+from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"
-
-
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    """Yield to the event loop until ``condition()`` holds (bounded, not a timing guess)."""
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _arrived(event: threading.Event) -> None:
@@ -76,7 +67,7 @@ async def test_a_retry_waits_for_the_turn_in_flight(chat: RunningApp, llm: MockL
     retry = asyncio.create_task(chat.send(session_id, "hi", client_message_id="m-1"))
     running = chat.services.turns.in_flight(session_id, "m-1")
     assert running is not None
-    await _until(lambda: running.joiners == 1, "the retry to join the turn in flight")
+    await until(lambda: running.joiners == 1, "the retry to join the turn in flight")
     assert chat.services.turns._gate.waiting(session_id) == 0  # joined, not queued
     release.set()
 
@@ -96,9 +87,9 @@ async def test_concurrent_messages_are_processed_one_at_a_time_in_order(
     first = asyncio.create_task(chat.send(session_id, "first"))
     await _arrived(arrived)
     second = asyncio.create_task(chat.send(session_id, "second"))
-    await _until(lambda: gate.waiting(session_id) == 1, "the second message to queue")
+    await until(lambda: gate.waiting(session_id) == 1, "the second message to queue")
     third = asyncio.create_task(chat.send(session_id, "third"))
-    await _until(lambda: gate.waiting(session_id) == 2, "the third message to queue")
+    await until(lambda: gate.waiting(session_id) == 2, "the third message to queue")
     assert len(llm.chat_requests()) == 1  # no overlapping LLM calls
     release.set()
 
@@ -123,7 +114,7 @@ async def test_too_many_waiting_messages_answer_session_busy(
         running = asyncio.create_task(chat.send(session_id, "one"))
         await _arrived(arrived)
         waiting = asyncio.create_task(chat.send(session_id, "two"))
-        await _until(lambda: gate.waiting(session_id) == 1, "a message to queue")
+        await until(lambda: gate.waiting(session_id) == 1, "a message to queue")
 
         busy = await chat.send(session_id, "three")
 

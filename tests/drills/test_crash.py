@@ -9,19 +9,14 @@ LLM, and for Firebase the Realtime Database test server.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from bench.harness import Proc, running, start_mock_llm, start_rtdb, start_service
-from bench.load import bench_settings
+from bench.harness import running, start_mock_llm, start_service
 from tests.support.live import read_events
+from tests.support.stored import DrillStore, Msg, Snapshot, history_problems
 
 API = "/api/v1/chatbot"
 SESSIONS = 4
@@ -32,25 +27,6 @@ ACKED_BEFORE_KILL = 60  # turns acknowledged before the kill, of which some over
 SSE_ACKED_BEFORE_KILL = 4
 MAX_TURNS_PER_CLIENT = 400  # far more than a client can send before the kill
 TIMEOUT = httpx.Timeout(20.0)
-
-
-@dataclass(frozen=True)
-class Msg:
-    """A stored message, as read straight from the store."""
-
-    seq: int
-    role: str
-    content: str
-    client_message_id: str | None
-
-
-@dataclass
-class Snapshot:
-    """Every session's stored history (by seq), message_count and next free seq."""
-
-    histories: dict[str, list[Msg]]
-    counts: dict[str, int]
-    next_seq: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -80,90 +56,6 @@ class Load:
         self.sse_acked += sse
         if len(self.acked) >= ACKED_BEFORE_KILL and self.sse_acked >= SSE_ACKED_BEFORE_KILL:
             self.enough.set()
-
-
-class Store:
-    """The store under test: settings for the service, and a way to read it directly."""
-
-    def __init__(self, kind: str, tmp_path: Path, rtdb: Proc | None) -> None:
-        self.kind = kind
-        self.rtdb = rtdb
-        self.sqlite_path = tmp_path / "chatify.db"
-        self.namespace = ""
-
-    def settings(self, llm_url: str) -> dict[str, object]:
-        settings = bench_settings(llm_url, self.rtdb.url if self.rtdb else None)
-        if self.rtdb is None:
-            settings["sqlite_path"] = str(self.sqlite_path)
-        else:
-            self.namespace = str(settings["firebase_database_url"]).split("?ns=", 1)[1]
-        return settings
-
-    def read(self) -> Snapshot:
-        if self.rtdb is None:
-            return _read_sqlite(self.sqlite_path)
-        url = f"{self.rtdb.url}/userSessions.json?ns={self.namespace}"
-        data = httpx.get(url, timeout=10).json() or {}
-        histories = {
-            sid: sorted(
-                (
-                    Msg(m["seq"], m["role"], m["content"], m.get("client_message_id"))
-                    for m in (node.get("conversation_history") or {}).values()
-                ),
-                key=lambda m: m.seq,
-            )
-            for sid, node in data.items()
-        }
-        counts = {sid: int(node.get("message_count", 0)) for sid, node in data.items()}
-        next_seq = {sid: int(node["next_seq"]["next"]) for sid, node in data.items()}
-        return Snapshot(histories, counts, next_seq)
-
-
-def _read_sqlite(path: Path) -> Snapshot:
-    conn = sqlite3.connect(path, timeout=10)
-    try:
-        counts = dict(conn.execute("SELECT session_id, message_count FROM sessions").fetchall())
-        histories: dict[str, list[Msg]] = {sid: [] for sid in counts}
-        rows = conn.execute(
-            "SELECT session_id, seq, role, content, client_message_id FROM messages "
-            "ORDER BY session_id, seq"
-        ).fetchall()
-    finally:
-        conn.close()
-    for sid, seq, role, content, cmid in rows:
-        histories.setdefault(sid, []).append(Msg(seq, role, content, cmid))
-    return Snapshot(histories, counts, {sid: 2 * count for sid, count in counts.items()})
-
-
-@pytest.fixture(params=["sqlite", "firebase"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """An empty store of each kind (Firebase: the RTDB test server as its own process)."""
-    if request.param == "sqlite":
-        yield Store("sqlite", tmp_path, None)
-        return
-    with running(start_rtdb()) as rtdb:
-        yield Store("firebase", tmp_path, rtdb)
-
-
-def history_problems(snapshot: Snapshot, *, contiguous: bool) -> list[str]:
-    """Whole turns only: user at an even seq, its reply right after, counts exact."""
-    problems = []
-    for sid, msgs in snapshot.histories.items():
-        seqs = [m.seq for m in msgs]
-        if len(msgs) % 2:
-            problems.append(f"{sid}: odd number of messages ({len(msgs)})")
-        if snapshot.counts.get(sid) != len(msgs) // 2:
-            problems.append(f"{sid}: message_count {snapshot.counts.get(sid)}, {len(msgs)} stored")
-        if contiguous and seqs != list(range(len(msgs))):
-            problems.append(f"{sid}: seqs are not 0..n-1: {seqs}")
-        for user, reply in zip(msgs[::2], msgs[1::2], strict=False):
-            if user.role != "user" or user.seq % 2 or reply.role != "assistant":
-                problems.append(f"{sid}: not a user/assistant pair at seq {user.seq}")
-            elif reply.seq != user.seq + 1 or reply.content != f"Echo: {user.content}":
-                problems.append(f"{sid}: seq {user.seq} has no reply right after it")
-        ids = Counter(m.client_message_id for m in msgs if m.client_message_id)
-        problems += [f"{sid}: {cmid} stored {n} times" for cmid, n in ids.items() if n > 1]
-    return problems
 
 
 def stored_turn(snapshot: Snapshot, turn: Sent) -> list[Msg]:
@@ -206,7 +98,7 @@ async def client_loop(
     load.failures.append(f"{name}: ran out of turns before the kill")
 
 
-async def test_kill_9_under_load_loses_no_acknowledged_turn(store: Store) -> None:
+async def test_kill_9_under_load_loses_no_acknowledged_turn(store: DrillStore) -> None:
     with running(start_mock_llm("--latency-ms", "30", "--chunk-delay-ms", "5")) as llm:
         settings = store.settings(llm.url)
         service = start_service(**settings)

@@ -29,6 +29,13 @@ from bench.harness import Proc, clean_env, running, start, start_mock_llm, start
 from bench.load import bench_settings, percentile
 from tests.support.live import read_events
 from tests.support.rtdb_server import Fault, RTDBServer
+from tests.support.stored import (
+    Msg,
+    firebase_snapshot,
+    history_problems,
+    read_sqlite,
+    sqlite_snapshot,
+)
 
 API = "/api/v1/chatbot"
 TIMEOUT = httpx.Timeout(30.0)
@@ -42,74 +49,6 @@ DOCUMENTED: dict[int, set[str | None]] = {
 }
 STREAM_ERRORS = {"llm_error", "llm_unavailable", "llm_timeout"}
 HEALTH_P99_MS = 250.0
-
-
-@dataclass(frozen=True)
-class Msg:
-    """A stored message, as read straight from the store."""
-
-    seq: int
-    role: str
-    content: str
-    client_message_id: str | None
-
-
-def sqlite_histories(conn: sqlite3.Connection) -> tuple[dict[str, list[Msg]], dict[str, int]]:
-    """Every session's messages (by seq) and message_count, through ``conn``."""
-    counts = dict(conn.execute("SELECT session_id, message_count FROM sessions").fetchall())
-    histories: dict[str, list[Msg]] = {sid: [] for sid in counts}
-    for sid, seq, role, content, cmid in conn.execute(
-        "SELECT session_id, seq, role, content, client_message_id FROM messages "
-        "ORDER BY session_id, seq"
-    ).fetchall():
-        histories.setdefault(sid, []).append(Msg(seq, role, content, cmid))
-    return histories, counts
-
-
-def read_sqlite(path: Path) -> tuple[dict[str, list[Msg]], dict[str, int]]:
-    """The same from a fresh connection."""
-    conn = sqlite3.connect(path, timeout=10)
-    try:
-        return sqlite_histories(conn)
-    finally:
-        conn.close()
-
-
-def firebase_histories(data: Any) -> tuple[dict[str, list[Msg]], dict[str, int]]:
-    """The same from the ``/userSessions`` node."""
-    data = data or {}
-    histories = {
-        sid: sorted(
-            (
-                Msg(m["seq"], m["role"], m["content"], m.get("client_message_id"))
-                for m in (node.get("conversation_history") or {}).values()
-            ),
-            key=lambda m: m.seq,
-        )
-        for sid, node in data.items()
-    }
-    return histories, {sid: int(node.get("message_count", 0)) for sid, node in data.items()}
-
-
-def history_problems(
-    histories: dict[str, list[Msg]], counts: dict[str, int], *, contiguous: bool = True
-) -> list[str]:
-    """Whole turns only (a user message and its reply on adjacent seqs), exact counts."""
-    problems = []
-    for sid, msgs in histories.items():
-        seqs = [m.seq for m in msgs]
-        if contiguous and seqs != list(range(len(msgs))):
-            problems.append(f"{sid}: seqs are not 0..n-1: {seqs}")
-        if len(msgs) % 2 or counts.get(sid) != len(msgs) // 2:
-            problems.append(f"{sid}: message_count {counts.get(sid)}, {len(msgs)} stored")
-        for user, reply in zip(msgs[::2], msgs[1::2], strict=False):
-            if (user.role, reply.role) != ("user", "assistant") or reply.seq != user.seq + 1:
-                problems.append(f"{sid}: seqs {user.seq},{reply.seq} are not a whole turn")
-            elif reply.content != f"Echo: {user.content}":
-                problems.append(f"{sid}: seq {reply.seq} is not the reply to seq {user.seq}")
-        ids = Counter(m.client_message_id for m in msgs if m.client_message_id)
-        problems += [f"{sid}: {cmid} stored {n} times" for cmid, n in ids.items() if n > 1]
-    return problems
 
 
 def stored_ids(histories: dict[str, list[Msg]], session_id: str) -> list[str]:
@@ -272,10 +211,11 @@ async def test_llm_faults_give_documented_errors_store_nothing_and_never_block(
 
                 assert not out.undocumented, out.undocumented[:5]
                 assert out.codes["200"] and sum(out.codes.values()) > out.codes["200"], out.codes
-                histories, counts = read_sqlite(tmp_path / "chatify.db")
-                assert not history_problems(histories, counts), history_problems(histories, counts)
+                snapshot = read_sqlite(tmp_path / "chatify.db")
+                assert not history_problems(snapshot), history_problems(snapshot)
                 for sid in session_ids:  # exactly the 200s are stored, in the order sent
-                    assert stored_ids(histories, sid) == out.ok[sid], (out.ok[sid], out.codes)
+                    stored = stored_ids(snapshot.histories, sid)
+                    assert stored == out.ok[sid], (out.ok[sid], out.codes)
                 assert not probe.failures, probe.failures[:5]
                 p99 = percentile(probe.latencies_ms, 99)
                 assert len(probe.latencies_ms) >= 50, len(probe.latencies_ms)
@@ -299,9 +239,9 @@ async def test_llm_faults_give_documented_errors_store_nothing_and_never_block(
     finally:
         faulty.stop()
 
-    histories, counts = read_sqlite(tmp_path / "chatify.db")
-    assert not history_problems(histories, counts), history_problems(histories, counts)
-    assert sum(counts.values()) == sessions * (turns + 1)
+    snapshot = read_sqlite(tmp_path / "chatify.db")
+    assert not history_problems(snapshot), history_problems(snapshot)
+    assert sum(snapshot.counts.values()) == sessions * (turns + 1)
 
 
 # --------------------------------------------------------------------------- store faults
@@ -379,12 +319,12 @@ async def test_firebase_outage_answers_503_writes_nothing_and_recovers(
                 created = await client.post(f"{API}/session", json={"user_id": "store-faults-new"})
                 assert created.status_code == 201, created.text
 
-    histories, counts = firebase_histories(rtdb.get_data(namespace, "/userSessions"))
+    snapshot = firebase_snapshot(rtdb.get_data(namespace, "/userSessions"))
     # After a stall the seq claimed by the turn without an id can be left unused (a gap).
-    problems = history_problems(histories, counts, contiguous=kind != "stall")
+    problems = history_problems(snapshot, contiguous=kind != "stall")
     assert not problems, problems
     for sid in session_ids:
-        assert stored_ids(histories, sid) == [f"{sid}-before", f"{sid}-during"]
+        assert stored_ids(snapshot.histories, sid) == [f"{sid}-before", f"{sid}-during"]
 
 
 # A seq claim (a conditional PUT on next_seq) that times out but is applied afterwards must not
@@ -414,8 +354,8 @@ async def test_firebase_seq_claim_landing_after_its_timeout_leaves_no_gap(
                 assert retried.status_code == 200, retried.text
                 assert retried.json()["message_count"] == 2, retried.text
 
-    histories, counts = firebase_histories(rtdb.get_data(namespace, "/userSessions"))
-    assert not history_problems(histories, counts), history_problems(histories, counts)
+    snapshot = firebase_snapshot(rtdb.get_data(namespace, "/userSessions"))
+    assert not history_problems(snapshot), history_problems(snapshot)
 
 
 # A turn whose multi-path update times out but lands afterwards (a slow database, not a dead
@@ -441,9 +381,9 @@ async def test_firebase_turn_update_landing_after_its_timeout_is_not_overwritten
                 assert retried.status_code == 200, retried.text
                 assert retried.json()["response"] == "Echo: late"
 
-    histories, counts = firebase_histories(rtdb.get_data(namespace, "/userSessions"))
-    assert not history_problems(histories, counts), history_problems(histories, counts)
-    assert sorted(stored_ids(histories, sid)) == ["after", "first", "late"]
+    snapshot = firebase_snapshot(rtdb.get_data(namespace, "/userSessions"))
+    assert not history_problems(snapshot), history_problems(snapshot)
+    assert sorted(stored_ids(snapshot.histories, sid)) == ["after", "first", "late"]
 
 
 async def test_sqlite_locked_answers_503_writes_nothing_and_recovers(tmp_path: Path) -> None:
@@ -459,7 +399,7 @@ async def test_sqlite_locked_answers_503_writes_nothing_and_recovers(tmp_path: P
                 lock = sqlite3.connect(path, isolation_level=None, timeout=5)
                 try:
                     lock.execute("BEGIN EXCLUSIVE")
-                    before = sqlite_histories(lock)
+                    before = sqlite_snapshot(lock)
                     created, *turns = await asyncio.gather(
                         client.post(f"{API}/session", json={"user_id": "sqlite-lock-new"}),
                         *(send(client, sid, "during", f"{sid}-during") for sid in session_ids),
@@ -468,7 +408,7 @@ async def test_sqlite_locked_answers_503_writes_nothing_and_recovers(tmp_path: P
                     for response in (created, *turns):
                         assert response.status_code == 503, response.text
                         assert error_code(response) == "store_unavailable", response.text
-                    assert sqlite_histories(lock) == before
+                    assert sqlite_snapshot(lock) == before
                 finally:
                     lock.execute("ROLLBACK")
                     lock.close()
@@ -481,7 +421,7 @@ async def test_sqlite_locked_answers_503_writes_nothing_and_recovers(tmp_path: P
                 created = await client.post(f"{API}/session", json={"user_id": "sqlite-lock-new"})
                 assert created.status_code == 201, created.text
 
-    histories, counts = read_sqlite(path)
-    assert not history_problems(histories, counts), history_problems(histories, counts)
+    snapshot = read_sqlite(path)
+    assert not history_problems(snapshot), history_problems(snapshot)
     for sid in session_ids:
-        assert stored_ids(histories, sid) == [f"{sid}-before", f"{sid}-during"]
+        assert stored_ids(snapshot.histories, sid) == [f"{sid}-before", f"{sid}-during"]
