@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -93,6 +93,31 @@ class SessionRecord:
     context_messages: int
     title: str | None = None
     summary: str | None = None
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> SessionRecord:
+        """From stored fields named as in DATA.md (a SQLite row or a Firebase node)."""
+        return cls(
+            session_id=fields["session_id"],
+            user_id=fields["user_id"],
+            template_id=fields["template_id"],
+            status=fields["status"],
+            created_at=fields["created_at"],
+            last_activity=fields["last_activity"],
+            ended_at=fields.get("ended_at"),
+            message_count=int(fields.get("message_count") or 0),
+            system_prompt=fields["system_prompt"],
+            sampling=Sampling(
+                model=fields["model"],
+                temperature=float(fields["temperature"]),
+                max_tokens=int(fields["max_tokens"]),
+                presence_penalty=float(fields["presence_penalty"]),
+                frequency_penalty=float(fields["frequency_penalty"]),
+            ),
+            context_messages=int(fields["context_messages"]),
+            title=fields.get("title"),
+            summary=fields.get("summary"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -578,27 +578,7 @@ def _summary_doc(s: SessionRecord) -> dict[str, Any]:
 def _session(data: Any) -> SessionRecord | None:
     if not isinstance(data, dict) or "user_id" not in data:
         return None
-    return SessionRecord(
-        session_id=data["session_id"],
-        user_id=data["user_id"],
-        template_id=data["template_id"],
-        status=data["status"],
-        created_at=data["created_at"],
-        last_activity=data["last_activity"],
-        ended_at=data.get("ended_at"),
-        message_count=int(data.get("message_count", 0)),
-        system_prompt=data["system_prompt"],
-        sampling=Sampling(
-            model=data["model"],
-            temperature=float(data["temperature"]),
-            max_tokens=int(data["max_tokens"]),
-            presence_penalty=float(data["presence_penalty"]),
-            frequency_penalty=float(data["frequency_penalty"]),
-        ),
-        context_messages=int(data["context_messages"]),
-        title=data.get("title"),
-        summary=data.get("summary"),
-    )
+    return SessionRecord.from_fields(data)
 
 
 def _summary(user_id: str, session_id: str, doc: dict[str, Any]) -> SessionRecord:

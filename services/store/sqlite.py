@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
 from services.models import (
     NewTurn,
-    Sampling,
     SeedReport,
     SessionRecord,
     SessionStatus,
@@ -358,27 +357,7 @@ def _find_turn(
 
 
 def _session(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        session_id=row["session_id"],
-        user_id=row["user_id"],
-        template_id=row["template_id"],
-        status=row["status"],
-        created_at=row["created_at"],
-        last_activity=row["last_activity"],
-        ended_at=row["ended_at"],
-        message_count=row["message_count"],
-        system_prompt=row["system_prompt"],
-        sampling=Sampling(
-            model=row["model"],
-            temperature=row["temperature"],
-            max_tokens=row["max_tokens"],
-            presence_penalty=row["presence_penalty"],
-            frequency_penalty=row["frequency_penalty"],
-        ),
-        context_messages=row["context_messages"],
-        title=row["title"],
-        summary=row["summary"],
-    )
+    return SessionRecord.from_fields(dict(zip(row.keys(), row, strict=True)))
 
 
 def _message(row: sqlite3.Row) -> StoredMessage:
