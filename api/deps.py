@@ -43,19 +43,9 @@ async def get_services(conn: HTTPConnection) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_settings(services: ServicesDep) -> Settings:
-    """The settings."""
-    return services.settings
-
-
 async def get_session_service(services: ServicesDep) -> SessionService:
     """The session service."""
     return services.sessions
-
-
-async def get_turns(services: ServicesDep) -> TurnPipeline:
-    """The turn pipeline."""
-    return services.turns
 
 
 async def get_quotas(services: ServicesDep) -> Quotas:
@@ -88,12 +78,10 @@ async def get_caller_or_error(conn: HTTPConnection, services: ServicesDep) -> Ca
         return error
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 QuotasDep = Annotated[Quotas, Depends(get_quotas)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 CallerOrErrorDep = Annotated[Caller | ChatifyError, Depends(get_caller_or_error)]
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
-TurnPipelineDep = Annotated[TurnPipeline, Depends(get_turns)]
 SessionIdPath = Annotated[str, Path(description="The session's id (a UUID)")]
 
 
