@@ -9,10 +9,22 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import admin, ops, personalities, playground, sessions, stream, ws
+from api import (
+    admin,
+    ops,
+    personalities,
+    playground,
+    sessions,
+    stream,
+    studio,
+    ws,
+)
+from api import (
+    settings as rules_settings,
+)
 from api.deps import Services
 from api.errors import install_error_handlers
-from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from api.middleware import BodyLimitMiddleware, RequestLogMiddleware, TrailingSlashMiddleware
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
@@ -23,7 +35,10 @@ from services.scheduler import build_scheduler
 from services.sessions import SessionService
 from services.settings import Settings
 from services.store import build_store
-from services.templates import TemplateService
+from services.templates.authoring import Authoring
+from services.templates.preview import Previews
+from services.templates.service import TemplateService
+from services.templates.stats import TemplateStats
 from services.turns import TurnPipeline
 
 logger = logging.getLogger(__name__)
@@ -55,28 +70,32 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(playground.router)
+    app.include_router(studio.router)
     app.include_router(sessions.router, prefix=API_PREFIX)
     app.include_router(stream.router, prefix=API_PREFIX)
     app.include_router(ws.router, prefix=API_PREFIX)
     app.include_router(personalities.router, prefix=API_PREFIX)
+    app.include_router(rules_settings.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials="*" not in settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[
                 "Authorization",
                 "Content-Type",
                 "X-API-Key",
                 "X-Request-ID",
                 "Last-Event-ID",
+                "If-Match",
             ],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", "ETag"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(TrailingSlashMiddleware)
     return app
 
 
@@ -96,12 +115,16 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     await store.open()
     stack.push_async_callback(store.close)
 
-    templates = TemplateService(store, settings)
+    templates = TemplateService(store, settings, clock=clock)
     await templates.seed_if_empty()
     await templates.refresh()
 
     llm = build_llm(settings)
     stack.push_async_callback(llm.close)
+    stats = TemplateStats(store, clock=clock)
+    stack.push_async_callback(stats.flush)  # runs after the turns drained (callbacks unwind)
+    previews = Previews(templates, llm)
+    stack.push_async_callback(previews.drain)
 
     cache = ActiveSessions(
         store,
@@ -115,13 +138,33 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         gate=TurnGate(settings.session_queue_limit),
         llm=llm,
         clock=clock,
+        stats=stats,
         log_content=settings.log_message_content,
     )
     stack.push_async_callback(turns.drain)
     session_service = SessionService(
-        store=store, templates=templates, sessions=cache, settings=settings, clock=clock
+        store=store,
+        templates=templates,
+        sessions=cache,
+        settings=settings,
+        clock=clock,
+        stats=stats,
     )
-    scheduler = build_scheduler(settings, sessions=session_service, templates=templates)
+    scheduler = build_scheduler(
+        settings, sessions=session_service, templates=templates, stats=stats
+    )
     scheduler.start()
     stack.callback(scheduler.shutdown, wait=False)
-    return Services(settings, store, templates, llm, session_service, turns, auth, Quotas(settings))
+    return Services(
+        settings=settings,
+        store=store,
+        templates=templates,
+        llm=llm,
+        sessions=session_service,
+        turns=turns,
+        auth=auth,
+        quotas=Quotas(settings),
+        authoring=Authoring(store, templates, clock=clock),
+        stats=stats,
+        previews=previews,
+    )

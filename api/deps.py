@@ -16,7 +16,10 @@ from services.quotas import Quotas
 from services.sessions import SessionService
 from services.settings import Settings
 from services.store.base import Store
-from services.templates import TemplateService
+from services.templates.authoring import Authoring
+from services.templates.preview import Previews
+from services.templates.service import TemplateService
+from services.templates.stats import TemplateStats
 from services.turns import TurnPipeline
 
 
@@ -32,6 +35,9 @@ class Services:
     turns: TurnPipeline
     auth: Authenticator
     quotas: Quotas
+    authoring: Authoring
+    stats: TemplateStats
+    previews: Previews
 
 
 async def get_services(conn: HTTPConnection) -> Services:
@@ -80,6 +86,15 @@ async def get_caller_or_error(conn: HTTPConnection, services: ServicesDep) -> Ca
 
 QuotasDep = Annotated[Quotas, Depends(get_quotas)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_admin(caller: CallerDep) -> Caller:
+    """The caller, if an admin (AUTH_MODE=none: everyone); else 403 ``forbidden``."""
+    caller.require_admin()
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(get_admin)]
 CallerOrErrorDep = Annotated[Caller | ChatifyError, Depends(get_caller_or_error)]
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
 SessionIdPath = Annotated[str, Path(description="The session's id (a UUID)")]

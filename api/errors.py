@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import ErrorBody
-from services.errors import ChatifyError
+from services.errors import ChatifyError, InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ _DOCS = {
     403: "`forbidden`: the caller may not act for that user, or is not an admin",
     404: "Not found: `session_not_found` (also another user's session) or `template_not_found`",
     409: "`session_ended` (ended or expired), or `active_session_limit` when creating",
+    412: "`precondition_failed`: `If-Match` names a version that is no longer current",
     413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES",
     422: "`validation_error` (detail lists the errors) or `idempotency_conflict`",
     429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited`; see Retry-After",
@@ -79,7 +80,10 @@ async def _chatify_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatifyError)
     if exc.status >= 500:
         logger.warning("%s %s -> %s %s", request.method, request.url.path, exc.status, exc.code)
-    response = error_response(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
+    detail = exc.problems if isinstance(exc, InvalidInput) else None
+    response = error_response(
+        exc.status, exc.code, exc.message, detail=detail, retry_after=exc.retry_after
+    )
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response

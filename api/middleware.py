@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids with one log line per request, and the body size limit."""
+"""Pure ASGI middleware: request ids with one log line per request, the body size limit, and
+paths that answer with or without a trailing slash."""
 
 from __future__ import annotations
 
@@ -129,3 +130,17 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class TrailingSlashMiddleware:
+    """``/x/`` is routed as ``/x``, with no redirect: a browser's cross-origin POST must not be
+    redirected, and Chatify's clients call ``/personalities/`` with the slash."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] in ("http", "websocket") and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+        await self.app(scope, receive, send)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import ServicesDep
 from services.errors import StoreUnavailable
@@ -29,6 +29,10 @@ class Readiness(BaseModel):
     llm: str
     templates: int
     problems: list[str]
+    template_problems: dict[str, list[str]] = Field(
+        description="Stored personalities that are invalid (the last good version serves); "
+        "they do not make the service unready. Details: GET /api/v1/personalities/problems"
+    )
 
 
 @router.get("/health", response_model=Health)
@@ -59,5 +63,9 @@ async def ready(services: ServicesDep) -> JSONResponse:
         llm=services.llm.provider,
         templates=services.templates.count,
         problems=problems,
+        template_problems={
+            key: [f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in found]
+            for key, found in services.templates.problems().items()
+        },
     )
     return JSONResponse(body.model_dump(), status_code=503 if problems else 200)

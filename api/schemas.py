@@ -33,6 +33,19 @@ class CreateSessionRequest(BaseModel):
         description="A personality id; the default personality when absent",
         examples=["friendly-assistant"],
     )
+    variables: dict[str, str] | None = Field(
+        None,
+        description="Values for the variables the personality declares (`{{name}}` in its "
+        "prompt and greeting); undeclared names or values over the declared maxLength are 422",
+        examples=[{"user_name": "Sam"}],
+    )
+    timezone: str | None = Field(
+        None,
+        max_length=64,
+        description="IANA time zone for the {{date}}, {{time}} and {{weekday}} placeholders "
+        "(default DEFAULT_TIMEZONE)",
+        examples=["Europe/Paris"],
+    )
 
 
 class CreateSessionResponse(BaseModel):
@@ -131,6 +144,9 @@ class SessionSummary(BaseModel):
 
 class SessionDetail(SessionSummary):
     success: Literal[True] = True
+    template_version: int | None = Field(
+        description="The personality's version the session started with (null: unversioned)"
+    )
     conversation_history: list[MessageBody] = Field(description="The last 50 messages")
 
 

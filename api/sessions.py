@@ -53,7 +53,12 @@ async def create_session(
         missing = {"type": "missing", "loc": ("body", "user_id"), "msg": "Field required"}
         raise RequestValidationError([missing])
     await quotas.take_session(user_id)
-    created = await sessions.create_session(user_id=user_id, template_id=body.template_id)
+    created = await sessions.create_session(
+        user_id=user_id,
+        template_id=body.template_id,
+        variables=body.variables,
+        timezone=body.timezone,
+    )
     return CreateSessionResponse(
         session_id=created.record.session_id,
         template_id=created.record.template_id,
@@ -89,6 +94,7 @@ async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> 
     history = await sessions.messages(session.session_id, limit=HISTORY_IN_DETAIL)
     return SessionDetail(
         **SessionSummary.fields_of(session),
+        template_version=session.template_version,
         conversation_history=[MessageBody.of(m) for m in history],
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
@@ -14,6 +14,7 @@ from api.deps import ServicesDep, TurnSessionDep
 from api.errors import documented
 from api.schemas import MessageResponse, SendMessageRequest, checked_message
 from services.quotas import StreamSlot
+from services.settings import Settings
 from services.turns import Turn, TurnEvent
 
 router = APIRouter(prefix="/chatbot", tags=["streaming"])
@@ -53,8 +54,18 @@ async def stream_message(
         slot.release()
         raise
     after = _event_number(last_event_id) if joined else -1
+    return event_stream(turn, after=after, slot=slot, settings=settings, data=event_data)
+
+
+EventData = Callable[[Turn, TurnEvent], dict[str, Any]]
+
+
+def event_stream(
+    turn: Turn, *, after: int, slot: StreamSlot, settings: Settings, data: EventData
+) -> EventSourceResponse:
+    """A turn's events from ``after`` on, as SSE, holding the caller's stream slot."""
     return EventSourceResponse(
-        _events(turn, after, slot),
+        _events(turn, after, slot, data),
         ping=settings.sse_ping_seconds,
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         headers={"Cache-Control": "no-cache"},
@@ -70,11 +81,13 @@ def _event_number(header: str | None) -> int:
         return -1
 
 
-async def _events(turn: Turn, after: int, slot: StreamSlot) -> AsyncIterator[ServerSentEvent]:
+async def _events(
+    turn: Turn, after: int, slot: StreamSlot, data: EventData
+) -> AsyncIterator[ServerSentEvent]:
     try:
         async for event in turn.follow(after):
-            data = json.dumps(event_data(turn, event))
-            yield ServerSentEvent(data=data, event=event.kind, id=str(event.id))
+            payload = json.dumps(data(turn, event))
+            yield ServerSentEvent(data=payload, event=event.kind, id=str(event.id))
     finally:
         slot.release()
 

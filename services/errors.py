@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ChatifyError(Exception):
     """Base of every error the API reports to clients."""
@@ -75,3 +77,25 @@ class RateLimited(ChatifyError):
 
 class ActiveSessionLimit(ChatifyError):
     code, status = "active_session_limit", 409
+
+
+class InvalidInput(ChatifyError):
+    """A 422 whose ``problems`` list every bad field as ``{type, loc, msg}``."""
+
+    code, status = "validation_error", 422
+
+    def __init__(self, message: str, *, problems: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class TemplateExists(ChatifyError):
+    code, status = "template_exists", 409
+
+
+class DefaultTemplate(ChatifyError):
+    code, status = "default_template", 409
+
+
+class PreconditionFailed(ChatifyError):
+    code, status = "precondition_failed", 412

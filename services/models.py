@@ -93,6 +93,7 @@ class SessionRecord:
     context_messages: int
     title: str | None = None
     summary: str | None = None
+    template_version: int | None = None
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> SessionRecord:
@@ -117,6 +118,7 @@ class SessionRecord:
             context_messages=int(fields["context_messages"]),
             title=fields.get("title"),
             summary=fields.get("summary"),
+            template_version=fields.get("template_version"),
         )
 
 
@@ -178,3 +180,44 @@ class SeedReport:
     created: list[str] = field(default_factory=list)
     overwritten: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TemplateCounts:
+    """Usage counters of one personality (totals, or a delta waiting to be flushed)."""
+
+    sessions: int = 0
+    turns: int = 0
+    reply_tokens: int = 0
+    failed_turns: int = 0
+    last_used: str | None = None
+
+    def add(self, other: TemplateCounts) -> None:
+        """Add another set of counters to these."""
+        self.sessions += other.sessions
+        self.turns += other.turns
+        self.reply_tokens += other.reply_tokens
+        self.failed_turns += other.failed_turns
+        if other.last_used and (self.last_used is None or other.last_used > self.last_used):
+            self.last_used = other.last_used
+
+    def as_dict(self) -> dict[str, Any]:
+        """As stored (Firebase node, SQLite row)."""
+        return {
+            "sessions": self.sessions,
+            "turns": self.turns,
+            "reply_tokens": self.reply_tokens,
+            "failed_turns": self.failed_turns,
+            "last_used": self.last_used,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TemplateCounts:
+        """From the stored form."""
+        return cls(
+            int(data.get("sessions") or 0),
+            int(data.get("turns") or 0),
+            int(data.get("reply_tokens") or 0),
+            int(data.get("failed_turns") or 0),
+            data.get("last_used"),
+        )

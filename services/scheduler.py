@@ -1,4 +1,4 @@
-"""Background housekeeping on APScheduler: idle eviction, expiry, template refresh."""
+"""Background housekeeping on APScheduler: idle eviction, expiry, template refresh, stats."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from services.sessions import SessionService
 from services.settings import Settings
-from services.templates import TemplateService
+from services.templates.service import TemplateService
+from services.templates.stats import TemplateStats
 
 logger = logging.getLogger(__name__)
 
 
 def build_scheduler(
-    settings: Settings, *, sessions: SessionService, templates: TemplateService
+    settings: Settings,
+    *,
+    sessions: SessionService,
+    templates: TemplateService,
+    stats: TemplateStats,
 ) -> AsyncIOScheduler:
     """The jobs, not started yet (the app lifespan starts and stops it)."""
     scheduler = AsyncIOScheduler(timezone="UTC")
@@ -27,6 +32,7 @@ def build_scheduler(
             _as_async(sessions.evict_idle_sessions),
         ),
         ("refresh_templates", settings.template_refresh_seconds, templates.refresh),
+        ("flush_template_stats", settings.stats_flush_seconds, stats.flush),
     ]
     if settings.session_expire_after_seconds:
         interval = max(settings.eviction_interval_seconds, 60.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 from services.models import SeedReport
 from services.settings import Settings
 from services.store import build_store
-from services.templates import read_seed_dir
+from services.templates.service import read_seed_dir
 
 logger = logging.getLogger("chatify.seed")
 

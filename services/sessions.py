@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,7 +20,8 @@ from services.models import (
 )
 from services.settings import Settings
 from services.store.base import Store
-from services.templates import TemplateService
+from services.templates.service import TemplateService
+from services.templates.stats import TemplateStats
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ class SessionService:
         sessions: ActiveSessions,
         settings: Settings,
         clock: Clock,
+        stats: TemplateStats,
     ) -> None:
+        self._stats = stats
         self._store = store
         self._templates = templates
         self._sessions = sessions
@@ -55,9 +59,17 @@ class SessionService:
         """Sessions held in memory."""
         return len(self._sessions)
 
-    async def create_session(self, *, user_id: str, template_id: str | None) -> NewSession:
-        """Snapshot the template's prompt and sampling into a new stored session."""
-        snapshot = self._templates.resolve(template_id)
+    async def create_session(
+        self,
+        *,
+        user_id: str,
+        template_id: str | None,
+        variables: Mapping[str, str] | None = None,
+        timezone: str | None = None,
+    ) -> NewSession:
+        """Snapshot the template's prompt (placeholders filled) and sampling into a new stored
+        session."""
+        snapshot = self._templates.resolve(template_id, variables=variables, timezone=timezone)
         cap = self._settings.max_active_sessions_per_user
         if len(await self._store.list_user_sessions(user_id, status="active", limit=cap)) >= cap:
             raise ActiveSessionLimit(
@@ -76,9 +88,11 @@ class SessionService:
             system_prompt=snapshot.system_prompt,
             sampling=snapshot.sampling,
             context_messages=snapshot.context_messages,
+            template_version=snapshot.version,
         )
         await self._store.create_session(record)
         self._sessions.put(record)
+        self._stats.session_started(record.template_id)
         logger.info("session %s created with template %s", record.session_id, record.template_id)
         return NewSession(record, snapshot.welcome_message)
 

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
     default_frequency_penalty: float = Field(0.6, ge=-2, le=2)
     context_messages: int = Field(10, ge=0, le=1000)
     default_template_id: str | None = None
+    default_timezone: str = "UTC"  # for {{date}}, {{time}}, {{weekday}} when a client sends none
 
     # Sessions and turns
     max_message_chars: int = Field(4000, ge=1)
@@ -62,6 +64,7 @@ class Settings(BaseSettings):
     store_timeout_seconds: float = Field(10.0, gt=0)
     templates_seed_dir: Path = REPO_ROOT / "templates_seed"
     template_refresh_seconds: float = Field(30, gt=0)
+    stats_flush_seconds: float = Field(10, gt=0)
 
     # Identity and abuse limits
     auth_mode: Literal["none", "api_key", "firebase"] = "none"
@@ -110,6 +113,15 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
+        return value
 
     @model_validator(mode="after")
     def _check_cors(self) -> Settings:

@@ -32,6 +32,7 @@ from services.models import (
 )
 from services.prompt import build_prompt
 from services.store.base import Store
+from services.templates.stats import TemplateStats
 
 logger = logging.getLogger(__name__)
 EventKind = Literal["start", "delta", "done", "error"]
@@ -97,8 +98,10 @@ class TurnPipeline:
         gate: TurnGate,
         llm: LLMClient,
         clock: Clock,
+        stats: TemplateStats,
         log_content: bool = False,
     ) -> None:
+        self._stats = stats
         self._log_content = log_content
         self._store = store
         self._sessions = sessions
@@ -190,7 +193,11 @@ class TurnPipeline:
         user_at = isoformat(self._clock())
         turn.emit("start", turn=record.message_count + 1)
         messages = build_prompt(record, active.context, turn.text)
-        completion = await self._ask(turn, messages, record.sampling, stream)
+        try:
+            completion = await self._ask(turn, messages, record.sampling, stream)
+        except ChatifyError:
+            self._stats.turn_failed(record.template_id)
+            raise
         new = NewTurn(
             user_text=turn.text,
             reply=completion.content,
@@ -204,6 +211,11 @@ class TurnPipeline:
         except SessionEnded:
             self._sessions.forget(record.session_id)
             raise
+        except ChatifyError:
+            self._stats.turn_failed(record.template_id)
+            raise
+        if stored.created:
+            self._stats.turn_done(record.template_id, reply_tokens=_reply_tokens(stored))
         if not stored.created:  # another instance stored this client_message_id first
             self._sessions.forget(record.session_id)
             result = _result(active, stored, replayed=True)
@@ -265,6 +277,11 @@ def _result(
         usage=stored.assistant.usage,
         model=completion.model if completion else active.record.sampling.model,
     )
+
+
+def _reply_tokens(stored: StoredTurn) -> int:
+    usage = stored.assistant.usage
+    return usage.completion_tokens if usage else 0
 
 
 def _conflict(client_message_id: str | None) -> IdempotencyConflict:

@@ -6,6 +6,7 @@ Failures to reach the store raise ``StoreUnavailable``; ``None`` means "not foun
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from services.models import (
@@ -15,7 +16,9 @@ from services.models import (
     SessionStatus,
     StoredMessage,
     StoredTurn,
+    TemplateCounts,
 )
+from services.templates.versions import Change, DocRef, DocVersion, DocWrite, Source
 
 
 class Store(Protocol):
@@ -75,3 +78,25 @@ class Store(Protocol):
         self, templates: dict[str, Any], rules: dict[str, Any] | None, *, overwrite: bool
     ) -> SeedReport:
         """Write templates and rules that are missing (all of them with ``overwrite``)."""
+
+    async def read_document(self, ref: DocRef) -> dict[str, Any] | None:
+        """A template or the universal rules as stored (no cached copy), or None."""
+
+    async def write_document(
+        self, ref: DocRef, change: Change, *, if_match: str | None, source: Source, at: str
+    ) -> DocWrite:
+        """Replace a versioned document atomically with ``change(current)`` (None deletes it).
+
+        Checks ``if_match`` against the current document (``PreconditionFailed``), appends the
+        history entries ``plan_write`` asks for, and retries ``change`` on a concurrent write.
+        Errors ``change`` raises propagate and nothing is written.
+        """
+
+    async def list_versions(self, ref: DocRef) -> list[DocVersion]:
+        """A document's history, oldest first (kept after the document is deleted)."""
+
+    async def add_template_stats(self, deltas: Mapping[str, TemplateCounts]) -> None:
+        """Add counters to each personality's stored totals (one write for all)."""
+
+    async def load_template_stats(self) -> dict[str, TemplateCounts]:
+        """Every personality's stored totals."""

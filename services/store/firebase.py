@@ -27,7 +27,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 import socket
 import threading
 import time
@@ -55,11 +54,12 @@ from services.models import (
     Usage,
 )
 from services.settings import Settings
+from services.store.firebase_documents import FirebaseDocuments
+from services.store.rtdb_keys import encode_key, message_key
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_FORBIDDEN_IN_KEYS = re.compile(r"[%.$#\[\]/\x00-\x1f\x7f]")
 _SUMMARY_FIELDS = ("template_id", "status", "created_at", "last_activity", "ended_at", "title")
 _CAS_ATTEMPTS = 25
 _CLAIM_ATTEMPTS = 5
@@ -69,17 +69,7 @@ _IDS = "conversation_client_ids"
 _META_RANGES = ((None, "context_messages"), ("conversation_history0", None))
 
 
-def encode_key(text: str) -> str:
-    """Any string as a valid Realtime Database key (percent-escapes ``. $ # [ ] /``)."""
-    return _FORBIDDEN_IN_KEYS.sub(lambda m: f"%{ord(m.group()):02X}", text)
-
-
-def message_key(seq: int) -> str:
-    """Keys that sort as strings in conversation order, and never look like array indexes."""
-    return f"m{seq:010d}"
-
-
-class FirebaseStore:
+class FirebaseStore(FirebaseDocuments):
     """``Store`` on a Firebase Realtime Database."""
 
     name = "firebase"
@@ -565,6 +555,7 @@ def _session_doc(s: SessionRecord) -> dict[str, Any]:
         "context_messages": s.context_messages,
         "title": s.title,
         "summary": s.summary,
+        "template_version": s.template_version,
     }
     return {key: value for key, value in doc.items() if value is not None}
 

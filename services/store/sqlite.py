@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +26,18 @@ from services.models import (
     SessionStatus,
     StoredMessage,
     StoredTurn,
+    TemplateCounts,
     Usage,
+)
+from services.templates.versions import (
+    Change,
+    DocRef,
+    DocVersion,
+    DocWrite,
+    Source,
+    check_if_match,
+    etag_of,
+    plan_write,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,7 +61,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     frequency_penalty REAL NOT NULL,
     context_messages INTEGER NOT NULL,
     title TEXT,
-    summary TEXT
+    summary TEXT,
+    template_version INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at);
 CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (status, last_activity);
@@ -69,13 +81,32 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     WHERE client_message_id IS NOT NULL AND role = 'user';
 CREATE TABLE IF NOT EXISTS templates (template_id TEXT PRIMARY KEY, document TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, document TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS document_versions (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (kind, key, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS template_stats (
+    template_id TEXT PRIMARY KEY,
+    sessions INTEGER NOT NULL DEFAULT 0,
+    turns INTEGER NOT NULL DEFAULT 0,
+    reply_tokens INTEGER NOT NULL DEFAULT 0,
+    failed_turns INTEGER NOT NULL DEFAULT 0,
+    last_used TEXT
+);
 """
 
 _SESSION_COLUMNS = (
     "session_id, user_id, template_id, status, created_at, last_activity, ended_at, "
     "message_count, system_prompt, model, temperature, max_tokens, presence_penalty, "
-    "frequency_penalty, context_messages, title, summary"
+    "frequency_penalty, context_messages, title, summary, template_version"
 )
+# Columns added after the first release, for files created before them.
+_ADDED_COLUMNS = {"sessions": {"template_version": "INTEGER"}}
+# Where each kind of versioned document lives: table and key column.
+_DOC_TABLES = {"template": ("templates", "template_id"), "rules": ("settings", "key")}
 _MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage"
 
 
@@ -107,7 +138,7 @@ class SQLiteStore:
         """Create the file's folder and schema."""
         Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="sqlite-store")
-        await self._run(lambda conn: conn.executescript(_SCHEMA))
+        await self._run(_migrate)
 
     async def close(self) -> None:
         """Stop the pool and close every connection."""
@@ -170,6 +201,7 @@ class SQLiteStore:
             s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
             s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature, p.max_tokens,
             p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
+            s.template_version,
         )  # fmt: skip
         sql = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
 
@@ -331,6 +363,101 @@ class SQLiteStore:
             return report
 
         return await self._run(seed)
+
+    # -- versioned documents and stats -------------------------------------------------------
+
+    async def read_document(self, ref: DocRef) -> dict[str, Any] | None:
+        """The stored template or rules document."""
+        return await self._run(lambda conn: _read_document(conn, ref))
+
+    async def write_document(
+        self, ref: DocRef, change: Change, *, if_match: str | None, source: Source, at: str
+    ) -> DocWrite:
+        """Check, change, and append history in one transaction."""
+        table, column = _DOC_TABLES[ref.kind]
+
+        def write(conn: sqlite3.Connection) -> DocWrite:
+            with self._write(conn):
+                current = _read_document(conn, ref)
+                check_if_match(current, if_match)
+                new = change(current)
+                row = conn.execute(
+                    "SELECT entry FROM document_versions WHERE kind = ? AND key = ? "
+                    "ORDER BY number DESC LIMIT 1",
+                    (ref.kind, ref.key),
+                ).fetchone()
+                latest = DocVersion.from_dict(json.loads(row[0])) if row else None
+                entries, stored = plan_write(
+                    ref, current=current, latest=latest, new=new, source=source, at=at
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO document_versions (kind, key, number, entry) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(ref.kind, ref.key, e.number, json.dumps(e.as_dict())) for e in entries],
+                )
+                if stored is None:
+                    conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (ref.key,))
+                    return DocWrite(None, None)
+                conn.execute(
+                    f"INSERT OR REPLACE INTO {table} ({column}, document) VALUES (?, ?)",
+                    (ref.key, json.dumps(stored)),
+                )
+                return DocWrite(stored, etag_of(stored))
+
+        return await self._run(write)
+
+    async def list_versions(self, ref: DocRef) -> list[DocVersion]:
+        """The history, oldest first."""
+        rows = await self._run(
+            lambda conn: conn.execute(
+                "SELECT entry FROM document_versions WHERE kind = ? AND key = ? ORDER BY number",
+                (ref.kind, ref.key),
+            ).fetchall()
+        )
+        return [DocVersion.from_dict(json.loads(row[0])) for row in rows]
+
+    async def add_template_stats(self, deltas: Mapping[str, TemplateCounts]) -> None:
+        """Upsert-add every personality's counters in one transaction."""
+        rows = [
+            (key, d.sessions, d.turns, d.reply_tokens, d.failed_turns, d.last_used)
+            for key, d in deltas.items()
+        ]
+
+        def add(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                conn.executemany(
+                    "INSERT INTO template_stats VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (template_id) DO UPDATE SET "
+                    "sessions = sessions + excluded.sessions, turns = turns + excluded.turns, "
+                    "reply_tokens = reply_tokens + excluded.reply_tokens, "
+                    "failed_turns = failed_turns + excluded.failed_turns, "
+                    "last_used = nullif(max(coalesce(last_used, ''), "
+                    "coalesce(excluded.last_used, '')), '')",
+                    rows,
+                )
+
+        await self._run(add)
+
+    async def load_template_stats(self) -> dict[str, TemplateCounts]:
+        """Every row of the stats table."""
+        rows = await self._run(lambda conn: conn.execute("SELECT * FROM template_stats").fetchall())
+        return {row["template_id"]: TemplateCounts.from_dict(row) for row in rows}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
+def _read_document(conn: sqlite3.Connection, ref: DocRef) -> dict[str, Any] | None:
+    table, column = _DOC_TABLES[ref.kind]
+    row = conn.execute(f"SELECT document FROM {table} WHERE {column} = ?", (ref.key,)).fetchone()
+    document = _json_or_none(row[0], f"{ref.kind} {ref.key}") if row else None
+    return document if isinstance(document, dict) else None
 
 
 def _json_or_none(text: str, what: str) -> Any:

@@ -204,7 +204,9 @@ async def test_template_edits_in_the_database_apply_without_restart(
 
     rtdb.set_data(ns, "/templates/pirate/personalityPrompt", "You are a retired pirate.")
     rtdb.set_data(ns, "/templates/plain/temperature", "hot")  # malformed: keeps the last good one
-    rtdb.set_data(ns, "/templates/fresh", {"personalityPrompt": "New.", "description": "New one"})
+    rtdb.set_data(
+        ns, "/templates/fresh", {"personalityPrompt": "You are new here.", "description": "New one"}
+    )
     await templates.refresh()
 
     created = await chat.client.post(

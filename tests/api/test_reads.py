@@ -104,6 +104,7 @@ async def test_health_and_ready(chat: RunningApp, backend: str) -> None:
         "llm": "openai-compatible",
         "templates": 3,
         "problems": [],
+        "template_problems": {},
     }
 
 

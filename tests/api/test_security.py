@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from tests.conftest import FakeClock, SettingsFactory, running_app
 from tests.support.firebase_tokens import PROJECT_ID, TokenIssuer, tampered
 
 SESSION = "/api/v1/chatbot/session/{session_id}"
+PERSONALITY = "/api/v1/personalities/{template_id}"
+RULES = "/api/v1/settings/universal-rules"
 POLICY: dict[tuple[str, str], str] = {
     ("GET", "/health"): "public",
     ("GET", "/ready"): "public",
@@ -45,6 +48,46 @@ POLICY: dict[tuple[str, str], str] = {
     ("WS", SESSION + "/ws"): "owner",
     ("DELETE", SESSION): "owner",
     ("GET", "/api/v1/admin/stats"): "admin",
+    ("GET", "/studio"): "public",
+    ("GET", "/studio/app.js"): "public",
+    ("GET", "/api/v1/personalities"): "admin",
+    ("POST", "/api/v1/personalities"): "admin",
+    ("GET", "/api/v1/personalities/schema"): "admin",
+    ("GET", "/api/v1/personalities/problems"): "admin",
+    ("POST", "/api/v1/personalities/validate"): "admin",
+    ("POST", "/api/v1/personalities/preview"): "admin",
+    ("GET", PERSONALITY): "admin",
+    ("PUT", PERSONALITY): "admin",
+    ("PATCH", PERSONALITY): "admin",
+    ("DELETE", PERSONALITY): "admin",
+    ("GET", PERSONALITY + "/versions"): "admin",
+    ("GET", PERSONALITY + "/versions/{number}"): "admin",
+    ("POST", PERSONALITY + "/rollback"): "admin",
+    ("GET", PERSONALITY + "/stats"): "admin",
+    ("GET", RULES): "admin",
+    ("PUT", RULES): "admin",
+    ("PATCH", RULES): "admin",
+    ("GET", RULES + "/versions"): "admin",
+    ("POST", RULES + "/rollback"): "admin",
+}
+# Bodies of the authoring routes that take one (the session routes build theirs in call()).
+PROMPT = "You are a careful test personality."
+AUTHORING_BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/api/v1/personalities"): lambda: {
+        "name": f"bot {uuid.uuid4().hex[:8]}",
+        "personalityPrompt": PROMPT,
+    },
+    ("POST", "/api/v1/personalities/validate"): lambda: {"personalityPrompt": PROMPT},
+    ("POST", "/api/v1/personalities/preview"): lambda: {
+        "template": {"personalityPrompt": PROMPT},
+        "message": "hi",
+    },
+    ("PUT", PERSONALITY): lambda: {"description": "changed"},
+    ("PATCH", PERSONALITY): lambda: {"description": "changed"},
+    ("POST", PERSONALITY + "/rollback"): lambda: {"version": 1},
+    ("PUT", RULES): lambda: {"enabled": True},
+    ("PATCH", RULES): lambda: {"enabled": True},
+    ("POST", RULES + "/rollback"): lambda: {"revision": 1},
 }
 WHO = ["anonymous", "bad", "alice", "bob", "service", "admin"]
 
@@ -129,6 +172,22 @@ async def new_session(live: Live, headers: dict[str, str], user_id: str) -> str:
     return session_id
 
 
+async def give_history(live: Live, admin: dict[str, str]) -> None:
+    """Version 1 of the personality and revision 1 of the rules, for the routes that read one."""
+    for url in ("/api/v1/personalities/hidden", RULES):
+        response = await live.client.patch(url, json={}, headers=admin)
+        assert response.status_code == 200, response.text
+
+
+async def deletable(live: Live, admin: dict[str, str], who: str) -> str:
+    """A personality of its own for each caller, so that one delete does not hide another."""
+    body = {"name": f"victim {who}", "personalityPrompt": PROMPT}
+    response = await live.client.post("/api/v1/personalities", json=body, headers=admin)
+    assert response.status_code == 201, response.text
+    template_id: str = response.json()["id"]
+    return template_id
+
+
 async def call(
     live: Live,
     method: str,
@@ -136,9 +195,10 @@ async def call(
     headers: dict[str, str],
     session_id: str,
     body_user: str | None = None,
+    template_id: str = "hidden",
 ) -> int:
     """Call a route as a caller; the HTTP status, or for the WebSocket its outcome as one."""
-    url = path.format(session_id=session_id, user_id="alice")
+    url = path.format(session_id=session_id, user_id="alice", template_id=template_id, number=1)
     if method == "WS":
         ws_url = live.url.replace("http://", "ws://") + url
         async with websockets.connect(ws_url, additional_headers=headers) as socket:
@@ -150,7 +210,9 @@ async def call(
             assert closed.value.rcvd is not None
             return closed.value.rcvd.code - 4000  # 4401 -> 401, 4404 -> 404
     body: dict[str, Any] | None = None
-    if method == "POST":
+    if (method, path) in AUTHORING_BODIES:
+        body = AUTHORING_BODIES[(method, path)]()
+    elif method == "POST":
         body = {"message": "hi"} if "message" in path else {"template_id": "plain"}
         if body_user is not None:
             body["user_id"] = body_user
@@ -167,6 +229,7 @@ async def test_route_allows_and_denies_by_policy(
     who_headers = credentials(mode, google_certs)
     policy = POLICY[(method, path)]
     async with live_app(**auth_settings(mode)) as live:
+        await give_history(live, who_headers["admin"])
         outcomes = {}
         for who in WHO:
             alices = await new_session(live, who_headers["alice"], "alice")
@@ -174,7 +237,10 @@ async def test_route_allows_and_denies_by_policy(
             # name the user.
             unbound = mode == "api_key" and who in ("service", "admin")
             body_user = "alice" if unbound else None
-            outcomes[who] = await call(live, method, path, who_headers[who], alices, body_user)
+            target = await deletable(live, who_headers["admin"], who)
+            outcomes[who] = await call(
+                live, method, path, who_headers[who], alices, body_user, target
+            )
 
     allowed = set(ALLOWED[policy])
     if mode == "firebase" and "admin" in allowed:
@@ -192,6 +258,7 @@ async def test_route_allows_and_denies_by_policy(
 
 @pytest.mark.parametrize("method_path", sorted(k for k, v in POLICY.items() if v != "public"))
 async def test_auth_mode_none_lets_everyone_in(live: Live, method_path: tuple[str, str]) -> None:
+    await give_history(live, {})
     session_id = await new_session(live, {}, "alice")
     status = await call(live, *method_path, {}, session_id, body_user="alice")
     assert 200 <= status < 300

@@ -10,7 +10,7 @@ import pytest
 from services.errors import TemplateNotFound
 from services.settings import Settings
 from services.store.sqlite import SQLiteStore
-from services.templates import TemplateService
+from services.templates.service import TemplateService
 
 
 @pytest.fixture
@@ -29,7 +29,10 @@ async def test_malformed_template_is_skipped_and_the_last_good_version_kept(
     store: SQLiteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     await store.seed(
-        {"good": {"personalityPrompt": "Good."}, "bad": {"personalityPrompt": "Fine at first."}},
+        {
+            "good": {"personalityPrompt": "Good and long enough."},
+            "bad": {"personalityPrompt": "Fine at first."},
+        },
         None,
         overwrite=False,
     )
@@ -57,8 +60,8 @@ async def test_malformed_template_is_skipped_and_the_last_good_version_kept(
 async def test_default_template_and_setting_override(store: SQLiteStore) -> None:
     await store.seed(
         {
-            "a": {"personalityPrompt": "A."},
-            "b": {"personalityPrompt": "B.", "isDefault": True},
+            "a": {"personalityPrompt": "You are A, first."},
+            "b": {"personalityPrompt": "You are B, default.", "isDefault": True},
         },
         None,
         overwrite=False,
@@ -73,8 +76,10 @@ async def test_default_template_and_setting_override(store: SQLiteStore) -> None
 
 async def test_disabled_rules_are_left_out(store: SQLiteStore) -> None:
     await store.seed(
-        {"a": {"personalityPrompt": "  A.  "}}, {"rules": "R.", "enabled": False}, overwrite=False
+        {"a": {"personalityPrompt": "  You are A.  "}},
+        {"rules": "R.", "enabled": False},
+        overwrite=False,
     )
     service = TemplateService(store, settings())
     await service.refresh()
-    assert service.resolve("a").system_prompt == "A."
+    assert service.resolve("a").system_prompt == "You are A."

@@ -1,0 +1,121 @@
+"""The Firebase store's authoring side: versioned templates and rules, and personality stats.
+
+    /templates/{id}, /settings/universalRules        the current documents (console-editable)
+    /templateVersions/{id}/v{n:06d}                  {number, document, saved_at, source}
+    /settingsVersions/universalRules/v{n:06d}        the same, for the universal rules
+    /templateStats/{id}                              {sessions, turns, reply_tokens, ...}
+
+A write is a conditional PUT on the document (its ETag, so two authors or instances never
+overwrite each other unseen), then one update appending its history entries. If that second
+request fails, the next write records the document as it then finds it, so history heals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+from firebase_admin import db
+
+from services.errors import StoreUnavailable
+from services.models import TemplateCounts
+from services.store.rtdb_keys import decode_key, encode_key
+from services.templates.versions import (
+    Change,
+    DocRef,
+    DocVersion,
+    DocWrite,
+    Source,
+    check_if_match,
+    etag_of,
+    plan_write,
+)
+
+T = TypeVar("T")
+_CAS_ATTEMPTS = 25
+
+
+class FirebaseDocuments:
+    """Mixed into ``FirebaseStore``: needs its ``_ref`` and ``_run``."""
+
+    _ref: Callable[[str], db.Reference]
+    _run: Callable[[Callable[[], Any]], Coroutine[Any, Any, Any]]
+
+    @staticmethod
+    def _paths(ref: DocRef) -> tuple[str, str]:
+        if ref.kind == "template":
+            key = encode_key(ref.key)
+            return f"templates/{key}", f"templateVersions/{key}"
+        return f"settings/{ref.key}", f"settingsVersions/{ref.key}"
+
+    async def read_document(self, ref: DocRef) -> dict[str, Any] | None:
+        """The stored template or rules document, read now."""
+        path, _ = self._paths(ref)
+        data = await self._run(lambda: self._ref(path).get())
+        return data if isinstance(data, dict) else None
+
+    async def write_document(
+        self, ref: DocRef, change: Change, *, if_match: str | None, source: Source, at: str
+    ) -> DocWrite:
+        """Compare-and-set the document on its ETag, then append the history."""
+        path, versions_path = self._paths(ref)
+
+        def write() -> DocWrite:
+            document, versions = self._ref(path), self._ref(versions_path)
+            for _ in range(_CAS_ATTEMPTS):
+                raw, etag = document.get(etag=True)
+                current = raw if isinstance(raw, dict) else None
+                check_if_match(current, if_match)
+                new = change(current)
+                last = versions.order_by_key().limit_to_last(1).get() or {}
+                latest = next((DocVersion.from_dict(v) for v in last.values()), None)
+                entries, stored = plan_write(
+                    ref, current=current, latest=latest, new=new, source=source, at=at
+                )
+                if stored is None:
+                    _append(versions, entries)
+                    document.delete()
+                    return DocWrite(None, None)
+                written, _, _ = document.set_if_unchanged(etag, stored)
+                if written:
+                    _append(versions, entries)
+                    return DocWrite(stored, etag_of(stored))
+            raise StoreUnavailable("Too many concurrent writes to one document; try again")
+
+        result: DocWrite = await self._run(write)
+        return result
+
+    async def list_versions(self, ref: DocRef) -> list[DocVersion]:
+        """The history, oldest first."""
+        _, versions_path = self._paths(ref)
+        data = await self._run(lambda: self._ref(versions_path).get()) or {}
+        entries = [DocVersion.from_dict(v) for v in data.values() if isinstance(v, dict)]
+        return sorted(entries, key=lambda entry: entry.number)
+
+    async def add_template_stats(self, deltas: Mapping[str, TemplateCounts]) -> None:
+        """Server-side increments for every personality, in one multi-path update."""
+        updates: dict[str, Any] = {}
+        for template_id, delta in deltas.items():
+            base = f"templateStats/{encode_key(template_id)}"
+            for name, value in delta.as_dict().items():
+                if name == "last_used":
+                    if value:
+                        updates[f"{base}/last_used"] = value
+                elif value:
+                    updates[f"{base}/{name}"] = {".sv": {"increment": value}}
+        if updates:
+            await self._run(lambda: self._ref("/").update(updates))
+
+    async def load_template_stats(self) -> dict[str, TemplateCounts]:
+        """Every personality's totals."""
+        data = await self._run(lambda: self._ref("templateStats").get()) or {}
+        return {
+            decode_key(key): TemplateCounts.from_dict(value)
+            for key, value in data.items()
+            if isinstance(value, dict)
+        }
+
+
+def _append(versions: db.Reference, entries: list[DocVersion]) -> None:
+    if entries:
+        versions.update({f"v{entry.number:06d}": entry.as_dict() for entry in entries})

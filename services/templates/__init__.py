@@ -1,0 +1,3 @@
+"""Personality templates: the one schema (``schema``), placeholders (``variables``), history
+(``versions``), per-personality counters (``stats``), drafts tried out (``preview``), and the
+service that keeps the current templates in memory (``service``)."""

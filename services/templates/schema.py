@@ -1,0 +1,246 @@
+"""The one definition of a valid personality template and of the universal rules.
+
+The authoring API, the seed files and whatever the store holds (authors still edit the Firebase
+console) are all checked against these models; ``GET /personalities/schema`` serves them as JSON
+Schema. A problem is reported the way FastAPI reports a validation error: ``{type, loc, msg}``
+with ``loc`` naming the field by its camelCase name.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from services.errors import InvalidInput
+from services.templates.variables import BUILT_INS, placeholders
+
+# Limits, named once; the docs (docs/authoring.md) list the same numbers.
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+RESERVED_IDS = frozenset({"schema", "problems", "preview", "validate"})
+NAME_MAX = 64
+TITLE_MAX = 80
+DESCRIPTION_MAX = 300
+CATEGORY_MAX = 40
+PROMPT_MIN, PROMPT_MAX = 10, 8000
+WELCOME_MAX = 500
+MODEL_MAX = 100
+MAX_TOKENS_MAX = 16384
+CONTEXT_MESSAGES_MAX = 100
+TAGS_MAX, TAG_MAX = 10, 30
+VARIABLES_MAX = 20
+VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
+VARIABLE_LENGTH_MAX = 500
+RULES_MAX = 8000
+# Fields the service maintains: tolerated in a write body (clients send objects back), ignored.
+READ_ONLY_FIELDS = frozenset(
+    {"id", "usageCount", "createdAt", "updatedAt", "version", "problems", "revision"}
+)
+
+Problem = dict[str, Any]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=TAG_MAX, strip_whitespace=True)]
+VariableName = Annotated[str, StringConstraints(pattern=VARIABLE_NAME_PATTERN)]
+
+
+class Variable(BaseModel):
+    """A value a client may pass when it starts a session, used as ``{{name}}``."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    default: str = Field("", max_length=VARIABLE_LENGTH_MAX, description="Used when not passed")
+    max_length: int = Field(
+        100, alias="maxLength", ge=1, le=VARIABLE_LENGTH_MAX, description="Longest value accepted"
+    )
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
+
+
+class Template(BaseModel):
+    """A personality as template authors write it (camelCase, as in Firebase)."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+        title="Personality template",
+        json_schema_extra={"additionalProperties": False},
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX)
+    title: str | None = Field(None, max_length=TITLE_MAX)
+    description: str = Field("", max_length=DESCRIPTION_MAX, description="Shown in pickers")
+    category: str | None = Field(None, max_length=CATEGORY_MAX)
+    personality_prompt: str = Field(
+        alias="personalityPrompt",
+        min_length=PROMPT_MIN,
+        max_length=PROMPT_MAX,
+        description="The personality's instructions; may use {{placeholders}}",
+    )
+    welcome_message: str | None = Field(
+        None, alias="welcomeMessage", max_length=WELCOME_MAX, description="May use placeholders"
+    )
+    model: str | None = Field(None, min_length=1, max_length=MODEL_MAX, pattern=r"^\S+$")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, alias="maxTokens", ge=1, le=MAX_TOKENS_MAX)
+    presence_penalty: float | None = Field(None, alias="presencePenalty", ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, alias="frequencyPenalty", ge=-2, le=2)
+    context_messages: int | None = Field(
+        None, alias="contextMessages", ge=0, le=CONTEXT_MESSAGES_MAX
+    )
+    tags: list[Tag] = Field([], max_length=TAGS_MAX)
+    is_public: bool = Field(True, alias="isPublic")
+    is_default: bool = Field(False, alias="isDefault")
+    variables: dict[VariableName, Variable] = Field(
+        {}, max_length=VARIABLES_MAX, description="Variables a client may set at session start"
+    )
+    version: int | None = Field(None, ge=1, description="Set by the service on every write")
+    created_at: str | None = Field(None, alias="createdAt", description="Set by the service")
+    updated_at: str | None = Field(None, alias="updatedAt", description="Set by the service")
+
+
+class UniversalRules(BaseModel):
+    """Rules put before every personality prompt."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        title="Universal rules",
+        json_schema_extra={"additionalProperties": False},
+    )
+
+    rules: str = Field("", max_length=RULES_MAX)
+    version: str | None = Field(None, max_length=40, description="The authors' own label")
+    enabled: bool = True
+    revision: int | None = Field(None, ge=1, description="Set by the service on every write")
+    updated_at: str | None = Field(None, alias="updatedAt", description="Set by the service")
+
+
+EDITABLE_TEMPLATE_FIELDS = frozenset(
+    field.alias or name
+    for name, field in Template.model_fields.items()
+    if (field.alias or name) not in READ_ONLY_FIELDS
+)
+EDITABLE_RULES_FIELDS = frozenset({"rules", "version", "enabled"})
+
+
+def template_problems(doc: Any, *, strict: bool = False) -> list[Problem]:
+    """Everything wrong with a template document; ``strict`` also flags unknown fields (writes)."""
+    try:
+        template = Template.model_validate(doc)
+    except ValidationError as exc:
+        return _problems(exc) + (_unknown_fields(doc, EDITABLE_TEMPLATE_FIELDS) if strict else [])
+    problems = _placeholder_problems(template)
+    if strict:
+        problems += _unknown_fields(doc, EDITABLE_TEMPLATE_FIELDS)
+    return problems
+
+
+def parse_template(doc: Any, *, strict: bool = False) -> Template:
+    """The template, or ``InvalidInput`` naming every bad field."""
+    problems = template_problems(doc, strict=strict)
+    if problems:
+        raise InvalidInput("The personality is not valid", problems=problems)
+    return Template.model_validate(doc)
+
+
+def rules_problems(doc: Any, *, strict: bool = False) -> list[Problem]:
+    """Everything wrong with a universal rules document."""
+    try:
+        UniversalRules.model_validate(doc)
+    except ValidationError as exc:
+        return _problems(exc)
+    return _unknown_fields(doc, EDITABLE_RULES_FIELDS) if strict else []
+
+
+def parse_rules(doc: Any, *, strict: bool = False) -> UniversalRules:
+    """The universal rules, or ``InvalidInput`` naming every bad field."""
+    problems = rules_problems(doc, strict=strict)
+    if problems:
+        raise InvalidInput("The universal rules are not valid", problems=problems)
+    return UniversalRules.model_validate(doc)
+
+
+def template_id_for(name: str) -> str:
+    """Chatify's rule: the name, lower-cased, with spaces turned into ``-``."""
+    return name.strip().lower().replace(" ", "-")
+
+
+def id_problems(template_id: str, *, field: str = "name") -> list[Problem]:
+    """Whether an id is one the API can serve (a valid key, not a reserved path)."""
+    if re.match(ID_PATTERN, template_id) and template_id not in RESERVED_IDS:
+        return []
+    why = (
+        "is reserved"
+        if template_id in RESERVED_IDS
+        else "must be 1-64 characters of a-z 0-9 _ - (after lower-casing, spaces as -)"
+    )
+    return [{"type": "invalid_id", "loc": [field], "msg": f"The id {template_id!r} {why}"}]
+
+
+def with_prefix(problems: list[Problem], *prefix: str) -> list[Problem]:
+    """The same problems located under ``prefix`` (e.g. ``body``)."""
+    return [{**p, "loc": [*prefix, *p["loc"]]} for p in problems]
+
+
+def _problems(exc: ValidationError) -> list[Problem]:
+    return [
+        {"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def _unknown_fields(doc: Any, known: frozenset[str]) -> list[Problem]:
+    if not isinstance(doc, dict):
+        return []
+    return [
+        {"type": "extra_forbidden", "loc": [key], "msg": f"Unknown field {key!r}"}
+        for key in doc
+        if key not in known and key not in READ_ONLY_FIELDS
+    ]
+
+
+def _placeholder_problems(template: Template) -> list[Problem]:
+    known = BUILT_INS | set(template.variables)
+    problems = [
+        {
+            "type": "variable_shadows_built_in",
+            "loc": ["variables", name],
+            "msg": f"{name!r} is a built-in placeholder; pick another name",
+        }
+        for name in sorted(set(template.variables) & BUILT_INS)
+    ]
+    for field, text in (
+        ("personalityPrompt", template.personality_prompt),
+        ("welcomeMessage", template.welcome_message or ""),
+    ):
+        for name in sorted(placeholders(text) - known):
+            problems.append(
+                {
+                    "type": "unknown_placeholder",
+                    "loc": [field],
+                    "msg": f"Unknown placeholder {{{{{name}}}}}: declare it under variables "
+                    f"or use a built-in ({', '.join(sorted(BUILT_INS))})",
+                }
+            )
+    for name, variable in sorted(template.variables.items()):
+        if len(variable.default) > variable.max_length:
+            problems.append(
+                {
+                    "type": "string_too_long",
+                    "loc": ["variables", name, "default"],
+                    "msg": f"The default is longer than maxLength ({variable.max_length})",
+                }
+            )
+    return problems
+
+
+def template_json_schema() -> dict[str, Any]:
+    """The template as JSON Schema, with the fields the service adds marked read-only."""
+    schema = Template.model_json_schema(by_alias=True)
+    properties = schema["properties"]
+    for name in ("version", "createdAt", "updatedAt"):
+        properties[name]["readOnly"] = True
+    properties["id"] = {"type": "string", "pattern": ID_PATTERN, "readOnly": True}
+    properties["usageCount"] = {"type": "integer", "readOnly": True}
+    properties["problems"] = {"type": "array", "readOnly": True}
+    return schema
