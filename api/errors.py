@@ -29,12 +29,15 @@ _HTTP_CODES = {
 _DOCS = {
     401: "`unauthenticated`: missing or invalid API key or ID token",
     403: "`forbidden`: the caller may not act for that user, or is not an admin",
-    404: "Not found: `session_not_found` (also another user's session) or `template_not_found`",
-    409: "`session_ended` (ended or expired), or `active_session_limit` when creating",
+    404: "Not found: `session_not_found` (also another user's session) or `template_not_found` "
+    "(also a personality version)",
+    409: "`session_ended` (ended or expired), `active_session_limit` when creating a session, "
+    "`template_exists` when creating a personality, `default_template` when deleting the default",
     412: "`precondition_failed`: `If-Match` names a version that is no longer current",
     413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES",
     422: "`validation_error` (detail lists the errors) or `idempotency_conflict`",
-    429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited`; see Retry-After",
+    429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited` (also previews); "
+    "see Retry-After",
     502: "`llm_error`: the model provider failed or sent an unusable reply",
     503: "`store_unavailable` or `llm_unavailable`; see Retry-After",
     504: "`llm_timeout`: no reply within LLM_TIMEOUT_SECONDS",

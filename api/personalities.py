@@ -16,8 +16,8 @@ from api.stream import event_stream
 from services.errors import InvalidInput, TemplateNotFound
 from services.models import TemplateCounts
 from services.templates.preview import PreviewMessage
-from services.templates.schema import template_json_schema
-from services.templates.versions import DocRef, DocWrite
+from services.templates.schema import draft_json_schema, template_json_schema
+from services.templates.versions import DocRef, DocWrite, etag_of
 from services.turns import Turn, TurnEvent
 
 router = APIRouter(tags=["personalities"])
@@ -31,7 +31,13 @@ IfMatch = Annotated[
 DRAFT_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": template_json_schema()}},
+        "content": {"application/json": {"schema": draft_json_schema()}},
+    }
+}
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": draft_json_schema(create=True)}},
     }
 }
 Draft = Annotated[
@@ -125,7 +131,7 @@ async def list_all(services: ServicesDep, admin: AdminDep) -> list[dict[str, Any
     status_code=201,
     response_model=Personality,
     responses=documented(401, 403, 409, 413, 422, 503),
-    openapi_extra=DRAFT_BODY,
+    openapi_extra=CREATE_BODY,
 )
 async def create_personality(services: ServicesDep, admin: AdminDep, draft: Draft) -> JSONResponse:
     """Create a personality; its id is the name, lower-cased, spaces turned into `-`."""
@@ -196,7 +202,10 @@ class PreviewMessageBody(BaseModel):
 class PreviewRequest(BaseModel):
     """A draft personality, a short conversation and a new message."""
 
-    template: dict[str, Any] = Field(description="The draft (see /personalities/schema)")
+    template: dict[str, Any] = Field(
+        description="The draft (see /personalities/schema)",
+        json_schema_extra=draft_json_schema(),
+    )
     history: list[PreviewMessageBody] = Field([], max_length=40)
     message: str = Field(min_length=1)
     variables: dict[str, str] | None = None
@@ -266,21 +275,14 @@ async def get_personality(
     return await _one(services, template_id, await services.authoring.read(template_id), 200)
 
 
-async def _update(
-    template_id: str, draft: dict[str, Any], if_match: str | None, services: Services
-) -> JSONResponse:
-    written = await services.authoring.update(template_id, draft, if_match=if_match)
-    return await _one(services, template_id, written, 200)
-
-
 _WRITE_ERRORS = documented(401, 403, 404, 412, 413, 422, 503)
 
 
 @authoring.put(
-    "/{template_id}",
-    response_model=Personality,
-    responses=_WRITE_ERRORS,
-    openapi_extra=DRAFT_BODY,
+    "/{template_id}", response_model=Personality, responses=_WRITE_ERRORS, openapi_extra=DRAFT_BODY
+)
+@authoring.patch(
+    "/{template_id}", response_model=Personality, responses=_WRITE_ERRORS, openapi_extra=DRAFT_BODY
 )
 async def update_personality(
     template_id: TemplateId,
@@ -289,25 +291,10 @@ async def update_personality(
     draft: Draft,
     if_match: IfMatch = None,
 ) -> JSONResponse:
-    """Partial update (Chatify's semantics): the fields sent replace the stored ones."""
-    return await _update(template_id, draft, if_match, services)
-
-
-@authoring.patch(
-    "/{template_id}",
-    response_model=Personality,
-    responses=_WRITE_ERRORS,
-    openapi_extra=DRAFT_BODY,
-)
-async def patch_personality(
-    template_id: TemplateId,
-    services: ServicesDep,
-    admin: AdminDep,
-    draft: Draft,
-    if_match: IfMatch = None,
-) -> JSONResponse:
-    """The same partial update as PUT."""
-    return await _update(template_id, draft, if_match, services)
+    """Partial update (Chatify's semantics; PUT and PATCH alike): the fields sent replace the
+    stored ones, the rest stay, and `null` clears one."""
+    written = await services.authoring.update(template_id, draft, if_match=if_match)
+    return await _one(services, template_id, written, 200)
 
 
 class Deleted(BaseModel):
@@ -357,7 +344,7 @@ async def versions_of(services: Services, ref: DocRef) -> Versions:
                 version=e.number,
                 savedAt=e.saved_at,
                 source=e.source,
-                current=current is not None and e.document == current,
+                current=current is not None and etag_of(e.document) == etag_of(current),
             )
             for e in entries
         ]

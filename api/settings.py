@@ -3,7 +3,7 @@ personalities, in the shape the published Chatify frontend reads."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
@@ -50,36 +50,21 @@ async def get_rules(services: ServicesDep, admin: AdminDep) -> JSONResponse:
     return _rules(await services.authoring.read_rules())
 
 
-async def _update(services: ServicesDep, changes: RulesChanges, if_match: str | None) -> Any:
-    sent = changes.model_dump(exclude_unset=True)
-    return _rules(await services.authoring.update_rules(sent, if_match=if_match))
-
-
 _WRITE_ERRORS = documented(401, 403, 412, 413, 422, 503)
 
 
 @router.put("", response_model=Rules, responses=_WRITE_ERRORS)
+@router.patch("", response_model=Rules, responses=_WRITE_ERRORS)
 async def update_rules(
     changes: Annotated[RulesChanges, Body()],
     services: ServicesDep,
     admin: AdminDep,
     if_match: IfMatch = None,
 ) -> JSONResponse:
-    """Partial update: the fields sent replace the stored ones. New sessions use it at once."""
-    response: JSONResponse = await _update(services, changes, if_match)
-    return response
-
-
-@router.patch("", response_model=Rules, responses=_WRITE_ERRORS)
-async def patch_rules(
-    changes: Annotated[RulesChanges, Body()],
-    services: ServicesDep,
-    admin: AdminDep,
-    if_match: IfMatch = None,
-) -> JSONResponse:
-    """The same partial update as PUT."""
-    response: JSONResponse = await _update(services, changes, if_match)
-    return response
+    """Partial update (PUT and PATCH alike): the fields sent replace the stored ones. New
+    sessions use it at once."""
+    sent = changes.model_dump(exclude_unset=True)
+    return _rules(await services.authoring.update_rules(sent, if_match=if_match))
 
 
 @router.get("/versions", response_model=Versions, responses=documented(401, 403, 404, 503))

@@ -441,7 +441,7 @@ class SQLiteStore:
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every row of the stats table."""
         rows = await self._run(lambda conn: conn.execute("SELECT * FROM template_stats").fetchall())
-        return {row["template_id"]: TemplateCounts.from_dict(row) for row in rows}
+        return {row["template_id"]: TemplateCounts.from_dict(dict(row)) for row in rows}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

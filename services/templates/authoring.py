@@ -6,7 +6,8 @@ TEMPLATE_REFRESH_SECONDS)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from services.errors import DefaultTemplate, InvalidInput, TemplateExists, TemplateNotFound
@@ -15,6 +16,7 @@ from services.store.base import Store
 from services.templates.schema import (
     EDITABLE_RULES_FIELDS,
     READ_ONLY_FIELDS,
+    READ_ONLY_RULES_FIELDS,
     Problem,
     id_problems,
     parse_rules,
@@ -23,9 +25,20 @@ from services.templates.schema import (
     with_prefix,
 )
 from services.templates.service import TemplateService
-from services.templates.versions import RULES, Change, DocRef, DocVersion, DocWrite, Source, etag_of
+from services.templates.versions import (
+    RULES,
+    Change,
+    DocRef,
+    DocVersion,
+    DocWrite,
+    Source,
+    etag_of,
+    plan_write,
+)
 
 logger = logging.getLogger(__name__)
+# Stored explicitly on creation, as Chatify did (sampling fields stay unset: defaults apply).
+CREATE_DEFAULTS = {"description": "", "tags": [], "isPublic": True, "isDefault": False}
 
 
 class Authoring:
@@ -64,7 +77,9 @@ class Authoring:
         def create(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is not None:
                 raise TemplateExists(f"A personality with the id {template_id!r} already exists")
-            return _checked({**_editable(draft), "createdAt": now, "updatedAt": now})
+            return _checked(
+                {**CREATE_DEFAULTS, **_editable(draft), "createdAt": now, "updatedAt": now}
+            )
 
         written = await self._write(DocRef("template", template_id), create, None, "api")
         return template_id, written
@@ -73,9 +88,7 @@ class Authoring:
         self, template_id: str, changes: Mapping[str, Any], *, if_match: str | None
     ) -> DocWrite:
         """Partial update: the fields sent replace the stored ones, the rest stay."""
-        problems = [p for p in self.validate(changes) if p["type"] == "extra_forbidden"]
-        if problems:
-            raise InvalidInput("Unknown fields", problems=problems)
+        unknown = [p for p in self.validate(changes) if p["type"] == "extra_forbidden"]
         now = isoformat(self._clock())
 
         def update(current: dict[str, Any] | None) -> dict[str, Any]:
@@ -84,7 +97,8 @@ class Authoring:
             merged = {k: v for k, v in current.items() if k not in READ_ONLY_FIELDS}
             merged.update(_editable(changes))
             merged = {k: v for k, v in merged.items() if v is not None}
-            return _checked({**merged, "createdAt": current.get("createdAt"), "updatedAt": now})
+            stamped = {**merged, "createdAt": current.get("createdAt"), "updatedAt": now}
+            return _checked(stamped, also=unknown)
 
         return await self._write(DocRef("template", template_id), update, if_match, "api")
 
@@ -102,11 +116,18 @@ class Authoring:
         await self._write(DocRef("template", template_id), delete, if_match, "api")
 
     async def versions(self, ref: DocRef) -> list[DocVersion]:
-        """A personality's or the rules' history, newest first."""
+        """A personality's or the rules' history, newest first. A current document the
+        history does not hold yet (seeded, or edited in the console) is listed with the number
+        and source the next write will record it under."""
         versions = await self._store.list_versions(ref)
-        if not versions and await self._store.read_document(ref) is None:
+        current = await self._store.read_document(ref)
+        if not versions and current is None:
             raise TemplateNotFound(f"Template {ref.key!r} not found")
-        return versions[::-1]
+        latest = versions[-1] if versions else None
+        pending, _ = plan_write(ref, current=current, latest=latest, new=None, source="api", at="")
+        saved_at = (current or {}).get("updatedAt") or ""
+        unrecorded = [replace(entry, saved_at=saved_at) for entry in pending]
+        return (versions + unrecorded)[::-1]
 
     async def version(self, ref: DocRef, number: int) -> DocVersion:
         """One entry of the history."""
@@ -123,7 +144,8 @@ class Authoring:
 
         def restore(current: dict[str, Any] | None) -> dict[str, Any]:
             created = (current or entry.document).get("createdAt")
-            restored = {k: v for k, v in entry.document.items() if k not in READ_ONLY_FIELDS}
+            read_only = READ_ONLY_FIELDS if ref.kind == "template" else READ_ONLY_RULES_FIELDS
+            restored = {k: v for k, v in entry.document.items() if k not in read_only}
             extra = {"createdAt": created} if ref.kind == "template" else {}
             return check({**restored, **extra, "updatedAt": now})
 
@@ -141,7 +163,7 @@ class Authoring:
     async def update_rules(self, changes: Mapping[str, Any], *, if_match: str | None) -> DocWrite:
         """Partial update of the universal rules."""
         now = isoformat(self._clock())
-        editable = {k: v for k, v in changes.items() if k not in READ_ONLY_FIELDS}
+        editable = {k: v for k, v in changes.items() if k not in READ_ONLY_RULES_FIELDS}
         parse_rules(editable, strict=True)  # unknown fields and bad types, before any read
 
         def update(current: dict[str, Any] | None) -> dict[str, Any]:
@@ -167,12 +189,13 @@ def _editable(draft: Any) -> dict[str, Any]:
     return {k: v for k, v in draft.items() if k not in READ_ONLY_FIELDS}
 
 
-def _checked(document: dict[str, Any]) -> dict[str, Any]:
-    """The document if it is a valid template, else ``InvalidInput`` (located under body).
-    Fields an author added in the console and the schema does not know are kept as they are."""
-    problems = template_problems(document)
+def _checked(document: dict[str, Any], *, also: Sequence[Problem] = ()) -> dict[str, Any]:
+    """The document if it is a valid template, else ``InvalidInput`` naming every problem
+    (located under body), ``also`` included. Fields an author added in the console and the
+    schema does not know are kept as they are."""
+    problems = [*also, *with_prefix(template_problems(document), "body")]
     if problems:
-        raise InvalidInput("The personality is not valid", problems=with_prefix(problems, "body"))
+        raise InvalidInput("The personality is not valid", problems=problems)
     return document
 
 

@@ -18,6 +18,8 @@ from services.templates.variables import BUILT_INS, placeholders
 
 # Limits, named once; the docs (docs/authoring.md) list the same numbers.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# A name that makes a valid id (lower-cased, spaces as -): what creating a personality needs.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,63}$"
 RESERVED_IDS = frozenset({"schema", "problems", "preview", "validate"})
 NAME_MAX = 64
 TITLE_MAX = 80
@@ -34,9 +36,8 @@ VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
 VARIABLE_LENGTH_MAX = 500
 RULES_MAX = 8000
 # Fields the service maintains: tolerated in a write body (clients send objects back), ignored.
-READ_ONLY_FIELDS = frozenset(
-    {"id", "usageCount", "createdAt", "updatedAt", "version", "problems", "revision"}
-)
+READ_ONLY_FIELDS = frozenset({"id", "usageCount", "createdAt", "updatedAt", "version", "problems"})
+READ_ONLY_RULES_FIELDS = frozenset({"updatedAt", "revision"})
 
 Problem = dict[str, Any]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=TAG_MAX, strip_whitespace=True)]
@@ -128,10 +129,11 @@ def template_problems(doc: Any, *, strict: bool = False) -> list[Problem]:
     try:
         template = Template.model_validate(doc)
     except ValidationError as exc:
-        return _problems(exc) + (_unknown_fields(doc, EDITABLE_TEMPLATE_FIELDS) if strict else [])
+        known = EDITABLE_TEMPLATE_FIELDS | READ_ONLY_FIELDS
+        return _problems(exc) + (_unknown_fields(doc, known) if strict else [])
     problems = _placeholder_problems(template)
     if strict:
-        problems += _unknown_fields(doc, EDITABLE_TEMPLATE_FIELDS)
+        problems += _unknown_fields(doc, EDITABLE_TEMPLATE_FIELDS | READ_ONLY_FIELDS)
     return problems
 
 
@@ -149,7 +151,7 @@ def rules_problems(doc: Any, *, strict: bool = False) -> list[Problem]:
         UniversalRules.model_validate(doc)
     except ValidationError as exc:
         return _problems(exc)
-    return _unknown_fields(doc, EDITABLE_RULES_FIELDS) if strict else []
+    return _unknown_fields(doc, EDITABLE_RULES_FIELDS | READ_ONLY_RULES_FIELDS) if strict else []
 
 
 def parse_rules(doc: Any, *, strict: bool = False) -> UniversalRules:
@@ -195,7 +197,7 @@ def _unknown_fields(doc: Any, known: frozenset[str]) -> list[Problem]:
     return [
         {"type": "extra_forbidden", "loc": [key], "msg": f"Unknown field {key!r}"}
         for key in doc
-        if key not in known and key not in READ_ONLY_FIELDS
+        if key not in known
     ]
 
 
@@ -244,3 +246,31 @@ def template_json_schema() -> dict[str, Any]:
     properties["usageCount"] = {"type": "integer", "readOnly": True}
     properties["problems"] = {"type": "array", "readOnly": True}
     return schema
+
+
+def draft_json_schema(*, create: bool = False) -> dict[str, Any]:
+    """The template schema for a request body, self-contained (its ``$defs`` inlined, since an
+    OpenAPI document resolves ``$ref`` from its own root). Creating also needs a ``name`` that
+    makes a valid id."""
+    schema = template_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    draft: dict[str, Any] = inline(schema)
+    if create:
+        draft["required"] = ["name", *draft.get("required", [])]
+        draft["properties"]["name"] = {
+            "type": "string",
+            "pattern": NAME_PATTERN,
+            "description": "The id is the name, lower-cased, with spaces turned into -",
+        }
+    return draft

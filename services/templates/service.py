@@ -17,6 +17,7 @@ from services.templates.schema import (
     Problem,
     Template,
     UniversalRules,
+    id_problems,
     rules_problems,
     template_problems,
 )
@@ -223,11 +224,25 @@ def _pick(value: T | None, default: T) -> T:
 
 
 def read_seed_dir(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Templates (``templates/<id>.json``) and ``universal_rules.json`` from a seed folder."""
+    """Templates (``templates/<id>.json``) and ``universal_rules.json`` from a seed folder,
+    checked by the one schema (``ValueError`` naming every problem) and numbered version 1."""
     templates = {
         path.stem: json.loads(path.read_text(encoding="utf-8"))
         for path in sorted((folder / "templates").glob("*.json"))
     }
     rules_path = folder / "universal_rules.json"
     rules = json.loads(rules_path.read_text(encoding="utf-8")) if rules_path.exists() else None
+    found = [
+        f"{key}.json: {'.'.join(map(str, p['loc']))}: {p['msg']}"
+        for key, doc in templates.items()
+        for p in id_problems(key, field="file name") + template_problems(doc, strict=True)
+    ]
+    if rules is not None:
+        found += [f"universal_rules.json: {p['msg']}" for p in rules_problems(rules, strict=True)]
+    if found:
+        raise ValueError(f"invalid seed files in {folder}: " + "; ".join(found))
+    for doc in templates.values():
+        doc.setdefault("version", 1)
+    if rules is not None:
+        rules.setdefault("revision", 1)
     return templates, rules

@@ -71,8 +71,21 @@ class DocWrite:
 
 def etag_of(document: Any) -> str:
     """A strong ETag of a document's content, the same on every store and instance."""
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:24] + '"'
+    text = json.dumps(_canonical(document), sort_keys=True, separators=(",", ":"))
+    return '"' + hashlib.sha256(text.encode()).hexdigest()[:24] + '"'
+
+
+def _canonical(value: Any) -> Any:
+    """The content as every store gives it back: the Realtime Database keeps no null, empty
+    list or empty object, and returns 1.0 as 1."""
+    if isinstance(value, dict):
+        kept = {key: _canonical(item) for key, item in value.items()}
+        return {key: item for key, item in kept.items() if item not in (None, [], {})}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def check_if_match(current: Any, if_match: str | None) -> None:
@@ -102,11 +115,10 @@ def plan_write(
     if current is not None and (latest is None or etag_of(latest.document) != etag_of(current)):
         claimed = current.get(field)
         recorded = claimed if isinstance(claimed, int) and claimed > number else number + 1
-        entries.append(
-            DocVersion(
-                recorded, {**current, field: recorded}, at, "console" if latest else "initial"
-            )
-        )
+        origin: Source = "console" if latest else "initial"
+        written_at = current.get("updatedAt")  # when it was written, if the writer said so
+        saved_at = written_at if isinstance(written_at, str) and written_at else at
+        entries.append(DocVersion(recorded, {**current, field: recorded}, saved_at, origin))
         number = recorded
     if new is None:
         return entries, None

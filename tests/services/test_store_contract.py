@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
-from services.errors import SessionEnded, SessionNotFound
-from services.models import NewTurn, Sampling, SessionRecord, Usage
+from services.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
+from services.models import NewTurn, Sampling, SessionRecord, TemplateCounts, Usage
 from services.store import build_store
 from services.store.base import Store
+from services.templates.versions import DocRef, etag_of
 from tests.conftest import SettingsFactory
 
 T0 = "2026-01-01T12:00:00.000Z"
@@ -192,3 +194,77 @@ async def test_seeding_keeps_edits_unless_overwriting(store: Store) -> None:
 
 async def test_ping_answers(store: Store) -> None:
     await store.ping()
+
+
+DOC = DocRef("template", "doc")
+
+
+def set_field(value: str) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+    """A change that sets one field on the current document."""
+    return lambda current: {**(current or {}), "description": value, "personalityPrompt": "p"}
+
+
+async def test_concurrent_document_writes_lose_nothing(
+    make_settings: SettingsFactory, store: Store
+) -> None:
+    # Two instances on one store, ten writers each, no If-Match (Chatify's frontend sends none).
+    other = build_store(make_settings())
+    await other.open()
+    try:
+        writes = [
+            backend.write_document(DOC, set_field(f"w{i}"), if_match=None, source="api", at=T0)
+            for i in range(10)
+            for backend in (store, other)
+        ]
+        await asyncio.gather(*writes)
+    finally:
+        await other.close()
+    versions = await store.list_versions(DOC)
+    assert [v.number for v in versions] == list(range(1, 21))
+    assert sorted(v.document["description"] for v in versions) == sorted(
+        f"w{i}" for i in range(10) for _ in range(2)
+    )
+    current = await store.read_document(DOC)
+    assert current == versions[-1].document and current is not None
+    assert current["version"] == 20
+
+
+async def test_if_match_lets_one_of_two_racing_writers_win(store: Store) -> None:
+    first = await store.write_document(DOC, set_field("v1"), if_match=None, source="api", at=T0)
+    results = await asyncio.gather(
+        *(
+            store.write_document(
+                DOC, set_field(f"race{i}"), if_match=first.etag, source="api", at=T0
+            )
+            for i in range(4)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, PreconditionFailed) for r in results) == 3
+    assert [v.number for v in await store.list_versions(DOC)] == [1, 2]
+
+
+async def test_a_failing_change_writes_nothing(store: Store) -> None:
+    def refuse(current: dict[str, Any] | None) -> dict[str, Any]:
+        raise TemplateNotFound("no")
+
+    with pytest.raises(TemplateNotFound):
+        await store.write_document(DOC, refuse, if_match=None, source="api", at=T0)
+    assert await store.read_document(DOC) is None and await store.list_versions(DOC) == []
+    deleted = await store.write_document(DOC, set_field("x"), if_match=None, source="api", at=T0)
+    assert deleted.etag == etag_of(await store.read_document(DOC))
+    await store.write_document(
+        DOC, lambda current: None, if_match=deleted.etag, source="api", at=T0
+    )
+    assert await store.read_document(DOC) is None
+    assert [v.number for v in await store.list_versions(DOC)] == [1]
+
+
+async def test_template_stats_add_up(store: Store) -> None:
+    await store.add_template_stats({"a": TemplateCounts(1, 2, 30, 0, T0)})
+    await store.add_template_stats(
+        {"a": TemplateCounts(1, 1, 5, 1, None), "b": TemplateCounts(sessions=1, last_used=T0)}
+    )
+    totals = await store.load_template_stats()
+    assert totals["a"] == TemplateCounts(2, 3, 35, 1, T0)
+    assert totals["b"] == TemplateCounts(1, 0, 0, 0, T0)

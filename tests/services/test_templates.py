@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from services.errors import TemplateNotFound
-from services.settings import Settings
+from services.settings import REPO_ROOT, Settings
 from services.store.sqlite import SQLiteStore
-from services.templates.service import TemplateService
+from services.templates.service import TemplateService, read_seed_dir
 
 
 @pytest.fixture
@@ -83,3 +84,21 @@ async def test_disabled_rules_are_left_out(store: SQLiteStore) -> None:
     service = TemplateService(store, settings())
     await service.refresh()
     assert service.resolve("a").system_prompt == "You are A."
+
+
+def test_the_shipped_seed_files_are_valid() -> None:
+    templates, rules = read_seed_dir(REPO_ROOT / "templates_seed")
+    assert len(templates) == 8 and rules is not None
+    assert all(doc["version"] == 1 for doc in templates.values()) and rules["revision"] == 1
+
+
+def test_an_invalid_seed_file_stops_seeding_and_names_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    doc = {"personalityPrompt": "Hi", "temprature": 0.5}
+    (tmp_path / "templates" / "Bad Name.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError) as error:
+        read_seed_dir(tmp_path)
+    message = str(error.value)
+    assert "Bad Name.json: file name: The id 'Bad Name'" in message
+    assert "personalityPrompt: String should have at least 10 characters" in message
+    assert "temprature: Unknown field" in message
