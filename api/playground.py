@@ -20,15 +20,31 @@ SECURITY_HEADERS = {
 }
 
 
+def page(name: str) -> FileResponse:
+    """``static/<name>.html`` with the strict security headers."""
+    return FileResponse(STATIC / f"{name}.html", headers=SECURITY_HEADERS)
+
+
+def script(name: str) -> FileResponse:
+    """``static/<name>.js`` with the same headers."""
+    return FileResponse(
+        STATIC / f"{name}.js", media_type="text/javascript", headers=SECURITY_HEADERS
+    )
+
+
 @router.get("/playground")
 async def playground() -> FileResponse:
     """The playground page."""
-    return FileResponse(STATIC / "playground.html", headers=SECURITY_HEADERS)
+    return page("playground")
 
 
 @router.get("/playground/app.js")
 async def playground_script() -> FileResponse:
     """The playground's script."""
-    return FileResponse(
-        STATIC / "playground.js", media_type="text/javascript", headers=SECURITY_HEADERS
-    )
+    return script("playground")
+
+
+@router.get("/playground/events.js")
+async def events_script() -> FileResponse:
+    """The Server-Sent Events reader the playground and the studio share."""
+    return script("events")

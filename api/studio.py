@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from api.playground import SECURITY_HEADERS, STATIC
+from api.playground import page, script
 
 router = APIRouter(include_in_schema=False)
 
@@ -13,12 +13,10 @@ router = APIRouter(include_in_schema=False)
 @router.get("/studio")
 async def studio() -> FileResponse:
     """The studio page."""
-    return FileResponse(STATIC / "studio.html", headers=SECURITY_HEADERS)
+    return page("studio")
 
 
 @router.get("/studio/app.js")
 async def studio_script() -> FileResponse:
     """The studio's script."""
-    return FileResponse(
-        STATIC / "studio.js", media_type="text/javascript", headers=SECURITY_HEADERS
-    )
+    return script("studio")

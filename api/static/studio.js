@@ -53,30 +53,6 @@ async function api(method, path, options) {
 
 const itemPath = (id, rest = "") => "/personalities/" + encodeURIComponent(id) + rest;
 
-// Reads `event:`/`data:` blocks from a fetch body as they arrive (as in the playground).
-async function* readEvents(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value.replace(/\r\n/g, "\n");
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const event = { event: "message", data: "" };
-      for (const line of block.split("\n")) {
-        if (line.startsWith(":")) continue;
-        const colon = line.indexOf(":");
-        const name = line.slice(0, colon), value = line.slice(colon + 1).replace(/^ /, "");
-        if (name === "data") event.data += value; else event[name] = value;
-      }
-      if (event.data) yield event;
-    }
-  }
-}
-
 function el(tag, text, className) {
   const node = document.createElement(tag);
   if (text !== undefined) node.textContent = text;
@@ -274,6 +250,8 @@ async function loadList() {
 }
 
 function edit(doc, tag) {
+  clearTimeout(validateTimer);
+  validateSeq++;  // a validation still in flight was about the form being replaced
   published = doc;
   etag = tag;
   fillForm(doc || { isPublic: true });

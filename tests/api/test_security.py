@@ -38,6 +38,7 @@ POLICY: dict[tuple[str, str], str] = {
     ("GET", "/redoc"): "public",
     ("GET", "/playground"): "public",
     ("GET", "/playground/app.js"): "public",
+    ("GET", "/playground/events.js"): "public",
     ("GET", "/api/v1/chatbot/personalities"): "signed-in",
     ("POST", "/api/v1/chatbot/session"): "signed-in",
     ("GET", "/api/v1/chatbot/users/{user_id}/sessions"): "self",
