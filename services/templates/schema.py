@@ -125,13 +125,14 @@ EDITABLE_RULES_FIELDS = frozenset({"rules", "version", "enabled"})
 
 
 def template_problems(doc: Any, *, strict: bool = False) -> list[Problem]:
-    """Everything wrong with a template document; ``strict`` also flags unknown fields (writes)."""
+    """Everything wrong with a template document; ``strict`` also flags unknown fields (writes).
+    Placeholders are checked even when other fields are bad, so one answer names them all."""
     try:
         template = Template.model_validate(doc)
+        problems = _variable_problems(template)
     except ValidationError as exc:
-        known = EDITABLE_TEMPLATE_FIELDS | READ_ONLY_FIELDS
-        return _problems(exc) + (_unknown_fields(doc, known) if strict else [])
-    problems = _placeholder_problems(template)
+        problems = _problems(exc)
+    problems += _placeholder_problems(doc, problems)
     if strict:
         problems += _unknown_fields(doc, EDITABLE_TEMPLATE_FIELDS | READ_ONLY_FIELDS)
     return problems
@@ -201,8 +202,7 @@ def _unknown_fields(doc: Any, known: frozenset[str]) -> list[Problem]:
     ]
 
 
-def _placeholder_problems(template: Template) -> list[Problem]:
-    known = BUILT_INS | set(template.variables)
+def _variable_problems(template: Template) -> list[Problem]:
     problems = [
         {
             "type": "variable_shadows_built_in",
@@ -211,19 +211,6 @@ def _placeholder_problems(template: Template) -> list[Problem]:
         }
         for name in sorted(set(template.variables) & BUILT_INS)
     ]
-    for field, text in (
-        ("personalityPrompt", template.personality_prompt),
-        ("welcomeMessage", template.welcome_message or ""),
-    ):
-        for name in sorted(placeholders(text) - known):
-            problems.append(
-                {
-                    "type": "unknown_placeholder",
-                    "loc": [field],
-                    "msg": f"Unknown placeholder {{{{{name}}}}}: declare it under variables "
-                    f"or use a built-in ({', '.join(sorted(BUILT_INS))})",
-                }
-            )
     for name, variable in sorted(template.variables.items()):
         if len(variable.default) > variable.max_length:
             problems.append(
@@ -231,6 +218,30 @@ def _placeholder_problems(template: Template) -> list[Problem]:
                     "type": "string_too_long",
                     "loc": ["variables", name, "default"],
                     "msg": f"The default is longer than maxLength ({variable.max_length})",
+                }
+            )
+    return problems
+
+
+def _placeholder_problems(doc: Any, found: list[Problem]) -> list[Problem]:
+    """Unknown ``{{placeholders}}`` in the prompt and greeting (fields not already reported)."""
+    if not isinstance(doc, dict):
+        return []
+    declared = doc.get("variables")
+    known = BUILT_INS | (set(declared) if isinstance(declared, dict) else set())
+    reported = {p["loc"][0] for p in found if p["loc"]}
+    problems: list[Problem] = []
+    for field in ("personalityPrompt", "welcomeMessage"):
+        text = doc.get(field)
+        if not isinstance(text, str) or field in reported:
+            continue
+        for name in sorted(placeholders(text) - known):
+            problems.append(
+                {
+                    "type": "unknown_placeholder",
+                    "loc": [field],
+                    "msg": f"Unknown placeholder {{{{{name}}}}}: declare it under variables "
+                    f"or use a built-in ({', '.join(sorted(BUILT_INS))})",
                 }
             )
     return problems

@@ -151,6 +151,13 @@ async def test_a_bad_write_names_every_bad_field(chat: RunningApp) -> None:
         P, json={"name": "Vars", "personalityPrompt": "You talk to {{ who }} on {{weekday}}."}
     )
     assert problems_at(placeholder) == {"personalityPrompt": "unknown_placeholder"}
+    mixed = await chat.client.post(
+        P, json={"name": "Mixed", "personalityPrompt": "Hi {{nobody}}, ok?", "temperature": 9}
+    )
+    assert problems_at(mixed) == {
+        "personalityPrompt": "unknown_placeholder",
+        "temperature": "less_than_equal",
+    }
     bad_id = await chat.client.post(P, json={"name": "No/Slash", "personalityPrompt": PROMPT})
     assert problems_at(bad_id) == {"name": "invalid_id"}
     reserved = await chat.client.post(P, json={"name": "schema", "personalityPrompt": PROMPT})
