@@ -605,6 +605,7 @@ class Fault:
     path_prefix: str = "/"
     namespace: str | None = None
     delay: float = 0.0
+    gate: threading.Event | None = None
     drop: bool = False
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -642,6 +643,7 @@ class FaultInjector:
         path_prefix: str = "/",
         namespace: str | None = None,
         delay: float = 0.0,
+        gate: threading.Event | None = None,
         drop: bool = False,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
@@ -650,12 +652,13 @@ class FaultInjector:
 
         ``status`` answers with that HTTP status and ``body`` (default
         ``{"error": "injected fault"}``); ``drop`` closes the connection without an answer;
-        ``delay`` sleeps first (alone it only slows the real answer down).  ``path_prefix``
+        ``delay`` sleeps first (alone it only slows the real answer down); ``gate`` holds the
+        request until the event is set (at most 30 s), then answers it.  ``path_prefix``
         matches whole segments (``/userSessions`` matches ``/userSessions/x``, not
         ``/userSessionsX``).
         """
-        if status is None and not drop and delay <= 0:
-            raise ValueError("a fault needs status, drop or delay")
+        if status is None and not drop and delay <= 0 and gate is None:
+            raise ValueError("a fault needs status, drop, delay or gate")
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
         fault = Fault(
@@ -665,6 +668,7 @@ class FaultInjector:
             path_prefix=path_prefix,
             namespace=namespace,
             delay=delay,
+            gate=gate,
             drop=drop,
             body=body,
             headers=dict(headers or {}),
@@ -786,6 +790,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = owner.faults.take(method, path, ns)
         if fault is not None and fault.delay > 0:
             time.sleep(fault.delay)
+        if fault is not None and fault.gate is not None:
+            fault.gate.wait(30)
         if fault is not None and fault.drop:
             self.close_connection = True
             owner.record(

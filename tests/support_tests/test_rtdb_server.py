@@ -411,6 +411,19 @@ def test_delay_fault_triggers_client_timeout(server: RTDBServer) -> None:
         firebase_admin.delete_app(slow_app)
 
 
+def test_gate_fault_holds_requests_until_released(server: RTDBServer, root: db.Reference) -> None:
+    gate = threading.Event()
+    server.faults.add(gate=gate, times=None, path_prefix="/held")
+    root.child("free").set(1)  # other paths are not held
+    writer = threading.Thread(target=lambda: root.child("held").set(2))
+    writer.start()
+    writer.join(0.2)
+    assert writer.is_alive() and [r.path for r in server.requests] == ["/free"]
+    gate.set()
+    writer.join(10)
+    assert not writer.is_alive() and root.child("held").get() == 2
+
+
 # ----------------------------------------------------------------------------- transport
 
 
