@@ -28,6 +28,9 @@ class ActiveSession:
     record: SessionRecord
     context: deque[StoredMessage]
     next_seq: int  # where this process expects the session's next turn to be stored
+    # Read from the store and no turn served here since: its ids beyond the context are
+    # unknown, so a client_message_id not in memory is looked up before the model is asked.
+    cold: bool = False
 
     def find(self, client_message_id: str) -> StoredTurn | None:
         """A turn still in the context window, by the id of its user message."""
@@ -44,6 +47,7 @@ class ActiveSession:
         self.record.message_count = turn.message_count
         self.record.last_activity = turn.assistant.timestamp
         self.next_seq = turn.assistant.seq + 1
+        self.cold = False
 
 
 class ActiveSessions:
@@ -75,7 +79,9 @@ class ActiveSessions:
             # At least one message, to learn where the next turn goes even without context.
             limit = max(1, record.context_messages)
             history = await self._store.load_messages(session_id, limit=limit)
-            return self.put(record, history)
+            loaded = self.put(record, history)
+            loaded.cold = True
+            return loaded
         self._cache[session_id] = active  # restarts its idle time
         return active
 

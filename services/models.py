@@ -161,6 +161,15 @@ class StoredTurn:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnClaim:
+    """What a store reserved for a turn before its write (seqs, the id), so that the write
+    after the reply is one request. ``seq`` is -1 where the store allocates at write time."""
+
+    seq: int = -1
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TurnResult:
     """What a turn returns to its transport."""
 

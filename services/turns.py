@@ -10,6 +10,7 @@ client that comes back with the same ``client_message_id`` joins the turn while 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -20,13 +21,14 @@ from typing import Literal
 from services.cache import ActiveSession, ActiveSessions
 from services.errors import ChatifyError, IdempotencyConflict, SessionEnded
 from services.gate import Ticket, TurnGate
-from services.llm import ChatMessage, Completion, LLMClient
+from services.llm import ChatMessage, Completion, DeltaSink, LLMClient
 from services.models import (
     Clock,
     NewTurn,
     Sampling,
     SessionRecord,
     StoredTurn,
+    TurnClaim,
     TurnResult,
     isoformat,
 )
@@ -174,10 +176,13 @@ class TurnPipeline:
         try:
             async with ticket:
                 active = await self._sessions.get(turn.session_id)
-                if turn.client_message_id is not None:
-                    stored = active.find(turn.client_message_id) or await self._store.find_turn(
-                        turn.session_id, turn.client_message_id
-                    )
+                cid = turn.client_message_id
+                if cid is not None:
+                    # A session held here answers from memory; the store's answer comes with
+                    # the claim, while the model generates. A cold one may read first.
+                    stored = active.find(cid)
+                    if stored is None and active.cold:
+                        stored = await self._store.find_turn(turn.session_id, cid)
                     if stored is not None:
                         return _replay(turn, active, stored)
                 return await self._complete(turn, active, stream)
@@ -193,11 +198,22 @@ class TurnPipeline:
         user_at = isoformat(self._clock())
         turn.emit("start", turn=record.message_count + 1)
         messages = build_prompt(record, active.context, turn.text)
+        claiming = asyncio.create_task(self._store.claim_turn(record, turn.client_message_id))
         try:
-            completion = await self._ask(turn, messages, record.sampling, stream)
-        except ChatifyError:
-            self._stats.turn_failed(record.template_id)
+            answered = await self._ask_while_claiming(
+                turn, messages, record.sampling, claiming, stream=stream
+            )
+        except BaseException as error:
+            await self._abandon(record, turn, claiming)
+            if isinstance(error, SessionEnded):
+                self._sessions.forget(record.session_id)
+            elif isinstance(error, ChatifyError):
+                self._stats.turn_failed(record.template_id)
             raise
+        if isinstance(answered, StoredTurn):  # the id was stored already (elsewhere, earlier)
+            self._sessions.forget(record.session_id)
+            return _replay(turn, active, answered, started=True)
+        completion, claim = answered
         new = NewTurn(
             user_text=turn.text,
             reply=completion.content,
@@ -207,7 +223,7 @@ class TurnPipeline:
             usage=completion.usage,
         )
         try:
-            stored = await self._store.append_turn(record, new)
+            stored = await self._store.write_turn(record, claim, new)
         except SessionEnded:
             self._sessions.forget(record.session_id)
             raise
@@ -238,23 +254,90 @@ class TurnPipeline:
         turn.emit("done", result=result)
         return result
 
+    async def _ask_while_claiming(
+        self,
+        turn: Turn,
+        messages: list[ChatMessage],
+        sampling: Sampling,
+        claiming: asyncio.Task[TurnClaim | StoredTurn],
+        *,
+        stream: bool,
+    ) -> tuple[Completion, TurnClaim] | StoredTurn:
+        """The model's reply and the store's claim, side by side. Until the claim says the
+        ``client_message_id`` is new, deltas are held back, so a client never sees text of a
+        reply that turns out to be a replay; the model is stopped as soon as it is one."""
+        held = _HeldDeltas(turn, holding=turn.client_message_id is not None)
+        asking = asyncio.create_task(self._ask(messages, sampling, stream, held.add))
+        try:
+            done, _ = await asyncio.wait({asking, claiming}, return_when=asyncio.FIRST_COMPLETED)
+            if claiming in done:
+                early = claiming.result()
+                if isinstance(early, StoredTurn):
+                    return early
+                held.release()
+            completion = await asking
+            claim = await claiming
+            if isinstance(claim, StoredTurn):
+                return claim
+            held.release()
+            return completion, claim
+        finally:
+            if not asking.done():
+                asking.cancel()
+                with contextlib.suppress(BaseException):
+                    await asking
+
+    async def _abandon(
+        self, record: SessionRecord, turn: Turn, claiming: asyncio.Task[TurnClaim | StoredTurn]
+    ) -> None:
+        """Give back what the claim reserved for a turn that will not be written."""
+        try:
+            claim = await claiming
+        except ChatifyError:
+            return  # the claim failed itself and reserved nothing it kept
+        if isinstance(claim, TurnClaim):
+            try:
+                await self._store.release_turn(record, claim, turn.client_message_id)
+            except ChatifyError as error:
+                logger.warning("could not release the claim of a failed turn: %s", error.code)
+
     async def _ask(
-        self, turn: Turn, messages: list[ChatMessage], sampling: Sampling, stream: bool
+        self, messages: list[ChatMessage], sampling: Sampling, stream: bool, on_delta: DeltaSink
     ) -> Completion:
         if stream:
-            return await self._llm.stream(
-                messages, sampling, on_delta=lambda piece: turn.emit("delta", content=piece)
-            )
+            return await self._llm.stream(messages, sampling, on_delta=on_delta)
         completion = await self._llm.complete(messages, sampling)
-        turn.emit("delta", content=completion.content)
+        on_delta(completion.content)
         return completion
 
 
-def _replay(turn: Turn, active: ActiveSession, stored: StoredTurn) -> TurnResult:
+class _HeldDeltas:
+    """Deltas passed on at once, or held until ``release`` (then passed on at once)."""
+
+    def __init__(self, turn: Turn, *, holding: bool) -> None:
+        self._turn = turn
+        self._held: list[str] | None = [] if holding else None
+
+    def add(self, piece: str) -> None:
+        if self._held is None:
+            self._turn.emit("delta", content=piece)
+        else:
+            self._held.append(piece)
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        for piece in held or ():
+            self._turn.emit("delta", content=piece)
+
+
+def _replay(
+    turn: Turn, active: ActiveSession, stored: StoredTurn, *, started: bool = False
+) -> TurnResult:
     if stored.user.content != turn.text:
         raise _conflict(stored.user.client_message_id)
     result = _result(active, stored, replayed=True)
-    turn.emit("start", turn=result.message_count)
+    if not started:
+        turn.emit("start", turn=result.message_count)
     turn.emit("delta", content=result.reply)
     turn.emit("done", result=result)
     return result

@@ -17,6 +17,7 @@ from services.models import (
     StoredMessage,
     StoredTurn,
     TemplateCounts,
+    TurnClaim,
 )
 from services.templates.versions import Change, DocRef, DocVersion, DocWrite, Source
 
@@ -56,6 +57,24 @@ class Store(Protocol):
         ``SessionEnded``; if a turn with the same ``client_message_id`` is already stored,
         stores nothing and returns that turn with ``created=False``.
         """
+
+    async def claim_turn(
+        self, session: SessionRecord, client_message_id: str | None
+    ) -> TurnClaim | StoredTurn:
+        """Reserve what the turn's write needs, while the model generates: the stored turn
+        instead when ``client_message_id`` already has one (then nothing is reserved).
+        Raises ``SessionEnded`` when the session is over."""
+
+    async def write_turn(
+        self, session: SessionRecord, claim: TurnClaim, turn: NewTurn
+    ) -> StoredTurn:
+        """Store a claimed turn atomically (as ``append_turn``), in as few requests as the
+        backend can: one, on both backends."""
+
+    async def release_turn(
+        self, session: SessionRecord, claim: TurnClaim, client_message_id: str | None
+    ) -> None:
+        """Give back a claim whose turn will not be written, leaving no gap in the seqs."""
 
     async def end_session(self, session_id: str, *, at: str) -> SessionRecord | None:
         """Mark the session ended (kept as is when already ended)."""

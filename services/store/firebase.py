@@ -51,6 +51,7 @@ from services.models import (
     SessionStatus,
     StoredMessage,
     StoredTurn,
+    TurnClaim,
     Usage,
 )
 from services.settings import Settings
@@ -216,11 +217,21 @@ class FirebaseStore(FirebaseDocuments):
         return self._pair(session_id, seq) if isinstance(seq, int) else None
 
     async def append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
-        """Allocate two seqs by compare-and-set, then write the turn in one update."""
-        return await self._run(lambda: self._append_turn(session, turn))
+        """Claim the id and two seqs, then write the turn in one update."""
+        claim = await self.claim_turn(session, turn.client_message_id)
+        if isinstance(claim, StoredTurn):
+            return claim
+        return await self.write_turn(session, claim, turn)
 
-    def _append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
-        sid, cid = session.session_id, turn.client_message_id
+    async def claim_turn(
+        self, session: SessionRecord, client_message_id: str | None
+    ) -> TurnClaim | StoredTurn:
+        """Everything a turn's write needs before it (run while the model is generating): the
+        ``client_message_id`` by conditional create, then two seqs by compare-and-set. The
+        stored turn instead, when the id already has one."""
+        return await self._run(lambda: self._claim_turn(session.session_id, client_message_id))
+
+    def _claim_turn(self, sid: str, cid: str | None) -> TurnClaim | StoredTurn:
         pointer = None
         if cid is not None:
             # Claim the id before taking seqs, so an instance that loses takes none.
@@ -228,7 +239,22 @@ class FirebaseStore(FirebaseDocuments):
             winner = self._claim_id(sid, pointer)
             if winner is not None:
                 return winner
-        seq, claim = self._allocate(sid)
+        try:
+            seq, token = self._allocate(sid)
+        except BaseException:
+            self._drop_pointer(pointer)
+            raise
+        return TurnClaim(seq, token)
+
+    async def write_turn(
+        self, session: SessionRecord, claim: TurnClaim, turn: NewTurn
+    ) -> StoredTurn:
+        """The turn as one multi-path update on the claimed seqs: the one request after the
+        reply."""
+        return await self._run(lambda: self._write_turn(session, claim, turn))
+
+    def _write_turn(self, session: SessionRecord, claim: TurnClaim, turn: NewTurn) -> StoredTurn:
+        sid, cid, seq = session.session_id, turn.client_message_id, claim.seq
         user = StoredMessage(seq, "user", turn.user_text, turn.user_at, cid)
         reply = StoredMessage(seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage)
         try:
@@ -237,13 +263,28 @@ class FirebaseStore(FirebaseDocuments):
             if self._landed(sid, user):  # the answer was lost, not the write
                 return StoredTurn(user, reply)
             if not _may_land_later(exc):  # refused, or the connection died: never applied
-                self._release(sid, seq, claim)
-                if pointer is not None:
-                    with contextlib.suppress(firebase_errors.FirebaseError):
-                        pointer.delete()
+                self._release_claim(sid, claim, cid)
             # Else (a timeout) the write may still land: its seqs and claim stay taken.
             raise
         return StoredTurn(user, reply)
+
+    async def release_turn(
+        self, session: SessionRecord, claim: TurnClaim, client_message_id: str | None
+    ) -> None:
+        """Give back a claim whose turn will not be written (the model failed)."""
+        sid = session.session_id
+        await self._run(lambda: self._release_claim(sid, claim, client_message_id))
+
+    def _release_claim(self, sid: str, claim: TurnClaim, cid: str | None) -> None:
+        self._release(sid, claim.seq, claim.token)
+        if cid is not None:
+            self._drop_pointer(self._ref(f"userSessions/{sid}/{_IDS}/{encode_key(cid)}"))
+
+    @staticmethod
+    def _drop_pointer(pointer: db.Reference | None) -> None:
+        if pointer is not None:
+            with contextlib.suppress(firebase_errors.FirebaseError, requests.RequestException):
+                pointer.delete()
 
     def _claim_id(self, session_id: str, pointer: db.Reference) -> StoredTurn | None:
         """Claim a client_message_id with a conditional create; None when the claim is ours,

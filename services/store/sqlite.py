@@ -27,6 +27,7 @@ from services.models import (
     StoredMessage,
     StoredTurn,
     TemplateCounts,
+    TurnClaim,
     Usage,
 )
 from services.templates.versions import (
@@ -273,6 +274,26 @@ class SQLiteStore:
                 return StoredTurn(user, reply)
 
         return await self._run(append)
+
+    async def claim_turn(
+        self, session: SessionRecord, client_message_id: str | None
+    ) -> TurnClaim | StoredTurn:
+        """Seqs are taken inside the write's transaction; only a stored id needs a read."""
+        if client_message_id is None:
+            return TurnClaim()
+        stored = await self.find_turn(session.session_id, client_message_id)
+        return stored if stored is not None else TurnClaim()
+
+    async def write_turn(
+        self, session: SessionRecord, claim: TurnClaim, turn: NewTurn
+    ) -> StoredTurn:
+        """One transaction, as ``append_turn``."""
+        return await self.append_turn(session, turn)
+
+    async def release_turn(
+        self, session: SessionRecord, claim: TurnClaim, client_message_id: str | None
+    ) -> None:
+        """Nothing was reserved."""
 
     async def end_session(self, session_id: str, *, at: str) -> SessionRecord | None:
         """Set status ended once; later calls leave it as it is."""

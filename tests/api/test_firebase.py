@@ -5,12 +5,14 @@ and request log)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from bench.mock_llm import MockLLM
+from bench.mock_llm import MockLLM, Reply
+from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 from tests.support.rtdb_server import RecordedRequest, RTDBServer
 
@@ -219,3 +221,60 @@ async def test_template_edits_in_the_database_apply_without_restart(
     assert personalities["fresh"] == "New one"
     stored = rtdb.get_data(ns, f"/userSessions/{session_id}")
     assert stored["system_prompt"].endswith("You are a retired pirate.")
+
+
+async def test_a_steady_turn_asks_the_model_first_and_writes_once_after_the_reply(
+    chat: RunningApp, rtdb: RTDBServer, llm: MockLLM
+) -> None:
+    ns = namespace_of(chat)
+    session_id = await chat.create_session("pirate")
+    assert (await chat.send(session_id, "warm up", client_message_id="w0")).status_code == 200
+    rtdb.clear_requests()
+
+    # Every store request of the turn is held; the model must be asked all the same.
+    store_gate, model_asked, model_gate = threading.Event(), threading.Event(), threading.Event()
+    rtdb.faults.add(gate=store_gate, times=None, namespace=ns)
+    llm.script(Reply(content="Arr.", arrived=model_asked, gate=model_gate))
+    sending = asyncio.create_task(chat.send(session_id, "ahoy", client_message_id="c1"))
+    assert await asyncio.to_thread(model_asked.wait, 10), "the model waited for the store"
+    assert [r for r in rtdb.requests if r.namespace == ns] == [], "a store request was answered"
+
+    # The claims (id, then seqs) are answered while the model is still generating...
+    store_gate.set()
+    await until(lambda: len(turn_requests(rtdb, ns)) == 3, "the claims")
+    claims = turn_requests(rtdb, ns)
+    assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in claims] == [
+        ("GET", "c1"),  # the id is new...
+        ("PUT", "c1"),  # ...so it is created, conditionally on that read's ETag
+        ("PUT", "next_seq"),  # its ETag is cached from the turn before
+    ]
+    # ...so that after the reply, storing the turn is one request.
+    model_gate.set()
+    reply = await sending
+    assert reply.status_code == 200 and reply.json()["message_count"] == 2
+    after = turn_requests(rtdb, ns)[3:]
+    assert [(r.method, r.path) for r in after] == [("PATCH", "/")]
+
+
+async def test_a_failed_model_call_gives_back_what_the_turn_claimed(
+    chat: RunningApp, rtdb: RTDBServer, llm: MockLLM
+) -> None:
+    ns = namespace_of(chat)
+    session_id = await chat.create_session("pirate")
+    assert (await chat.send(session_id, "one", client_message_id="a")).status_code == 200
+    llm.script(Reply(status=500))
+    assert (await chat.send(session_id, "two", client_message_id="b")).status_code == 502
+    stored = rtdb.get_data(ns, f"/userSessions/{session_id}")
+    assert "b" not in stored["conversation_client_ids"]
+    assert stored["next_seq"]["next"] == 2  # given back: the next turn leaves no gap
+    reply = await chat.send(session_id, "two", client_message_id="b")
+    assert reply.json()["message_count"] == 2
+
+
+def turn_requests(server: RTDBServer, ns: str) -> list[RecordedRequest]:
+    """Requests of the session's turns (not the template refresh or a ping)."""
+    return [
+        r
+        for r in server.requests
+        if r.namespace == ns and (r.path.startswith("/userSessions/") or r.path == "/")
+    ]
