@@ -11,7 +11,7 @@ import argparse
 import logging
 from typing import Any
 
-from bench import memory, store_bytes
+from bench import memory, roundtrips, store_bytes
 from bench.harness import running, start_mock_llm, start_rtdb, start_service
 from bench.load import Phase, bench_settings, measure, summary_table
 
@@ -76,7 +76,9 @@ def main() -> None:
     """Run everything and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns (a smoke run)")
-    parser.add_argument("--skip", nargs="*", default=[], help="memory, bytes, streams1000")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="memory, bytes, streams1000, roundtrips"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("httpx", "bench.harness"):
@@ -93,8 +95,12 @@ def main() -> None:
             rows.append(overhead_row(f"{store}, {users} user(s), LLM {latency} ms", pair, "turn"))
     pair = scenario(store="sqlite", users=1, turns=n(40), latency_ms=200, transport="sse")
     rows.append(overhead_row("sqlite, SSE time to first delta, LLM 200 ms", pair, "first delta"))
-    pair = scenario(store="sqlite", users=64, turns=n(40), latency_ms=0)
-    rows.append(overhead_row("sqlite, 64 users, LLM 0 ms (throughput)", pair, "turn"))
+    for workers in (1, 2):
+        pair = scenario(
+            store="sqlite", users=64, turns=n(40), latency_ms=0, web_concurrency=workers
+        )
+        name = f"sqlite, 64 users, LLM 0 ms (throughput), {workers} worker(s)"
+        rows.append(overhead_row(name, pair, "turn"))
     for store in ("sqlite", "firebase"):
         pair = scenario(store=store, users=64, turns=n(15), latency_ms=200)
         rows.append(overhead_row(f"{store}, 64 users, LLM 200 ms", pair, "turn"))
@@ -129,6 +135,8 @@ def main() -> None:
         memory.main()
     if "bytes" not in args.skip:
         store_bytes.main_with(turns=200)
+    if "roundtrips" not in args.skip:
+        roundtrips.main(["--turns", str(n(20))])
 
 
 if __name__ == "__main__":
