@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 
 from api.app import create_app
+from api.middleware import redact_credentials_in_logs
 from services.settings import Settings
 
 
@@ -17,6 +18,7 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact_credentials_in_logs(*logging.getLogger().handlers)
     # APScheduler logs every job run at INFO; our jobs log what they did themselves.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     options: dict[str, Any] = {

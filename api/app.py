@@ -24,7 +24,12 @@ from api import (
 )
 from api.deps import Services
 from api.errors import install_error_handlers
-from api.middleware import BodyLimitMiddleware, RequestLogMiddleware, TrailingSlashMiddleware
+from api.middleware import (
+    BodyLimitMiddleware,
+    RequestLogMiddleware,
+    TrailingSlashMiddleware,
+    redact_credentials_in_logs,
+)
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
@@ -48,6 +53,7 @@ API_PREFIX = "/api/v1"
 def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> FastAPI:
     """Build the app; nothing connects until the lifespan starts."""
     settings = settings or Settings()
+    redact_credentials_in_logs()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -144,3 +144,36 @@ class TrailingSlashMiddleware:
         if scope["type"] in ("http", "websocket") and len(path) > 1 and path.endswith("/"):
             scope = {**scope, "path": path.rstrip("/") or "/"}
         await self.app(scope, receive, send)
+
+
+_CREDENTIAL_IN_TEXT = re.compile(
+    r"((?:[?&](?:token|access_token|api_key|key)=)|(?:authorization|x-api-key)[\"']?[:=,]\s*[\"']?"
+    r"(?:bearer\s+)?)[^&\s\"',)]+",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
+class CredentialRedactor(logging.Filter):
+    """Rewrites a log record so that no credential survives in it: a WebSocket's ``?token=``
+    reaches uvicorn's own log lines ("WebSocket /…/ws?token=… [accepted]")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _CREDENTIAL_IN_TEXT.sub(rf"\1{REDACTED}", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACTOR = CredentialRedactor()
+# Loggers that print request lines with their query strings.
+_LOGGERS_WITH_URLS = ("uvicorn.error", "uvicorn.access", "websockets", "websockets.server")
+
+
+def redact_credentials_in_logs(*handlers: logging.Handler) -> None:
+    """Install the redactor on the loggers that print URLs, and on ``handlers`` (all records
+    that reach them). Idempotent."""
+    for target in (*(logging.getLogger(name) for name in _LOGGERS_WITH_URLS), *handlers):
+        if _REDACTOR not in target.filters:
+            target.addFilter(_REDACTOR)

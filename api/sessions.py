@@ -47,7 +47,9 @@ HISTORY_IN_DETAIL = 50
 async def create_session(
     body: CreateSessionRequest, sessions: SessionServiceDep, caller: CallerDep, quotas: QuotasDep
 ) -> CreateSessionResponse:
-    """Start a session with a personality (the default one when template_id is absent)."""
+    """Start a session with a personality (the default one when template_id is absent).
+    A non-public personality answers 404 to callers bound to a user (Firebase ID tokens,
+    per-user keys); server keys, admins and AUTH_MODE=none may use it."""
     user_id = caller.resolve_user(body.user_id)
     if user_id is None:
         missing = {"type": "missing", "loc": ("body", "user_id"), "msg": "Field required"}
@@ -58,6 +60,9 @@ async def create_session(
         template_id=body.template_id,
         variables=body.variables,
         timezone=body.timezone,
+        # Non-public personalities are for the operator's own backends: end users bound to
+        # their id (Firebase users, per-user keys) cannot start them.
+        public_only=caller.role == "user",
     )
     return CreateSessionResponse(
         session_id=created.record.session_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
@@ -52,10 +53,13 @@ async def session_socket(
     """`chat_history` on connect; then for each `user_message`: `ai_response_delta`…,
     `ai_response`, `backend_status`. Authenticate like HTTP, or with a `token` query parameter
     (browsers cannot set WebSocket headers). Recoverable errors arrive as `error` events; the
-    socket closes with 4401 (not authenticated), 4404 (no such session), 4409 (ended) or 4429
-    (too many open streams)."""
+    socket closes with 4401 (not authenticated), 4403 (a browser page whose origin is neither
+    this service's nor in CORS_ORIGINS), 4404 (no such session), 4409 (ended) or 4429 (too many
+    open streams)."""
     await websocket.accept()
     try:
+        if not origin_allowed(websocket, services.settings.cors_origins):
+            raise Forbidden("This page's origin may not open a WebSocket here (CORS_ORIGINS)")
         if isinstance(caller, ChatifyError):
             raise caller
         record = owned(await services.turns.check_session(session_id), caller)
@@ -75,6 +79,16 @@ async def session_socket(
         return
     finally:
         slot.release()
+
+
+def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
+    """Browsers send ``Origin`` and enforce no CORS on WebSockets, so the server must: a page
+    of this service's own origin or of CORS_ORIGINS may connect; clients without an
+    ``Origin`` (apps, servers) are not browsers and are let through to authentication."""
+    origin = websocket.headers.get("origin")
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    return urlsplit(origin).netloc == websocket.headers.get("host")
 
 
 async def _next_frame(websocket: WebSocket, limit: int) -> UserMessageFrame | None:

@@ -66,10 +66,13 @@ class SessionService:
         template_id: str | None,
         variables: Mapping[str, str] | None = None,
         timezone: str | None = None,
+        public_only: bool = False,
     ) -> NewSession:
         """Snapshot the template's prompt (placeholders filled) and sampling into a new stored
         session."""
-        snapshot = self._templates.resolve(template_id, variables=variables, timezone=timezone)
+        snapshot = self._templates.resolve(
+            template_id, variables=variables, timezone=timezone, public_only=public_only
+        )
         cap = self._settings.max_active_sessions_per_user
         if len(await self._store.list_user_sessions(user_id, status="active", limit=cap)) >= cap:
             raise ActiveSessionLimit(

@@ -19,3 +19,10 @@ def test_setting_is_documented(name: str) -> None:
 
 def test_procfile_starts_the_service_with_python_m_api() -> None:
     assert (REPO_ROOT / "Procfile").read_text().strip() == "web: python -m api"
+
+
+def test_the_render_blueprint_deploys_with_authentication_on() -> None:
+    blueprint = (REPO_ROOT / "render.yaml").read_text()
+    assert re.search(r"- key: AUTH_MODE\n\s+value: api_key\n", blueprint)
+    for key in ("API_KEYS", "ADMIN_API_KEYS"):
+        assert re.search(rf"- key: {key}\n\s+generateValue: true\n", blueprint), key

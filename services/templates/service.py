@@ -134,11 +134,13 @@ class TemplateService:
         *,
         variables: Mapping[str, str] | None = None,
         timezone: str | None = None,
+        public_only: bool = False,
     ) -> SessionTemplate:
-        """The snapshot a new session takes; the default template when no id is given."""
+        """The snapshot a new session takes; the default template when no id is given.
+        ``public_only``: a non-public personality does not exist for this caller."""
         template_id = template_id or self._default_id()
         template = self._templates.get(template_id)
-        if template is None:
+        if template is None or (public_only and not template.is_public):
             raise TemplateNotFound(f"Template {template_id!r} not found")
         return self.snapshot(template_id, template, variables=variables, timezone=timezone)
 

@@ -510,3 +510,77 @@ async def test_open_auth_on_a_public_interface_warns_at_start(
     async with running_app(make_settings(host="127.0.0.1"), clock):
         pass
     assert "AUTH_MODE=none" not in caplog.text
+
+
+async def test_a_websocket_token_never_reaches_any_log_line(
+    live_app: LiveFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with live_app(**auth_settings("api_key")) as live:
+        session_id = await new_session(live, {"Authorization": "Bearer alice-key"}, "alice")
+        url = live.url.replace("http://", "ws://") + SESSION.format(session_id=session_id)
+        async with websockets.connect(f"{url}/ws?token=alice-key") as socket:
+            assert json.loads(await socket.recv())["type"] == "chat_history"
+            await socket.send(json.dumps({"type": "user_message", "message": "hi"}))
+            while json.loads(await socket.recv())["type"] != "backend_status":
+                pass
+    # The service's lines, not those of the test's own clients (which print what they send).
+    clients = ("websockets.client", "httpx", "httpcore")
+    served = "\n".join(
+        record.getMessage() for record in caplog.records if not record.name.startswith(clients)
+    )
+    assert "ws?token=[redacted]" in served  # uvicorn's own line was there, redacted
+    assert "alice-key" not in served
+
+
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        (None, True),  # not a browser: apps and servers send no Origin
+        ("https://app.example", True),  # in CORS_ORIGINS
+        ("same", True),  # a page of the service itself
+        ("https://evil.example", False),
+    ],
+)
+async def test_a_websocket_from_a_foreign_origin_is_refused(
+    live_app: LiveFactory, origin: str | None, accepted: bool
+) -> None:
+    async with live_app(cors_origins="https://app.example") as live:
+        session_id = await new_session(live, {}, "alice")
+        url = live.url.replace("http://", "ws://") + SESSION.format(session_id=session_id)
+        headers = {} if origin is None else {"Origin": live.url if origin == "same" else origin}
+        async with websockets.connect(f"{url}/ws", additional_headers=headers) as socket:
+            first = json.loads(await socket.recv())
+            if accepted:
+                assert first["type"] == "chat_history"
+                return
+            assert first == {
+                "type": "error",
+                "code": "forbidden",
+                "message": "This page's origin may not open a WebSocket here (CORS_ORIGINS)",
+            }
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await socket.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_end_users_cannot_start_a_non_public_personality(
+    make_settings: SettingsFactory, clock: FakeClock
+) -> None:
+    async with running_app(make_settings(**auth_settings("api_key")), clock) as chat:
+        alice = {"Authorization": "Bearer alice-key"}
+        hidden = await chat.client.post(
+            f"{API}/session", json={"template_id": "hidden"}, headers=alice
+        )
+        assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "template_not_found"
+        public = await chat.client.post(
+            f"{API}/session", json={"template_id": "plain"}, headers=alice
+        )
+        assert public.status_code == 201
+        for key in ("service-key", "admin-key"):
+            allowed = await chat.client.post(
+                f"{API}/session",
+                json={"user_id": "alice", "template_id": "hidden"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert allowed.status_code == 201, (key, allowed.text)
