@@ -154,6 +154,9 @@ class MessagesPage(BaseModel):
     success: Literal[True] = True
     messages: list[MessageBody] = Field(description="Oldest first")
     next_before: int | None = Field(description="Pass as `before` for the previous page")
+    next_after: int | None = Field(
+        None, description="With `after`: pass as `after` for the next page (null: up to date)"
+    )
 
 
 class SessionStats(BaseModel):

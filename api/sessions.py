@@ -116,8 +116,27 @@ async def list_messages(
     before: Annotated[
         int | None, Query(ge=0, le=2**62, description="Only messages with seq below this")
     ] = None,
+    after: Annotated[
+        int | None,
+        Query(
+            ge=-1,
+            le=2**62,
+            description="Forward sync: only messages with seq above this (the last one the "
+            "client holds; -1 for all), oldest first; follow `next_after`. Not with `before`.",
+        ),
+    ] = None,
 ) -> MessagesPage:
-    """A page of history, oldest first; follow `next_before` for older pages."""
+    """A page of history, oldest first: the newest page (follow `next_before` back), or with
+    `after` the messages a client does not have yet (follow `next_after` forward)."""
+    if after is not None:
+        if before is not None:
+            both = {"type": "value_error", "loc": ("query", "after"), "msg": "Use after or before"}
+            raise RequestValidationError([both])
+        page = await sessions.messages_after(session.session_id, after=after, limit=limit)
+        next_after = page[-1].seq if len(page) == limit else None
+        return MessagesPage(
+            messages=[MessageBody.of(m) for m in page], next_before=None, next_after=next_after
+        )
     page = await sessions.messages(session.session_id, limit=limit, before=before)
     next_before = page[0].seq if page and page[0].seq > 0 else None
     return MessagesPage(messages=[MessageBody.of(m) for m in page], next_before=next_before)

@@ -112,6 +112,12 @@ class SessionService:
         """A page of history, oldest first, ending just before ``before``."""
         return await self._store.load_messages(session_id, limit=limit, before=before)
 
+    async def messages_after(
+        self, session_id: str, *, after: int, limit: int
+    ) -> list[StoredMessage]:
+        """The messages stored after seq ``after``, oldest first (a client catching up)."""
+        return await self._store.load_messages_after(session_id, after=after, limit=limit)
+
     async def end_session(self, session_id: str) -> SessionRecord:
         """Mark ended and drop from memory; ending twice changes nothing."""
         record = None

@@ -47,6 +47,11 @@ class Store(Protocol):
     ) -> list[StoredMessage]:
         """The last ``limit`` messages with ``seq < before`` (all when None), oldest first."""
 
+    async def load_messages_after(
+        self, session_id: str, *, after: int, limit: int
+    ) -> list[StoredMessage]:
+        """The first ``limit`` messages with ``seq > after``, oldest first (forward sync)."""
+
     async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
         """The completed turn whose user message carries this ``client_message_id``."""
 

@@ -207,6 +207,17 @@ class FirebaseStore(FirebaseDocuments):
 
         return _messages(await self._run(load))
 
+    async def load_messages_after(
+        self, session_id: str, *, after: int, limit: int
+    ) -> list[StoredMessage]:
+        """The first ``limit`` above ``after``, by key."""
+
+        def load() -> Any:
+            query = self._ref(f"userSessions/{session_id}/conversation_history").order_by_key()
+            return query.start_at(message_key(after + 1)).limit_to_first(limit).get()
+
+        return _messages(await self._run(load))
+
     async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
         """Follow the ``client_ids`` pointer to the turn's two messages."""
         return await self._run(lambda: self._find_turn(session_id, client_message_id))

@@ -234,6 +234,19 @@ class SQLiteStore:
         )
         return [_message(row) for row in reversed(rows)]
 
+    async def load_messages_after(
+        self, session_id: str, *, after: int, limit: int
+    ) -> list[StoredMessage]:
+        """Oldest ``limit`` messages above ``after``."""
+        sql = (
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?"
+        )
+        rows = await self._run(
+            lambda conn: conn.execute(sql, (session_id, after, limit)).fetchall()
+        )
+        return [_message(row) for row in rows]
+
     async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
         """The stored turn started by this client message id."""
         return await self._run(lambda conn: _find_turn(conn, session_id, client_message_id))

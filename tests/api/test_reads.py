@@ -152,3 +152,24 @@ async def test_playground_page_and_script_with_security_headers(chat: RunningApp
     script = await chat.client.get("/playground/app.js")
     assert script.headers["content-type"].startswith("text/javascript")
     assert "/message/stream" in script.text and "client_message_id" in script.text
+
+
+async def test_forward_sync_returns_what_the_client_does_not_have(chat: RunningApp) -> None:
+    session_id = await chat.create_session()
+    for n in range(5):
+        assert (await chat.send(session_id, f"message {n}")).status_code == 200
+    url = f"/api/v1/chatbot/session/{session_id}/messages"
+
+    first = (await chat.client.get(url, params={"after": -1, "limit": 4})).json()
+    assert [m["seq"] for m in first["messages"]] == [0, 1, 2, 3]
+    assert first["next_after"] == 3 and first["next_before"] is None
+    rest = (await chat.client.get(url, params={"after": 3, "limit": 4})).json()
+    assert [m["seq"] for m in rest["messages"]] == [4, 5, 6, 7]
+    last = (await chat.client.get(url, params={"after": 7, "limit": 4})).json()
+    assert [m["seq"] for m in last["messages"]] == [8, 9] and last["next_after"] is None
+    assert [m["content"] for m in last["messages"]] == ["message 4", "Echo: message 4"]
+    caught_up = (await chat.client.get(url, params={"after": 9})).json()
+    assert caught_up["messages"] == [] and caught_up["next_after"] is None
+
+    both = await chat.client.get(url, params={"after": 1, "before": 5})
+    assert both.status_code == 422 and both.json()["detail"][0]["loc"] == ["query", "after"]
