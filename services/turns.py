@@ -178,10 +178,11 @@ class TurnPipeline:
                 active = await self._sessions.get(turn.session_id)
                 cid = turn.client_message_id
                 if cid is not None:
-                    # A session held here answers from memory; the store's answer comes with
-                    # the claim, while the model generates. A cold one may read first.
+                    # Memory answers "is this id new?"; only a "maybe" (an id stored beyond the
+                    # context, or the filter's rare mistake) reads before the model is asked.
+                    # Ids stored elsewhere meanwhile come back with the claim.
                     stored = active.find(cid)
-                    if stored is None and active.cold:
+                    if stored is None and active.seen.may_hold(cid):
                         stored = await self._store.find_turn(turn.session_id, cid)
                     if stored is not None:
                         return _replay(turn, active, stored)
@@ -198,7 +199,9 @@ class TurnPipeline:
         user_at = isoformat(self._clock())
         turn.emit("start", turn=record.message_count + 1)
         messages = build_prompt(record, active.context, turn.text)
-        claiming = asyncio.create_task(self._store.claim_turn(record, turn.client_message_id))
+        claiming = asyncio.create_task(
+            self._store.claim_turn(record, turn.client_message_id, known_below=active.next_seq)
+        )
         try:
             answered = await self._ask_while_claiming(
                 turn, messages, record.sampling, claiming, stream=stream

@@ -63,12 +63,22 @@ class Store(Protocol):
         stores nothing and returns that turn with ``created=False``.
         """
 
+    async def load_client_ids(self, session_id: str) -> list[str]:
+        """The ``client_message_id`` of every stored turn (a session loaded into memory)."""
+
     async def claim_turn(
-        self, session: SessionRecord, client_message_id: str | None
+        self,
+        session: SessionRecord,
+        client_message_id: str | None,
+        *,
+        known_below: int | None = None,
     ) -> TurnClaim | StoredTurn:
         """Reserve what the turn's write needs, while the model generates: the stored turn
         instead when ``client_message_id`` already has one (then nothing is reserved).
-        Raises ``SessionEnded`` when the session is over."""
+
+        ``known_below``: the caller knows every id stored at a seq below it, and this one is
+        not among them, so a backend may skip reading for those. Raises ``SessionEnded`` when
+        the session is over."""
 
     async def write_turn(
         self, session: SessionRecord, claim: TurnClaim, turn: NewTurn

@@ -5,8 +5,8 @@ Layout (DATA.md), plus three small helper nodes the service owns:
     /templates/{id}, /settings/universalRules          edited by authors in the console
     /userSessions/{sid}                                metadata fields, then
         conversation_history/m{seq:010d}               one message per key, ordered as strings
-        next_seq: {"next": n, "by": token}             tiny compare-and-set node for seq
-                  {"closed": "ended" | "expired"}      once the session is over
+        next_seq: {"next": n, "by": token, "ids", "since"}   compare-and-set node for seqs and
+                  {"closed": "ended" | "expired"}      recent ids (seq_node.py); once over
         conversation_client_ids/{client_message_id}: seq   idempotency pointer
     /userSessionIndex/{user}/{sid}                     summary, for a user's session list
     /sessionActivity/{sid}: last_activity              active sessions only, for expiry
@@ -15,21 +15,18 @@ Metadata is read with two key-range queries that skip the two growing children (
 sort: context_messages < conversation_client_ids < conversation_history < created_at < ...);
 ``shallow=true`` would not do, it turns every child, primitives too, into ``true``.
 
-A turn is one multi-path update of constant size. Sequence numbers come from a conditional
-write on ``next_seq`` (whose ETag is cached, so one request in the steady state), never from a
-transaction on the session node, which would read and rewrite the whole history.
+A turn is one multi-path update of constant size. Sequence numbers and the turn's
+``client_message_id`` are claimed by one conditional write on ``next_seq`` (whose ETag is
+cached, so one request in the steady state), never by a transaction on the session node, which
+would read and rewrite the whole history. The turn side lives in ``firebase_turns.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,40 +34,33 @@ from typing import Any, TypeVar
 
 import firebase_admin
 import requests
-from cachetools import LRUCache
 from firebase_admin import credentials, db
 from firebase_admin import exceptions as firebase_errors
 from urllib3.util import retry
 
-from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
+from services.errors import StoreUnavailable
 from services.models import (
-    NewTurn,
     Sampling,
     SeedReport,
     SessionRecord,
     SessionStatus,
     StoredMessage,
-    StoredTurn,
-    TurnClaim,
-    Usage,
 )
 from services.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
+from services.store.firebase_turns import FirebaseTurns, messages_of, short
 from services.store.rtdb_keys import encode_key, message_key
+from services.store.seq_node import created_node
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SUMMARY_FIELDS = ("template_id", "status", "created_at", "last_activity", "ended_at", "title")
-_CAS_ATTEMPTS = 25
-_CLAIM_ATTEMPTS = 5
-_CLAIM_WAIT_SECONDS = 0.1  # in a pool thread, never on the event loop
-_IDS = "conversation_client_ids"
 # Key ranges of a session node that hold its metadata and none of its growing children.
 _META_RANGES = ((None, "context_messages"), ("conversation_history0", None))
 
 
-class FirebaseStore(FirebaseDocuments):
+class FirebaseStore(FirebaseTurns, FirebaseDocuments):
     """``Store`` on a Firebase Realtime Database."""
 
     name = "firebase"
@@ -81,11 +71,7 @@ class FirebaseStore(FirebaseDocuments):
         self._timeout = settings.store_timeout_seconds
         self._app: firebase_admin.App | None = None
         self._executor: ThreadPoolExecutor | None = None
-        # Last known (value, ETag) of each session's next_seq; pool threads share it.
-        self._slots: LRUCache[str, tuple[Any, str]] = LRUCache(settings.session_cache_max)
-        self._slots_lock = threading.Lock()
-        # Tokens of seq claims whose answer was lost, by session (their turns were not written).
-        self._unused_claims: LRUCache[str, tuple[str, ...]] = LRUCache(1000)
+        self._init_turns(settings.session_cache_max)
         self._templates: tuple[Any, str] | None = None
         self._rules: tuple[Any, str] | None = None
 
@@ -136,7 +122,10 @@ class FirebaseStore(FirebaseDocuments):
             self._app = None
 
     def _ref(self, path: str) -> db.Reference:
-        return db.reference(path, app=self._app)
+        # firebase-admin puts the path into the URL as it is, and the server percent-decodes
+        # it: an escaped key (``encode_key``) needs its ``%`` escaped once more to arrive
+        # as the key that JSON bodies (multi-path updates) write.
+        return db.reference(path.replace("%", "%25"), app=self._app)
 
     async def _run(self, work: Callable[[], T]) -> T:
         if self._executor is None:
@@ -149,7 +138,7 @@ class FirebaseStore(FirebaseDocuments):
             logger.error("firebase store call exceeded %.1f s", self._timeout)
             raise StoreUnavailable("The session store is not answering; try again shortly") from exc
         except (firebase_errors.FirebaseError, requests.RequestException) as exc:
-            logger.error("firebase store error: %s: %s", type(exc).__name__, _short(exc))
+            logger.error("firebase store error: %s: %s", type(exc).__name__, short(exc))
             raise StoreUnavailable("The session store is unavailable; try again shortly") from exc
 
     # -- sessions ----------------------------------------------------------------------------
@@ -162,7 +151,7 @@ class FirebaseStore(FirebaseDocuments):
         """The session node, its seq slot, its index entry and its activity, in one update."""
         sid = session.session_id
         node = _session_doc(session)
-        node["next_seq"] = {"next": 0, "by": "created"}
+        node["next_seq"] = created_node()
         updates = {
             f"userSessions/{sid}": node,
             f"userSessionIndex/{encode_key(session.user_id)}/{sid}": _summary_doc(session),
@@ -205,7 +194,7 @@ class FirebaseStore(FirebaseDocuments):
                 query = query.end_at(message_key(before - 1))
             return query.limit_to_last(limit).get()
 
-        return _messages(await self._run(load))
+        return messages_of(await self._run(load))
 
     async def load_messages_after(
         self, session_id: str, *, after: int, limit: int
@@ -216,181 +205,7 @@ class FirebaseStore(FirebaseDocuments):
             query = self._ref(f"userSessions/{session_id}/conversation_history").order_by_key()
             return query.start_at(message_key(after + 1)).limit_to_first(limit).get()
 
-        return _messages(await self._run(load))
-
-    async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
-        """Follow the ``client_ids`` pointer to the turn's two messages."""
-        return await self._run(lambda: self._find_turn(session_id, client_message_id))
-
-    def _find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
-        base = f"userSessions/{session_id}"
-        seq = self._ref(f"{base}/{_IDS}/{encode_key(client_message_id)}").get()
-        return self._pair(session_id, seq) if isinstance(seq, int) else None
-
-    async def append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
-        """Claim the id and two seqs, then write the turn in one update."""
-        claim = await self.claim_turn(session, turn.client_message_id)
-        if isinstance(claim, StoredTurn):
-            return claim
-        return await self.write_turn(session, claim, turn)
-
-    async def claim_turn(
-        self, session: SessionRecord, client_message_id: str | None
-    ) -> TurnClaim | StoredTurn:
-        """Everything a turn's write needs before it (run while the model is generating): the
-        ``client_message_id`` by conditional create, then two seqs by compare-and-set. The
-        stored turn instead, when the id already has one."""
-        return await self._run(lambda: self._claim_turn(session.session_id, client_message_id))
-
-    def _claim_turn(self, sid: str, cid: str | None) -> TurnClaim | StoredTurn:
-        pointer = None
-        if cid is not None:
-            # Claim the id before taking seqs, so an instance that loses takes none.
-            pointer = self._ref(f"userSessions/{sid}/{_IDS}/{encode_key(cid)}")
-            winner = self._claim_id(sid, pointer)
-            if winner is not None:
-                return winner
-        try:
-            seq, token = self._allocate(sid)
-        except BaseException:
-            self._drop_pointer(pointer)
-            raise
-        return TurnClaim(seq, token)
-
-    async def write_turn(
-        self, session: SessionRecord, claim: TurnClaim, turn: NewTurn
-    ) -> StoredTurn:
-        """The turn as one multi-path update on the claimed seqs: the one request after the
-        reply."""
-        return await self._run(lambda: self._write_turn(session, claim, turn))
-
-    def _write_turn(self, session: SessionRecord, claim: TurnClaim, turn: NewTurn) -> StoredTurn:
-        sid, cid, seq = session.session_id, turn.client_message_id, claim.seq
-        user = StoredMessage(seq, "user", turn.user_text, turn.user_at, cid)
-        reply = StoredMessage(seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage)
-        try:
-            self._ref("/").update(_turn_updates(session, user, reply))
-        except (firebase_errors.FirebaseError, requests.RequestException) as exc:
-            if self._landed(sid, user):  # the answer was lost, not the write
-                return StoredTurn(user, reply)
-            if not _may_land_later(exc):  # refused, or the connection died: never applied
-                self._release_claim(sid, claim, cid)
-            # Else (a timeout) the write may still land: its seqs and claim stay taken.
-            raise
-        return StoredTurn(user, reply)
-
-    async def release_turn(
-        self, session: SessionRecord, claim: TurnClaim, client_message_id: str | None
-    ) -> None:
-        """Give back a claim whose turn will not be written (the model failed)."""
-        sid = session.session_id
-        await self._run(lambda: self._release_claim(sid, claim, client_message_id))
-
-    def _release_claim(self, sid: str, claim: TurnClaim, cid: str | None) -> None:
-        self._release(sid, claim.seq, claim.token)
-        if cid is not None:
-            self._drop_pointer(self._ref(f"userSessions/{sid}/{_IDS}/{encode_key(cid)}"))
-
-    @staticmethod
-    def _drop_pointer(pointer: db.Reference | None) -> None:
-        if pointer is not None:
-            with contextlib.suppress(firebase_errors.FirebaseError, requests.RequestException):
-                pointer.delete()
-
-    def _claim_id(self, session_id: str, pointer: db.Reference) -> StoredTurn | None:
-        """Claim a client_message_id with a conditional create; None when the claim is ours,
-        else the turn stored under it.
-
-        A claim of another instance is waited for (bounded) while its turn may still be
-        written, and taken over only if that turn never appears (its writer died).
-        """
-        token = f"pending:{uuid.uuid4().hex}"
-        value, etag = pointer.get(etag=True)
-        for attempt in range(_CLAIM_ATTEMPTS + 1):
-            winner = self._pair(session_id, value) if isinstance(value, int) else None
-            if winner is not None:
-                return winner
-            if value is None or attempt == _CLAIM_ATTEMPTS:
-                ok, value, etag = pointer.set_if_unchanged(etag, token)
-                if ok:
-                    return None
-                continue
-            time.sleep(_CLAIM_WAIT_SECONDS * (attempt + 1))  # a pool thread, not the loop
-            value, etag = pointer.get(etag=True)
-        raise StoreUnavailable("Another instance is storing this client_message_id; retry it")
-
-    def _pair(self, session_id: str, seq: int) -> StoredTurn | None:
-        query = self._ref(f"userSessions/{session_id}/conversation_history").order_by_key()
-        pair = _messages(query.start_at(message_key(seq)).limit_to_first(2).get())
-        if len(pair) != 2 or pair[0].seq != seq or pair[1].seq != seq + 1:
-            return None
-        return StoredTurn(pair[0], pair[1], created=False)
-
-    def _landed(self, session_id: str, user: StoredMessage) -> bool:
-        path = f"userSessions/{session_id}/conversation_history/{message_key(user.seq)}"
-        try:
-            return bool(self._ref(path).get() == _message_doc(user))
-        except (firebase_errors.FirebaseError, requests.RequestException):
-            return False
-
-    def _release(self, session_id: str, seq: int, claim: str) -> None:
-        """Give back a claimed seq whose turn was not written, so no gap is left behind."""
-        cached = self._slot(session_id, pop=True)
-        if cached is None or cached[0].get("by") != claim:
-            return
-        ref = self._ref(f"userSessions/{session_id}/next_seq")
-        try:
-            ref.set_if_unchanged(cached[1], {"next": seq, "by": f"released-{claim}"})
-        except (firebase_errors.FirebaseError, requests.RequestException) as exc:
-            logger.warning("could not release seq %d of %s: %s", seq, session_id, _short(exc))
-
-    def _slot(
-        self, session_id: str, new: tuple[Any, str] | None = None, *, pop: bool = False
-    ) -> tuple[Any, str] | None:
-        """Read, replace or drop a cached next_seq (value, ETag), under the lock."""
-        with self._slots_lock:
-            if pop:
-                return self._slots.pop(session_id, None)
-            if new is not None:
-                self._slots[session_id] = new
-            return self._slots.get(session_id)
-
-    def _allocate(self, session_id: str) -> tuple[int, str]:
-        """The next two seqs, claimed with a conditional write on the tiny ``next_seq`` node.
-
-        A claim whose answer never came (timeout, dropped connection) may still land; its
-        turn was never written, so when this process later finds its own unused claim on the
-        node, it takes those seqs rather than leaving a gap.
-        """
-        ref = self._ref(f"userSessions/{session_id}/next_seq")
-        cached = self._slot(session_id)
-        value, etag = cached if cached else ref.get(etag=True)
-        token = uuid.uuid4().hex
-        with self._slots_lock:
-            ours = {token, *self._unused_claims.pop(session_id, ())}
-        try:
-            for _ in range(_CAS_ATTEMPTS):
-                if not isinstance(value, dict):
-                    raise SessionNotFound(session_id)
-                if "closed" in value:
-                    self._slot(session_id, pop=True)
-                    raise SessionEnded(session_id, str(value["closed"]))
-                if value.get("by") in ours:  # a claim of ours landed unanswered: use its seqs
-                    self._slot(session_id, (value, etag))
-                    return int(value["next"]) - 2, str(value["by"])
-                seq = int(value["next"])
-                claimed = {"next": seq + 2, "by": token}
-                ok, value, etag = ref.set_if_unchanged(etag, claimed)
-                if ok:
-                    self._slot(session_id, (claimed, etag))
-                    return seq, token
-        except (firebase_errors.FirebaseError, requests.RequestException) as exc:
-            if not _refused(exc):
-                with self._slots_lock:
-                    self._unused_claims[session_id] = tuple(ours)[-8:]
-            self._slot(session_id, pop=True)
-            raise
-        raise StoreUnavailable("Too many concurrent writers on one session; try again")
+        return messages_of(await self._run(load))
 
     async def end_session(self, session_id: str, *, at: str) -> SessionRecord | None:
         """Close the session (and its seq slot) unless it is already ended."""
@@ -499,27 +314,6 @@ class FirebaseStore(FirebaseDocuments):
         return await self._run(seed)
 
 
-def _turn_updates(
-    session: SessionRecord, user: StoredMessage, reply: StoredMessage
-) -> dict[str, Any]:
-    """One turn as one multi-path update; its size does not depend on the history's length."""
-    sid = session.session_id
-    base, index = f"userSessions/{sid}", f"userSessionIndex/{encode_key(session.user_id)}/{sid}"
-    increment = {".sv": {"increment": 1}}
-    updates: dict[str, Any] = {
-        f"{base}/conversation_history/{message_key(user.seq)}": _message_doc(user),
-        f"{base}/conversation_history/{message_key(reply.seq)}": _message_doc(reply),
-        f"{base}/message_count": increment,
-        f"{base}/last_activity": reply.timestamp,
-        f"{index}/message_count": increment,
-        f"{index}/last_activity": reply.timestamp,
-        f"sessionActivity/{sid}": reply.timestamp,
-    }
-    if user.client_message_id is not None:
-        updates[f"{base}/{_IDS}/{encode_key(user.client_message_id)}"] = user.seq
-    return updates
-
-
 def _read_if_changed(ref: db.Reference, last: tuple[Any, str] | None) -> tuple[Any, str]:
     if last is None:
         data, etag = ref.get(etag=True)
@@ -561,30 +355,6 @@ def _database_url(settings: Settings) -> str:
         namespace = url.removeprefix("https://").split(".")[0]
         return f"http://{host}?ns={namespace}"
     return url
-
-
-def _refused(exc: Exception) -> bool:
-    """Whether the database answered with an error (so the request was not applied)."""
-    response = getattr(exc, "http_response", None)
-    return response is not None and response.status_code >= 400
-
-
-def _may_land_later(exc: BaseException) -> bool:
-    """A timeout: the request may still be applied. (A refusal or a dropped connection is not.)"""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, requests.exceptions.Timeout | TimeoutError | socket.timeout):
-            return True
-        if "timed out" in str(seen).lower():
-            return True
-        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
-    return False
-
-
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else ""
 
 
 def _session_doc(s: SessionRecord) -> dict[str, Any]:
@@ -639,37 +409,3 @@ def _summary(user_id: str, session_id: str, doc: dict[str, Any]) -> SessionRecor
         context_messages=0,
         title=doc.get("title"),
     )
-
-
-def _message_doc(m: StoredMessage) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "seq": m.seq,
-        "role": m.role,
-        "content": m.content,
-        "timestamp": m.timestamp,
-    }
-    if m.client_message_id is not None:
-        doc["client_message_id"] = m.client_message_id
-    if m.usage is not None:
-        doc["usage"] = m.usage.as_dict()
-    return doc
-
-
-def _messages(data: Any) -> list[StoredMessage]:
-    if not data:
-        return []
-    items = data.values() if isinstance(data, dict) else data
-    messages = [
-        StoredMessage(
-            seq=int(doc["seq"]),
-            role=doc["role"],
-            content=doc["content"],
-            timestamp=doc["timestamp"],
-            client_message_id=doc.get("client_message_id"),
-            usage=Usage.from_dict(doc.get("usage")),
-        )
-        for doc in items
-        if isinstance(doc, dict)
-    ]
-    messages.sort(key=lambda m: m.seq)
-    return messages

@@ -288,10 +288,29 @@ class SQLiteStore:
 
         return await self._run(append)
 
+    async def load_client_ids(self, session_id: str) -> list[str]:
+        """From the messages' unique (session, client_message_id) index."""
+
+        def load(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT client_message_id FROM messages "
+                "WHERE session_id = ? AND client_message_id IS NOT NULL AND role = 'user'",
+                (session_id,),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(load)
+
     async def claim_turn(
-        self, session: SessionRecord, client_message_id: str | None
+        self,
+        session: SessionRecord,
+        client_message_id: str | None,
+        *,
+        known_below: int | None = None,
     ) -> TurnClaim | StoredTurn:
-        """Seqs are taken inside the write's transaction; only a stored id needs a read."""
+        """Seqs are taken inside the write's transaction. The id is read (a local index
+        lookup, beside the model call) whatever the caller knows: other processes may share
+        the file, and only the write's transaction is exact."""
         if client_message_id is None:
             return TurnClaim()
         stored = await self.find_turn(session.session_id, client_message_id)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
-from services.models import NewTurn, Sampling, SessionRecord, TemplateCounts, Usage
+from services.models import NewTurn, Sampling, SessionRecord, TemplateCounts, TurnClaim, Usage
 from services.store import build_store
 from services.store.base import Store
 from services.templates.versions import DocRef, etag_of
@@ -268,3 +268,29 @@ async def test_template_stats_add_up(store: Store) -> None:
     totals = await store.load_template_stats()
     assert totals["a"] == TemplateCounts(2, 3, 35, 1, T0)
     assert totals["b"] == TemplateCounts(1, 0, 0, 0, T0)
+
+
+async def test_a_loaded_session_learns_every_stored_client_message_id(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    odd = ["plain", "7", "a.b/c#d$e[f]", "ünï cödé", "%41"]
+    for n, cid in enumerate(odd):
+        await store.append_turn(session, make_turn(n, cid))
+    await store.append_turn(session, make_turn(9))  # no id
+    assert sorted(await store.load_client_ids(session.session_id)) == sorted(odd)
+    assert await store.load_client_ids(str(uuid.uuid4())) == []
+
+
+async def test_two_claims_of_one_id_store_one_turn(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    first = await store.claim_turn(session, "same", known_below=0)
+    assert isinstance(first, TurnClaim)
+    second = asyncio.create_task(store.claim_turn(session, "same", known_below=0))
+    written = await store.write_turn(session, first, make_turn(0, "same"))
+    other = await second
+    if isinstance(other, TurnClaim):  # a backend that decides at write time
+        other = await store.write_turn(session, other, make_turn(0, "same"))
+    assert other.created is False and other.assistant == written.assistant
+    record = await store.get_session(session.session_id)
+    assert record is not None and record.message_count == 1
