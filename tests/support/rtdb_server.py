@@ -528,6 +528,8 @@ class RealtimeDatabase:
             ]
             for _, path, value in staged:
                 self.tree.write(ns, path, value)
+            if params.get("print") == "silent":  # nothing to send back: skip encoding it
+                return Response(204, b"", {})
             return Response(200, dumps({key: to_output(value) for key, _, value in staged}))
 
     def _post(
