@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
-from services.errors import ChatifyError, SessionNotFound
+from api.schemas import SendMessageRequest
+from services.errors import ChatifyError, SessionEnded, SessionNotFound
 from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
 from services.models import SessionRecord
@@ -115,10 +116,18 @@ async def valid_session(
 
 
 async def turn_session(
-    session_id: SessionIdPath, services: ServicesDep, caller: CallerDep
+    session_id: SessionIdPath, body: SendMessageRequest, services: ServicesDep, caller: CallerDep
 ) -> SessionRecord:
-    """The caller's active session, ready for a turn (404, 409; 429 past the turn rate)."""
-    record = owned(await services.turns.check_session(session_id), caller)
+    """The caller's active session, ready for a turn (404, 409; 429 past the turn rate).
+
+    An ended session is let through for a resend with a ``client_message_id``: the pipeline
+    replays its stored reply, or answers 409 ``session_ended`` when there is none."""
+    try:
+        record = owned(await services.turns.check_session(session_id), caller)
+    except SessionEnded:
+        if body.client_message_id is None:
+            raise
+        return owned(await services.sessions.get_session(session_id), caller)
     await services.quotas.take_turn(record.user_id)
     return record
 

@@ -86,26 +86,6 @@ class UsageBody(BaseModel):
         return cls(**usage.as_dict()) if usage else None
 
 
-class MessageResponse(BaseModel):
-    success: Literal[True] = True
-    response: str
-    session_id: str
-    message_count: int = Field(description="Completed turns (a user message and its reply)")
-    replayed: bool = Field(description="True when returned from an earlier identical request")
-    usage: UsageBody | None
-
-    @classmethod
-    def of(cls, result: TurnResult) -> MessageResponse:
-        """From a turn's result."""
-        return cls(
-            response=result.reply,
-            session_id=result.session_id,
-            message_count=result.message_count,
-            replayed=result.replayed,
-            usage=UsageBody.of(result.usage),
-        )
-
-
 class MessageBody(BaseModel):
     seq: int = Field(description="Position in the session, from 0")
     role: Literal["user", "assistant"]
@@ -122,6 +102,31 @@ class MessageBody(BaseModel):
             content=message.content,
             timestamp=message.timestamp,
             client_message_id=message.client_message_id,
+        )
+
+
+class MessageResponse(BaseModel):
+    success: Literal[True] = True
+    response: str
+    session_id: str
+    message_count: int = Field(description="Completed turns (a user message and its reply)")
+    replayed: bool = Field(description="True when returned from an earlier identical request")
+    usage: UsageBody | None
+    user_message: MessageBody = Field(description="The stored user message (seq, timestamp)")
+    assistant_message: MessageBody = Field(description="The stored reply (seq, timestamp)")
+
+    @classmethod
+    def of(cls, result: TurnResult) -> MessageResponse:
+        """From a stored turn's result."""
+        assert result.user_message is not None and result.assistant_message is not None
+        return cls(
+            response=result.reply,
+            session_id=result.session_id,
+            message_count=result.message_count,
+            replayed=result.replayed,
+            usage=UsageBody.of(result.usage),
+            user_message=MessageBody.of(result.user_message),
+            assistant_message=MessageBody.of(result.assistant_message),
         )
 
 

@@ -132,31 +132,37 @@ async def _turn(
             stream=True,
         )
     except ChatifyError as error:
-        await _send_error(websocket, error.code, error.message)
+        answers = {"client_message_id": frame.client_message_id}
+        await _send_error(websocket, error.code, error.message, **answers)
         return True
     return await _forward(websocket, turn)
 
 
 async def _forward(websocket: WebSocket, turn: Turn) -> bool:
+    """A turn's events as frames, each naming the ``client_message_id`` it answers."""
+    answers = {"client_message_id": turn.client_message_id}
     async for event in turn.follow():
         if event.kind == "delta":
-            await websocket.send_json({"type": "ai_response_delta", "content": event.content})
+            await websocket.send_json(
+                {"type": "ai_response_delta", "content": event.content, **answers}
+            )
         elif event.kind == "done" and event.result is not None:
             body = MessageResponse.of(event.result).model_dump()
-            await websocket.send_json({"type": "ai_response", **body})
+            await websocket.send_json({"type": "ai_response", **body, **answers})
             await websocket.send_json(
                 {
                     "type": "backend_status",
                     "latency_ms": round(event.result.latency_ms, 1),
                     "usage": body["usage"],
                     "model": event.result.model,
+                    **answers,
                 }
             )
         elif event.kind == "error" and event.error is not None:
             if event.error.code in (SessionNotFound.code, SessionEnded.code):
-                await _fail(websocket, event.error)
+                await _fail(websocket, event.error, **answers)
                 return False
-            await _send_error(websocket, event.error.code, event.error.message)
+            await _send_error(websocket, event.error.code, event.error.message, **answers)
     return True
 
 
@@ -164,7 +170,7 @@ async def _send_error(websocket: WebSocket, code: str, message: str, **extra: An
     await websocket.send_json({"type": "error", "code": code, "message": message, **extra})
 
 
-async def _fail(websocket: WebSocket, error: ChatifyError) -> None:
+async def _fail(websocket: WebSocket, error: ChatifyError, **extra: Any) -> None:
     """Tell the client why, then close with the matching 4xxx code."""
-    await _send_error(websocket, error.code, error.message)
+    await _send_error(websocket, error.code, error.message, **extra)
     await websocket.close(code=CLOSE_CODES.get(error.code, 1011), reason=error.code)

@@ -180,6 +180,9 @@ class TurnResult:
     usage: Usage | None
     model: str
     latency_ms: float = 0.0
+    # The stored messages (seqs, timestamps); None only for previews, which store nothing.
+    user_message: StoredMessage | None = None
+    assistant_message: StoredMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)

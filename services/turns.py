@@ -176,8 +176,13 @@ class TurnPipeline:
     async def _run(self, turn: Turn, ticket: Ticket, stream: bool) -> TurnResult:
         try:
             async with ticket:
-                active = await self._sessions.get(turn.session_id)
                 cid = turn.client_message_id
+                try:
+                    active = await self._sessions.get(turn.session_id)
+                except SessionEnded:
+                    if cid is None:
+                        raise
+                    return await self._replay_ended(turn, cid)
                 if cid is not None:
                     # Memory answers "is this id new?"; only a "maybe" (an id stored beyond the
                     # context, or the filter's rare mistake) reads before the model is asked.
@@ -186,13 +191,21 @@ class TurnPipeline:
                     if stored is None and active.seen.may_hold(cid):
                         stored = await self._store.find_turn(turn.session_id, cid)
                     if stored is not None:
-                        return _replay(turn, active, stored)
+                        return _replay(turn, active.record, stored)
                 return await self._complete(turn, active, stream)
         except ChatifyError as error:
             turn.emit("error", error=error)
             raise
         finally:
             ticket.discard()
+
+    async def _replay_ended(self, turn: Turn, client_message_id: str) -> TurnResult:
+        """A resend to a session that has ended since: its stored reply, or ``SessionEnded``."""
+        record = await self._store.get_session(turn.session_id)
+        stored = await self._store.find_turn(turn.session_id, client_message_id)
+        if record is None or stored is None:
+            raise SessionEnded(turn.session_id, record.status if record else "ended")
+        return _replay(turn, record, stored)
 
     async def _complete(self, turn: Turn, active: ActiveSession, stream: bool) -> TurnResult:
         record = active.record
@@ -216,7 +229,7 @@ class TurnPipeline:
             raise
         if isinstance(answered, StoredTurn):  # the id was stored already (elsewhere, earlier)
             self._sessions.forget(record.session_id)
-            return _replay(turn, active, answered, started=True)
+            return _replay(turn, active.record, answered, started=True)
         completion, claim = answered
         new = NewTurn(
             user_text=turn.text,
@@ -238,14 +251,14 @@ class TurnPipeline:
             self._stats.turn_done(record.template_id, reply_tokens=_reply_tokens(stored))
         if not stored.created:  # another instance stored this client_message_id first
             self._sessions.forget(record.session_id)
-            result = _result(active, stored, replayed=True)
+            result = _result(record, stored, replayed=True)
         elif stored.user.seq == active.next_seq:
             active.remember(stored)
-            result = _result(active, stored, replayed=False, completion=completion)
+            result = _result(record, stored, replayed=False, completion=completion)
         else:
             # Stored elsewhere than expected (another instance appended): the context is stale.
             self._sessions.forget(record.session_id)
-            result = _result(active, stored, replayed=False, completion=completion)
+            result = _result(record, stored, replayed=False, completion=completion)
         result = dataclasses.replace(result, latency_ms=(time.perf_counter() - started) * 1000)
         if self._log_content:  # LOG_MESSAGE_CONTENT=true only: message bodies are private
             logger.info(
@@ -345,11 +358,11 @@ class _HeldDeltas:
 
 
 def _replay(
-    turn: Turn, active: ActiveSession, stored: StoredTurn, *, started: bool = False
+    turn: Turn, record: SessionRecord, stored: StoredTurn, *, started: bool = False
 ) -> TurnResult:
     if stored.user.content != turn.text:
         raise _conflict(stored.user.client_message_id)
-    result = _result(active, stored, replayed=True)
+    result = _result(record, stored, replayed=True)
     if not started:
         turn.emit("start", turn=result.message_count)
     turn.emit("delta", content=result.reply)
@@ -358,21 +371,23 @@ def _replay(
 
 
 def _result(
-    active: ActiveSession,
+    record: SessionRecord,
     stored: StoredTurn,
     *,
     replayed: bool,
     completion: Completion | None = None,
 ) -> TurnResult:
     return TurnResult(
-        session_id=active.record.session_id,
+        session_id=record.session_id,
         reply=stored.assistant.content,
         # The turn's own number, from its position (exact: seqs have no gaps but on Firebase
         # after a crash between a seq claim and the turn's write).
         message_count=stored.message_count,
         replayed=replayed,
         usage=stored.assistant.usage,
-        model=completion.model if completion else active.record.sampling.model,
+        model=completion.model if completion else record.sampling.model,
+        user_message=stored.user,
+        assistant_message=stored.assistant,
     )
 
 

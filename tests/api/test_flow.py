@@ -21,6 +21,7 @@ async def test_create_message_message_end(chat: RunningApp, llm: MockLLM) -> Non
 
     first = await chat.send(session_id, "  Hello there  ")
     assert first.status_code == 200
+    stored_user, stored_reply = first.json()["user_message"], first.json()["assistant_message"]
     assert first.json() == {
         "success": True,
         "response": "Echo: Hello there",
@@ -28,6 +29,8 @@ async def test_create_message_message_end(chat: RunningApp, llm: MockLLM) -> Non
         "message_count": 1,
         "replayed": False,
         "usage": first.json()["usage"],
+        "user_message": stored_user,
+        "assistant_message": stored_reply,
     }
     assert set(first.json()["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
 
@@ -45,6 +48,8 @@ async def test_create_message_message_end(chat: RunningApp, llm: MockLLM) -> Non
         (3, "assistant", "Echo: How are you?"),
     ]
     assert "system_prompt" not in detail
+    # The reply named the messages exactly as history stores them.
+    assert [stored_user, stored_reply] == detail["conversation_history"][:2]
 
     ended = await chat.client.delete(f"{API}/session/{session_id}")
     assert ended.status_code == 200

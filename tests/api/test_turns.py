@@ -175,3 +175,31 @@ async def test_request_log_line_has_method_path_status_latency(
         await chat.client.get("/health", headers={"X-Request-ID": "rid-1"})
     (line,) = [r.getMessage() for r in caplog.records if r.name == "chatify.requests"]
     assert line.startswith("GET /health 200 ") and line.endswith("ms rid=rid-1")
+
+
+async def test_a_resend_to_a_session_ended_since_replays_its_stored_reply(
+    chat: RunningApp, llm: MockLLM
+) -> None:
+    session_id = await chat.create_session()
+    first = await chat.send(session_id, "last words", client_message_id="bye-1")
+    assert (await chat.client.delete(f"{API}/session/{session_id}")).status_code == 200
+
+    again = await chat.send(session_id, "last words", client_message_id="bye-1")
+    assert again.status_code == 200
+    assert again.json() == {**first.json(), "replayed": True}
+    async with chat.client.stream(
+        "POST",
+        f"{API}/session/{session_id}/message/stream",
+        json={"message": "last words", "client_message_id": "bye-1"},
+    ) as streamed:
+        text = "".join([line async for line in streamed.aiter_lines()])
+    assert streamed.status_code == 200 and "event: done" in text and "Echo: last words" in text
+    assert len(llm.chat_requests()) == 1
+
+    # Anything else is still refused: a new message, a new id, an id with other text.
+    for extra in ({}, {"client_message_id": "bye-2"}):
+        refused = await chat.send(session_id, "one more", **extra)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "session_ended"
+    conflict = await chat.send(session_id, "other words", client_message_id="bye-1")
+    assert conflict.status_code == 422
+    assert conflict.json()["error"]["code"] == "idempotency_conflict"

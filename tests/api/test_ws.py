@@ -58,7 +58,10 @@ async def test_history_on_connect_then_several_turns(live: Live, llm: MockLLM) -
         "backend_status",
     ]
     assert "".join(e["content"] for e in first[:2]) == "first answer"
+    # Every frame of the turn names the client_message_id it answers.
+    assert [e["client_message_id"] for e in first] == ["w1"] * 4
     response = first[2]
+    user, reply = response["user_message"], response["assistant_message"]
     assert response == {
         "type": "ai_response",
         "success": True,
@@ -67,11 +70,23 @@ async def test_history_on_connect_then_several_turns(live: Live, llm: MockLLM) -
         "message_count": 2,
         "replayed": False,
         "usage": response["usage"],
+        "user_message": user,
+        "assistant_message": reply,
+        "client_message_id": "w1",
     }
+    assert (user["seq"], user["role"], user["content"], user["client_message_id"]) == (
+        2,
+        "user",
+        "one",
+        "w1",
+    )
+    assert (reply["seq"], reply["content"]) == (3, "first answer")
+    assert user["timestamp"] <= reply["timestamp"]
     status = first[3]
     assert status["latency_ms"] >= 0 and status["usage"] == response["usage"]
     assert status["model"] == "gpt-4o-mini"
     assert second[-2]["response"] == "second answer" and second[-2]["message_count"] == 3
+    assert second[-2]["client_message_id"] is None
 
 
 @pytest.mark.parametrize(
