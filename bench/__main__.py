@@ -136,7 +136,7 @@ def main() -> None:
     if "bytes" not in args.skip:
         store_bytes.main_with(turns=200)
     if "roundtrips" not in args.skip:
-        roundtrips.main(["--turns", str(n(20))])
+        roundtrips.main(["--turns", str(n(40))])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ the round trip. Targets (issue 10): at 40 ms and a 200 ms LLM, the JSON turn wit
 trip (+10 ms) of the LLM's own time, the first delta within 10 ms of direct, and at most two
 database requests per steady-state turn.
 
-    python -m bench.roundtrips [--turns 20]
+    python -m bench.roundtrips [--turns 40]
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the matrix and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, default=20, help="turns per measurement")
+    parser.add_argument("--turns", type=int, default=40, help="turns per measurement")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("httpx", "bench.harness", "tests.support.rtdb_server"):
