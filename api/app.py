@@ -17,6 +17,7 @@ from api import (
     sessions,
     stream,
     studio,
+    users,
     ws,
 )
 from api import (
@@ -44,6 +45,7 @@ from services.templates.authoring import Authoring
 from services.templates.preview import Previews
 from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
+from services.titles import Titles
 from services.turns import TurnPipeline
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.include_router(playground.router)
     app.include_router(studio.router)
     app.include_router(sessions.router, prefix=API_PREFIX)
+    app.include_router(users.router, prefix=API_PREFIX)
     app.include_router(stream.router, prefix=API_PREFIX)
     app.include_router(ws.router, prefix=API_PREFIX)
     app.include_router(personalities.router, prefix=API_PREFIX)
@@ -132,6 +135,8 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     previews = Previews(templates, llm)
     stack.push_async_callback(previews.drain)
 
+    titles = Titles(store=store, llm=llm, model=settings.title_model)
+    stack.push_async_callback(titles.close)  # after the turns drained: none starts later
     cache = ActiveSessions(
         store,
         maxsize=settings.session_cache_max,
@@ -145,6 +150,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         llm=llm,
         clock=clock,
         stats=stats,
+        titles=titles if settings.session_titles else None,
         log_content=settings.log_message_content,
     )
     stack.push_async_callback(turns.drain)
@@ -173,4 +179,5 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         authoring=Authoring(store, templates, clock=clock),
         stats=stats,
         previews=previews,
+        titles=titles,
     )

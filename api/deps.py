@@ -21,6 +21,7 @@ from services.templates.authoring import Authoring
 from services.templates.preview import Previews
 from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
+from services.titles import Titles
 from services.turns import TurnPipeline
 
 
@@ -39,6 +40,7 @@ class Services:
     authoring: Authoring
     stats: TemplateStats
     previews: Previews
+    titles: Titles
 
 
 async def get_services(conn: HTTPConnection) -> Services:

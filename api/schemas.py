@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.models import SessionRecord, StoredMessage, TurnResult, Usage
 from services.settings import Settings
+from services.titles import TITLE_MAX_CHARS
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
@@ -176,9 +177,33 @@ class EndSessionResponse(BaseModel):
     stats: SessionStats
 
 
+class SessionListItem(SessionSummary):
+    template_title: str | None = Field(
+        description="The personality's title (or its name) as it is now; null if it is gone"
+    )
+    preview: str | None = Field(
+        description="The last message's start: one line, at most 120 characters (null: none yet)"
+    )
+
+
 class UserSessions(BaseModel):
     success: Literal[True] = True
-    sessions: list[SessionSummary]
+    sessions: list[SessionListItem] = Field(description="Most recent activity first")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page"
+    )
+
+
+class RenameSessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(
+        description="The new title; null clears it", min_length=1, max_length=TITLE_MAX_CHARS
+    )
+
+
+class SessionResponse(SessionSummary):
+    success: Literal[True] = True
 
 
 class Personalities(BaseModel):

@@ -1,10 +1,10 @@
-"""Session routes: create, one turn, read, history, end, and a user's sessions."""
+"""Session routes: create, one turn, read, history, rename, end."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.exceptions import RequestValidationError
 
 from api.deps import (
@@ -17,21 +17,20 @@ from api.deps import (
 )
 from api.errors import documented
 from api.schemas import (
-    USER_ID_PATTERN,
     CreateSessionRequest,
     CreateSessionResponse,
     EndSessionResponse,
     MessageBody,
     MessageResponse,
     MessagesPage,
+    RenameSessionRequest,
     SendMessageRequest,
     SessionDetail,
+    SessionResponse,
     SessionStats,
     SessionSummary,
-    UserSessions,
     checked_message,
 )
-from services.errors import Forbidden
 from services.models import parse_iso
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
@@ -160,23 +159,19 @@ async def end_session(session: ValidSessionDep, sessions: SessionServiceDep) -> 
     )
 
 
-@router.get(
-    "/users/{user_id}/sessions",
-    response_model=UserSessions,
-    responses=documented(401, 403, 422, 503),
+@router.patch(
+    "/session/{session_id}",
+    response_model=SessionResponse,
+    responses=documented(401, 404, 422, 503),
 )
-async def list_user_sessions(
-    user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)],
-    sessions: SessionServiceDep,
-    caller: CallerDep,
-    status: Annotated[
-        Literal["active", "ended", "expired"] | None,
-        Query(description="Only sessions in this state; all when absent"),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> UserSessions:
-    """A user's sessions, newest first, without history (callers bound to a user: their own)."""
-    if not caller.may_act_for(user_id):
-        raise Forbidden("A user may list only their own sessions")
-    records = await sessions.list_user_sessions(user_id, status=status, limit=limit)
-    return UserSessions(sessions=[SessionSummary(**SessionSummary.fields_of(r)) for r in records])
+async def rename_session(
+    body: RenameSessionRequest, session: ValidSessionDep, sessions: SessionServiceDep
+) -> SessionResponse:
+    """Rename a session (`{"title": null}` clears it). A generated title never overwrites
+    one set here."""
+    title = body.title.strip() if body.title is not None else None
+    if title == "":
+        blank = {"type": "value_error", "loc": ("body", "title"), "msg": "Title is blank"}
+        raise RequestValidationError([blank])
+    record = await sessions.rename(session.session_id, title)
+    return SessionResponse(**SessionSummary.fields_of(record))

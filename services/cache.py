@@ -141,6 +141,12 @@ class ActiveSessions:
         self._cache[record.session_id] = active
         return active
 
+    def retitle(self, session_id: str, title: str | None) -> None:
+        """Keep a held session's title in step with the store."""
+        active = self._cache.get(session_id)
+        if active is not None:
+            active.record.title = title
+
     def forget(self, session_id: str) -> None:
         """Drop a session from memory (it stays in the store)."""
         self._cache.pop(session_id, None)

@@ -94,6 +94,7 @@ class SessionRecord:
     title: str | None = None
     summary: str | None = None
     template_version: int | None = None
+    preview: str | None = None  # the start of the last message (lists only)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> SessionRecord:
@@ -118,6 +119,7 @@ class SessionRecord:
             context_messages=int(fields["context_messages"]),
             title=fields.get("title"),
             summary=fields.get("summary"),
+            preview=fields.get("preview"),
             template_version=fields.get("template_version"),
         )
 
@@ -158,6 +160,23 @@ class StoredTurn:
     def message_count(self) -> int:
         """Completed turns up to and including this one."""
         return self.assistant.seq // 2 + 1
+
+
+PREVIEW_CHARS = 120
+
+
+def preview_of(text: str) -> str:
+    """The start of a message for a sessions list: one line, about ``PREVIEW_CHARS`` long."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1].rstrip() + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCursor:
+    """Where a page of a user's sessions (newest activity first) continues: below this."""
+
+    last_activity: str
+    session_id: str
 
 
 @dataclass(frozen=True, slots=True)

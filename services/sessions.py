@@ -12,6 +12,7 @@ from services.cache import ActiveSessions
 from services.errors import ActiveSessionLimit, SessionNotFound
 from services.models import (
     Clock,
+    SessionCursor,
     SessionRecord,
     SessionStatus,
     StoredMessage,
@@ -129,10 +130,25 @@ class SessionService:
         return record
 
     async def list_user_sessions(
-        self, user_id: str, *, status: SessionStatus | None, limit: int
+        self,
+        user_id: str,
+        *,
+        status: SessionStatus | None,
+        limit: int,
+        before: SessionCursor | None = None,
     ) -> list[SessionRecord]:
-        """A user's sessions, newest first."""
-        return await self._store.list_user_sessions(user_id, status=status, limit=limit)
+        """A user's sessions, most recent activity first, below a cursor."""
+        return await self._store.list_user_sessions(
+            user_id, status=status, limit=limit, before=before
+        )
+
+    async def rename(self, session_id: str, title: str | None) -> SessionRecord:
+        """Set or clear a session's title, in the store and in memory."""
+        record = await self._store.set_title(session_id, title)
+        if record is None:
+            raise SessionNotFound(session_id)
+        self._sessions.retitle(session_id, title)
+        return record
 
     def evict_idle_sessions(self) -> list[str]:
         """Free memory of sessions idle past SESSION_IDLE_TIMEOUT_SECONDS (they stay active)."""

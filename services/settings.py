@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     context_messages: int = Field(10, ge=0, le=1000)
     default_template_id: str | None = None
     default_timezone: str = "UTC"  # for {{date}}, {{time}}, {{weekday}} when a client sends none
+    session_titles: bool = True  # name each session after its first exchange (one LLM call)
+    title_model: str | None = None  # the model naming sessions; None: each session's own
 
     # Sessions and turns
     max_message_chars: int = Field(4000, ge=1)

@@ -35,6 +35,7 @@ from services.models import (
 from services.prompt import build_prompt
 from services.store.base import Store
 from services.templates.stats import TemplateStats
+from services.titles import Titles
 
 logger = logging.getLogger(__name__)
 EventKind = Literal["start", "delta", "done", "error"]
@@ -102,9 +103,11 @@ class TurnPipeline:
         llm: LLMClient,
         clock: Clock,
         stats: TemplateStats,
+        titles: Titles | None = None,
         log_content: bool = False,
     ) -> None:
         self._stats = stats
+        self._titles = titles
         self._log_content = log_content
         self._store = store
         self._sessions = sessions
@@ -249,6 +252,8 @@ class TurnPipeline:
             raise
         if stored.created:
             self._stats.turn_done(record.template_id, reply_tokens=_reply_tokens(stored))
+            if self._titles is not None:
+                self._titles.after_turn(record, stored)
         if not stored.created:  # another instance stored this client_message_id first
             self._sessions.forget(record.session_id)
             result = _result(record, stored, replayed=True)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from services.models import (
     NewTurn,
     SeedReport,
+    SessionCursor,
     SessionRecord,
     SessionStatus,
     StoredMessage,
@@ -95,9 +96,22 @@ class Store(Protocol):
         """Mark the session ended (kept as is when already ended)."""
 
     async def list_user_sessions(
-        self, user_id: str, *, status: SessionStatus | None, limit: int
+        self,
+        user_id: str,
+        *,
+        status: SessionStatus | None,
+        limit: int,
+        before: SessionCursor | None = None,
     ) -> list[SessionRecord]:
-        """A user's sessions, newest first."""
+        """A user's sessions, most recent activity first (ties: session id, descending),
+        only those below ``before``; each with its ``title`` and last message's ``preview``."""
+
+    async def set_title(
+        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+    ) -> SessionRecord | None:
+        """Rename a session (None clears the title); with ``only_if_unset``, only when it has
+        none (a generated title never overwrites a user's). The session after, or None when
+        there is no such session."""
 
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
         """Mark active sessions idle since before ``idle_before`` as expired; their ids."""

@@ -45,6 +45,7 @@ from services.errors import StoreUnavailable
 from services.models import (
     Sampling,
     SeedReport,
+    SessionCursor,
     SessionRecord,
     SessionStatus,
     StoredMessage,
@@ -58,7 +59,9 @@ from services.store.seq_node import created_node
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SUMMARY_FIELDS = ("template_id", "status", "created_at", "last_activity", "ended_at", "title")
+_SUMMARY_FIELDS = (
+    "template_id", "status", "created_at", "last_activity", "ended_at", "title", "preview"
+)  # fmt: skip
 # Key ranges of a session node that hold its metadata and none of its growing children.
 _META_RANGES = ((None, "context_messages"), ("conversation_history0", None))
 
@@ -255,24 +258,70 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments):
         return record
 
     async def list_user_sessions(
-        self, user_id: str, *, status: SessionStatus | None, limit: int
+        self,
+        user_id: str,
+        *,
+        status: SessionStatus | None,
+        limit: int,
+        before: SessionCursor | None = None,
     ) -> list[SessionRecord]:
-        """From the user's index: newest first."""
+        """From the user's index, ordered by ``last_activity`` on the server: the last entries
+        up to the cursor's time, widened while ties at that time or other states crowd the
+        page out."""
+        want = limit + 1 if status is None else limit * 4 + 8
+        while True:
+            page = functools.partial(self._index_page, user_id, before, want)
+            entries, complete = await self._run(page)
+            records = [
+                _summary(user_id, sid, doc)
+                for sid, doc in entries.items()
+                if isinstance(doc, dict) and (status is None or doc.get("status") == status)
+            ]
+            if before is not None:
+                edge = (before.last_activity, before.session_id)
+                records = [r for r in records if (r.last_activity, r.session_id) < edge]
+            if len(records) >= limit or complete:
+                records.sort(key=lambda r: (r.last_activity, r.session_id), reverse=True)
+                return records[:limit]
+            want *= 4
 
-        def load() -> Any:
-            query = self._ref(f"userSessionIndex/{encode_key(user_id)}").order_by_child(
-                "created_at"
-            )
-            return (query.limit_to_last(limit) if status is None else query).get()
+    def _index_page(
+        self, user_id: str, before: SessionCursor | None, want: int
+    ) -> tuple[dict[str, Any], bool]:
+        query = self._ref(f"userSessionIndex/{encode_key(user_id)}").order_by_child("last_activity")
+        if before is not None:
+            query = query.end_at(before.last_activity)
+        entries = query.limit_to_last(want).get() or {}
+        return dict(entries), len(entries) < want
 
-        entries = await self._run(load) or {}
-        records = [
-            _summary(user_id, sid, doc)
-            for sid, doc in entries.items()
-            if isinstance(doc, dict) and (status is None or doc.get("status") == status)
-        ]
-        records.sort(key=lambda r: (r.created_at, r.session_id), reverse=True)
-        return records[:limit]
+    async def set_title(
+        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+    ) -> SessionRecord | None:
+        """The session's title and its index entry's. A generated title (``only_if_unset``)
+        is a conditional create of the title node, so it never overwrites a rename."""
+        return await self._run(lambda: self._set_title(session_id, title, only_if_unset))
+
+    def _set_title(
+        self, session_id: str, title: str | None, only_if_unset: bool
+    ) -> SessionRecord | None:
+        record = self._read_session(session_id)
+        if record is None:
+            return None
+        base = f"userSessions/{session_id}"
+        index = f"userSessionIndex/{encode_key(record.user_id)}/{session_id}"
+        if only_if_unset:
+            if record.title is None:
+                ref = self._ref(f"{base}/title")
+                current, etag = ref.get(etag=True)
+                ok, current, _ = ref.set_if_unchanged(etag, title) if current is None else (
+                    False, current, etag)  # fmt: skip
+                record.title = title if ok else current
+            # Also heals an index entry a failed earlier attempt left without the title.
+            self._ref("/").update({f"{index}/title": record.title})
+            return record
+        self._ref("/").update({f"{base}/title": title, f"{index}/title": title})
+        record.title = title
+        return record
 
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
         """Sessions whose activity entry is older than ``idle_before`` become expired."""
@@ -429,4 +478,5 @@ def _summary(user_id: str, session_id: str, doc: dict[str, Any]) -> SessionRecor
         sampling=Sampling("", 0.0, 1, 0.0, 0.0),
         context_messages=0,
         title=doc.get("title"),
+        preview=doc.get("preview"),
     )

@@ -33,6 +33,7 @@ from services.models import (
     StoredTurn,
     TurnClaim,
     Usage,
+    preview_of,
 )
 from services.store.rtdb_keys import decode_key, encode_key, message_key
 from services.store.seq_node import SeqNode
@@ -247,6 +248,7 @@ def turn_updates(
         f"{base}/last_activity": reply.timestamp,
         f"{index}/message_count": increment,
         f"{index}/last_activity": reply.timestamp,
+        f"{index}/preview": preview_of(reply.content),
         f"sessionActivity/{sid}": reply.timestamp,
     }
     if user.client_message_id is not None:

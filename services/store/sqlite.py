@@ -22,6 +22,7 @@ from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
 from services.models import (
     NewTurn,
     SeedReport,
+    SessionCursor,
     SessionRecord,
     SessionStatus,
     StoredMessage,
@@ -29,6 +30,7 @@ from services.models import (
     TemplateCounts,
     TurnClaim,
     Usage,
+    preview_of,
 )
 from services.templates.versions import (
     Change,
@@ -63,7 +65,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     context_messages INTEGER NOT NULL,
     title TEXT,
     summary TEXT,
-    template_version INTEGER
+    template_version INTEGER,
+    preview TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at);
 CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (status, last_activity);
@@ -102,10 +105,15 @@ CREATE TABLE IF NOT EXISTS template_stats (
 _SESSION_COLUMNS = (
     "session_id, user_id, template_id, status, created_at, last_activity, ended_at, "
     "message_count, system_prompt, model, temperature, max_tokens, presence_penalty, "
-    "frequency_penalty, context_messages, title, summary, template_version"
+    "frequency_penalty, context_messages, title, summary, template_version, preview"
 )
 # Columns added after the first release, for files created before them.
-_ADDED_COLUMNS = {"sessions": {"template_version": "INTEGER"}}
+_ADDED_COLUMNS = {"sessions": {"template_version": "INTEGER", "preview": "TEXT"}}
+# Created after the added columns exist (an older file gains them first).
+_ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sessions_by_user_activity "
+    "ON sessions (user_id, last_activity, session_id)",
+)
 # Where each kind of versioned document lives: table and key column.
 _DOC_TABLES = {"template": ("templates", "template_id"), "rules": ("settings", "key")}
 _MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage"
@@ -202,7 +210,7 @@ class SQLiteStore:
             s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
             s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature, p.max_tokens,
             p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
-            s.template_version,
+            s.template_version, s.preview,
         )  # fmt: skip
         sql = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
 
@@ -280,9 +288,9 @@ class SQLiteStore:
                     [_message_row(session_id, user), _message_row(session_id, reply)],
                 )
                 conn.execute(
-                    "UPDATE sessions SET message_count = message_count + 1, last_activity = ? "
-                    "WHERE session_id = ?",
-                    (turn.reply_at, session_id),
+                    "UPDATE sessions SET message_count = message_count + 1, last_activity = ?, "
+                    "preview = ? WHERE session_id = ?",
+                    (turn.reply_at, preview_of(turn.reply), session_id),
                 )
                 return StoredTurn(user, reply)
 
@@ -345,17 +353,43 @@ class SQLiteStore:
         return _session(row) if row else None
 
     async def list_user_sessions(
-        self, user_id: str, *, status: SessionStatus | None, limit: int
+        self,
+        user_id: str,
+        *,
+        status: SessionStatus | None,
+        limit: int,
+        before: SessionCursor | None = None,
     ) -> list[SessionRecord]:
-        """Newest first, optionally only one status."""
+        """Most recent activity first, optionally only one status, below a cursor."""
         sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ?"
         params: tuple[Any, ...] = (user_id,)
         if status is not None:
             sql += " AND status = ?"
             params += (status,)
-        sql += " ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        if before is not None:
+            sql += " AND (last_activity, session_id) < (?, ?)"
+            params += (before.last_activity, before.session_id)
+        sql += " ORDER BY last_activity DESC, session_id DESC LIMIT ?"
         rows = await self._run(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
         return [_session(row) for row in rows]
+
+    async def set_title(
+        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+    ) -> SessionRecord | None:
+        """One conditional update."""
+
+        def rename(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            with self._write(conn):
+                sql = "UPDATE sessions SET title = ? WHERE session_id = ?"
+                conn.execute(sql + (" AND title IS NULL" if only_if_unset else ""),
+                             (title, session_id))  # fmt: skip
+                found: sqlite3.Row | None = conn.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+                ).fetchone()
+                return found
+
+        row = await self._run(rename)
+        return _session(row) if row else None
 
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
         """Active sessions idle since before ``idle_before`` become expired."""
@@ -504,6 +538,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         for name, kind in columns.items():
             if name not in have:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    for statement in _ADDED_INDEXES:
+        conn.execute(statement)
 
 
 def _read_document(conn: sqlite3.Connection, ref: DocRef) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ async def test_session_detail_holds_the_last_50_messages(chat: RunningApp) -> No
     assert detail["message_count"] == 26
 
 
-async def test_user_sessions_newest_first_with_status_filter(
+async def test_user_sessions_newest_activity_first_with_status_filter(
     chat: RunningApp, clock: FakeClock
 ) -> None:
     ids = []
@@ -57,25 +57,75 @@ async def test_user_sessions_newest_first_with_status_filter(
 
     listed = (await chat.client.get(f"{API}/users/alice/sessions")).json()
     assert [s["session_id"] for s in listed["sessions"]] == ids[::-1]
+    assert listed["next_cursor"] is None
     assert set(listed["sessions"][0]) == {
         "session_id",
         "user_id",
         "template_id",
+        "template_title",
         "status",
         "created_at",
         "last_activity",
         "ended_at",
         "message_count",
         "title",
+        "preview",
     }
+    # A message moves a session to the top, with a one-line preview of its last message.
+    await chat.send(ids[1], "hello " * 40)
+    moved = (await chat.client.get(f"{API}/users/alice/sessions")).json()["sessions"]
+    assert [s["session_id"] for s in moved] == [ids[1], ids[2], ids[0]]
+    preview = moved[0]["preview"]
+    assert len(preview) == 120 and preview.startswith("Echo: hello hello") and "\n" not in preview
+    assert moved[1]["preview"] is None and moved[0]["message_count"] == 1
+
     active = (await chat.client.get(f"{API}/users/alice/sessions?status=active")).json()
-    assert [s["session_id"] for s in active["sessions"]] == [ids[2], ids[1]]
+    assert [s["session_id"] for s in active["sessions"]] == [ids[1], ids[2]]
     ended = (await chat.client.get(f"{API}/users/alice/sessions?status=ended")).json()
     assert [s["status"] for s in ended["sessions"]] == ["ended"]
-    one = (await chat.client.get(f"{API}/users/alice/sessions?limit=1")).json()
-    assert len(one["sessions"]) == 1
     nobody = (await chat.client.get(f"{API}/users/nobody/sessions")).json()
-    assert nobody == {"success": True, "sessions": []}
+    assert nobody == {"success": True, "sessions": [], "next_cursor": None}
+
+
+async def test_the_cursor_reaches_every_session_once(chat: RunningApp, clock: FakeClock) -> None:
+    ids = set()
+    for n in range(7):
+        ids.add(await chat.create_session("pirate", user_id="carol"))
+        if n % 3:  # some share a timestamp: the session id breaks the tie
+            clock.advance(1)
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = f"?limit=3&cursor={cursor}" if cursor else "?limit=3"
+        page = (await chat.client.get(f"{API}/users/carol/sessions{query}")).json()
+        seen += page["sessions"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 7 and {s["session_id"] for s in seen} == ids and pages == 3
+    order = [(s["last_activity"], s["session_id"]) for s in seen]
+    assert order == sorted(order, reverse=True)
+    assert {s["template_title"] for s in seen} == {"Pirate"}
+    bad = await chat.client.get(f"{API}/users/carol/sessions?cursor=not-a-cursor")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
+
+
+async def test_a_session_can_be_renamed_and_its_title_cleared(chat: RunningApp) -> None:
+    session_id = await chat.create_session(user_id="dana")
+    renamed = await chat.client.patch(f"{API}/session/{session_id}", json={"title": " Trip "})
+    assert renamed.status_code == 200 and renamed.json()["title"] == "Trip"
+    listed = (await chat.client.get(f"{API}/users/dana/sessions")).json()["sessions"]
+    assert listed[0]["title"] == "Trip"
+    assert (await chat.client.get(f"{API}/session/{session_id}")).json()["title"] == "Trip"
+    cleared = await chat.client.patch(f"{API}/session/{session_id}", json={"title": None})
+    assert cleared.json()["title"] is None
+    for bad in ({"title": "   "}, {"title": "x" * 81}, {"name": "x"}):
+        refused = await chat.client.patch(f"{API}/session/{session_id}", json=bad)
+        assert refused.status_code == 422, bad
+    missing = await chat.client.patch(
+        f"{API}/session/00000000-0000-4000-8000-000000000000", json={"title": "x"}
+    )
+    assert missing.status_code == 404
 
 
 async def test_personalities_lists_public_templates_only(chat: RunningApp) -> None:

@@ -47,6 +47,7 @@ POLICY: dict[tuple[str, str], str] = {
     ("POST", SESSION + "/message"): "owner",
     ("POST", SESSION + "/message/stream"): "owner",
     ("WS", SESSION + "/ws"): "owner",
+    ("PATCH", SESSION): "owner",
     ("DELETE", SESSION): "owner",
     ("GET", "/api/v1/admin/stats"): "admin",
     ("GET", "/studio"): "public",
@@ -213,6 +214,8 @@ async def call(
     body: dict[str, Any] | None = None
     if (method, path) in AUTHORING_BODIES:
         body = AUTHORING_BODIES[(method, path)]()
+    elif method == "PATCH" and path == SESSION:
+        body = {"title": "Renamed"}
     elif method == "POST":
         body = {"message": "hi"} if "message" in path else {"template_id": "plain"}
         if body_user is not None:

@@ -1,0 +1,79 @@
+"""A user's things: the sessions list a chat app shows."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from fastapi.exceptions import RequestValidationError
+
+from api.deps import CallerDep, ServicesDep
+from api.errors import documented
+from api.schemas import USER_ID_PATTERN, SessionListItem, SessionSummary, UserSessions
+from services.errors import Forbidden
+from services.models import SessionCursor, SessionRecord
+
+router = APIRouter(prefix="/chatbot", tags=["sessions"])
+
+
+@router.get(
+    "/users/{user_id}/sessions",
+    response_model=UserSessions,
+    responses=documented(401, 403, 422, 503),
+)
+async def list_user_sessions(
+    user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)],
+    services: ServicesDep,
+    caller: CallerDep,
+    status: Annotated[
+        Literal["active", "ended", "expired"] | None,
+        Query(description="Only sessions in this state; all when absent"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=400, description="`next_cursor` of the previous page")
+    ] = None,
+) -> UserSessions:
+    """A user's sessions, most recent activity first, with titles and a preview of each one's
+    last message; follow `next_cursor` to reach every one (callers bound to a user: their
+    own)."""
+    if not caller.may_act_for(user_id):
+        raise Forbidden("A user may list only their own sessions")
+    before = decode_cursor(cursor) if cursor is not None else None
+    records = await services.sessions.list_user_sessions(
+        user_id, status=status, limit=limit, before=before
+    )
+    items = [_item(record, services) for record in records]
+    more = len(records) == limit
+    return UserSessions(sessions=items, next_cursor=encode_cursor(records[-1]) if more else None)
+
+
+def _item(record: SessionRecord, services: ServicesDep) -> SessionListItem:
+    template = services.templates.served(record.template_id)
+    return SessionListItem(
+        **SessionSummary.fields_of(record),
+        template_title=(template.title or template.name) if template else None,
+        preview=record.preview,
+    )
+
+
+def encode_cursor(record: SessionRecord) -> str:
+    """An opaque cursor just below this session in the list's order."""
+    raw = json.dumps([record.last_activity, record.session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> SessionCursor:
+    """The cursor's position; 422 when it is not one this service made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        last_activity, session_id = json.loads(raw)
+        if isinstance(last_activity, str) and isinstance(session_id, str):
+            return SessionCursor(last_activity, session_id)
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    bad = {"type": "value_error", "loc": ("query", "cursor"), "msg": "Not a cursor this API made"}
+    raise RequestValidationError([bad])

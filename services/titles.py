@@ -1,0 +1,110 @@
+"""Session titles: named in the background after a session's first exchange.
+
+One short, non-streamed call (``TITLE_MODEL``, default the session's own model) reads the first
+user message and reply and answers a few words. It never delays or fails a turn: it runs after
+the turn is stored, in its own task; a failed or empty answer is logged and retried a few
+times, then the title stays null (never an error text). A title is only written where the
+session has none, so a user's rename always wins. The offline responder has no model to ask:
+its title is the first words of the user's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.errors import ChatifyError
+from services.llm import ChatMessage, LLMClient
+from services.models import Sampling, SessionRecord, StoredTurn
+from services.store.base import Store
+
+logger = logging.getLogger(__name__)
+TITLE_MAX_CHARS = 80
+_TITLE_WORDS = 6
+_EXCERPT_CHARS = 1000
+RETRY_DELAYS = (1.0, 5.0)  # seconds before the second and third attempt
+_INSTRUCTIONS = (
+    "You name chat conversations. Answer with a title of at most six words for the "
+    "conversation below, in its language: no quotes, no final punctuation, nothing else."
+)
+
+
+class Titles:
+    """Names sessions in the background; one task per session being named."""
+
+    def __init__(self, *, store: Store, llm: LLMClient, model: str | None) -> None:
+        self._store = store
+        self._llm = llm
+        self._model = model
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        """Sessions being named now."""
+        return len(self._tasks)
+
+    def after_turn(self, record: SessionRecord, stored: StoredTurn) -> None:
+        """Start naming the session if this was its first exchange and it has no title."""
+        if stored.message_count != 1 or record.title is not None:
+            return
+        task = asyncio.create_task(self._name(record, stored))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop naming (at shutdown): an unnamed session keeps a null title."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _name(self, record: SessionRecord, stored: StoredTurn) -> None:
+        sid = record.session_id
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
+            await asyncio.sleep(delay)
+            try:
+                title = await self._ask(record, stored)
+                named = await self._store.set_title(sid, title, only_if_unset=True)
+            except ChatifyError as error:
+                logger.warning(
+                    "naming session %s failed (attempt %d): %s", sid, attempt, error.code
+                )
+                continue
+            if named is not None and named.title is not None:
+                record.title = named.title
+            logger.info("session %s named", sid)
+            return
+        logger.warning("session %s keeps no title: naming failed %d times", sid, attempt)
+
+    async def _ask(self, record: SessionRecord, stored: StoredTurn) -> str:
+        if getattr(self._llm, "provider", "") == "offline":
+            title = clean_title(" ".join(stored.user.content.split()[:_TITLE_WORDS]))
+        else:
+            messages: list[ChatMessage] = [
+                {"role": "system", "content": _INSTRUCTIONS},
+                {
+                    "role": "user",
+                    "content": f"User: {stored.user.content[:_EXCERPT_CHARS]}\n"
+                    f"Assistant: {stored.assistant.content[:_EXCERPT_CHARS]}",
+                },
+            ]
+            sampling = Sampling(self._model or record.sampling.model, 0.3, 24, 0.0, 0.0)
+            title = clean_title((await self._llm.complete(messages, sampling)).content)
+        if not title:
+            raise EmptyTitle("The model answered no title")
+        return title
+
+
+class EmptyTitle(ChatifyError):
+    """A title call that answered nothing usable (never stored; retried)."""
+
+    code, status = "empty_title", 502
+
+
+def clean_title(text: str) -> str:
+    """One line of at most ``TITLE_MAX_CHARS``, without quotes or final punctuation."""
+    line = next((part for part in text.splitlines() if part.strip()), "")
+    line = " ".join(line.split()).strip("\"'“”‘’`*#").strip()
+    line = line.rstrip(".!?:;,").strip()
+    if len(line) > TITLE_MAX_CHARS:
+        line = line[: TITLE_MAX_CHARS - 1].rstrip() + "…"
+    return line[:1].upper() + line[1:]
