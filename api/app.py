@@ -47,6 +47,7 @@ from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.turns import TurnPipeline
+from services.user_data import UserData
 
 logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -180,4 +181,5 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         stats=stats,
         previews=previews,
         titles=titles,
+        user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock),
     )

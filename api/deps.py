@@ -23,6 +23,7 @@ from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.turns import TurnPipeline
+from services.user_data import UserData
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class Services:
     stats: TemplateStats
     previews: Previews
     titles: Titles
+    user_data: UserData
 
 
 async def get_services(conn: HTTPConnection) -> Services:

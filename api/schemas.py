@@ -194,6 +194,31 @@ class UserSessions(BaseModel):
     )
 
 
+class ExportedMessage(MessageBody):
+    usage: UsageBody | None = Field(description="Token usage of a reply")
+
+    @classmethod
+    def of_stored(cls, message: StoredMessage) -> ExportedMessage:
+        """From a stored message, usage included."""
+        return cls(**MessageBody.of(message).model_dump(), usage=UsageBody.of(message.usage))
+
+
+class ExportedSession(SessionSummary):
+    messages: list[ExportedMessage] = Field(description="Every message, oldest first")
+
+
+class UserExport(BaseModel):
+    success: Literal[True] = True
+    user_id: str
+    exported_at: str
+    sessions: list[ExportedSession] = Field(description="Most recent activity first")
+
+
+class UserDeleted(BaseModel):
+    success: Literal[True] = True
+    deleted_sessions: int = Field(description="Sessions erased with all their messages")
+
+
 class RenameSessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -146,16 +146,30 @@ async def list_messages(
     response_model=EndSessionResponse,
     responses=documented(401, 404, 503),
 )
-async def end_session(session: ValidSessionDep, sessions: SessionServiceDep) -> EndSessionResponse:
-    """End a session (idempotent). Its record and history stay stored."""
-    record = await sessions.end_session(session.session_id)
+async def end_session(
+    session: ValidSessionDep,
+    services: ServicesDep,
+    purge: Annotated[
+        bool, Query(description="Erase the session and its messages from the store for good")
+    ] = False,
+) -> EndSessionResponse:
+    """End a session (idempotent): its record and history stay stored. With `purge=true`,
+    erase it instead (then it is 404 like one that never existed)."""
+    if purge:
+        await services.user_data.erase_session(session)
+        record = session
+        message = "Session deleted"
+    else:
+        record = await services.sessions.end_session(session.session_id)
+        message = "Session ended successfully"
     ended_at = parse_iso(record.ended_at or record.last_activity)
     return EndSessionResponse(
+        message=message,
         stats=SessionStats(
             duration_seconds=round((ended_at - parse_iso(record.created_at)).total_seconds(), 3),
             message_count=record.message_count,
             total_messages=record.message_count * 2,
-        )
+        ),
     )
 
 

@@ -1,4 +1,4 @@
-"""A user's things: the sessions list a chat app shows."""
+"""A user's things: the sessions list a chat app shows, and data rights (export, erasure)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ from fastapi.exceptions import RequestValidationError
 
 from api.deps import CallerDep, ServicesDep
 from api.errors import documented
-from api.schemas import USER_ID_PATTERN, SessionListItem, SessionSummary, UserSessions
+from api.schemas import (
+    USER_ID_PATTERN,
+    ExportedMessage,
+    ExportedSession,
+    SessionListItem,
+    SessionSummary,
+    UserDeleted,
+    UserExport,
+    UserSessions,
+)
 from services.errors import Forbidden
-from services.models import SessionCursor, SessionRecord
+from services.models import SessionCursor, SessionRecord, isoformat, utc_now
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
 
@@ -49,6 +58,46 @@ async def list_user_sessions(
     items = [_item(record, services) for record in records]
     more = len(records) == limit
     return UserSessions(sessions=items, next_cursor=encode_cursor(records[-1]) if more else None)
+
+
+UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN)]
+
+
+@router.get(
+    "/users/{user_id}/export",
+    response_model=UserExport,
+    responses=documented(401, 403, 422, 503),
+)
+async def export_user(user_id: UserIdPath, services: ServicesDep, caller: CallerDep) -> UserExport:
+    """Everything stored for a user: every session with every message (the user themself,
+    a server key or an admin)."""
+    if not caller.may_act_for(user_id):
+        raise Forbidden("A user may export only their own data")
+    exported = await services.user_data.export(user_id)
+    return UserExport(
+        user_id=user_id,
+        exported_at=isoformat(utc_now()),
+        sessions=[
+            ExportedSession(
+                **SessionSummary.fields_of(item.record),
+                messages=[ExportedMessage.of_stored(m) for m in item.messages],
+            )
+            for item in exported
+        ],
+    )
+
+
+@router.delete(
+    "/users/{user_id}",
+    response_model=UserDeleted,
+    responses=documented(401, 403, 422, 503),
+)
+async def delete_user(user_id: UserIdPath, services: ServicesDep, caller: CallerDep) -> UserDeleted:
+    """Erase every session and message of a user from the store and the caches (the user
+    themself, a server key or an admin). Idempotent: a second call erases nothing."""
+    if not caller.may_act_for(user_id):
+        raise Forbidden("A user may delete only their own data")
+    return UserDeleted(deleted_sessions=await services.user_data.erase_user(user_id))
 
 
 def _item(record: SessionRecord, services: ServicesDep) -> SessionListItem:

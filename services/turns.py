@@ -115,7 +115,7 @@ class TurnPipeline:
         self._llm = llm
         self._clock = clock
         self._in_flight: dict[tuple[str, str], Turn] = {}  # by (session_id, client_message_id)
-        self._tasks: set[asyncio.Task[TurnResult]] = set()
+        self._tasks: dict[asyncio.Task[TurnResult], str] = {}  # running turns: their session
 
     @property
     def in_flight_count(self) -> int:
@@ -147,7 +147,7 @@ class TurnPipeline:
         ticket = self._gate.reserve(session_id)
         turn = Turn(session_id, text, client_message_id)
         turn.task = asyncio.create_task(self._run(turn, ticket, stream))
-        self._tasks.add(turn.task)
+        self._tasks[turn.task] = session_id
         if key is not None:
             self._in_flight[key] = turn
         turn.task.add_done_callback(lambda task: self._finished(task, key))
@@ -162,7 +162,7 @@ class TurnPipeline:
         return dataclasses.replace(result, replayed=True) if joined else result
 
     def _finished(self, task: asyncio.Task[TurnResult], key: tuple[str, str] | None) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if key is not None:
             self._in_flight.pop(key, None)
         error = None if task.cancelled() else task.exception()
@@ -170,6 +170,12 @@ class TurnPipeline:
         # even when every client has gone away and nobody awaits the task any more.
         if error is not None and not isinstance(error, ChatifyError):
             logger.error("turn failed unexpectedly", exc_info=error)
+
+    async def settle(self, session_ids: set[str]) -> None:
+        """Wait for this process's turns of these sessions to finish (before erasing them)."""
+        running = [task for task, sid in self._tasks.items() if sid in session_ids]
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def drain(self) -> None:
         """Wait for turns in flight (at shutdown), so none is cut off half-way."""

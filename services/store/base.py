@@ -113,6 +113,10 @@ class Store(Protocol):
         none (a generated title never overwrites a user's). The session after, or None when
         there is no such session."""
 
+    async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
+        """Erase sessions of a user with every message (all of them when ``session_ids`` is
+        None): gone from the store, not marked. How many sessions were erased."""
+
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
         """Mark active sessions idle since before ``idle_before`` as expired; their ids."""
 

@@ -323,6 +323,26 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments):
         record.title = title
         return record
 
+    async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
+        """The sessions' nodes, index entries and activity in one multi-path update."""
+        return await self._run(lambda: self._delete_sessions(user_id, session_ids))
+
+    def _delete_sessions(self, user_id: str, session_ids: list[str] | None) -> int:
+        index = f"userSessionIndex/{encode_key(user_id)}"
+        listed = self._ref(index).get(shallow=True) or {}
+        targets = list(listed) if session_ids is None else [s for s in session_ids if s in listed]
+        if not targets:
+            return 0
+        updates: dict[str, Any] = {}
+        for sid in targets:
+            updates[f"userSessions/{sid}"] = None
+            updates[f"{index}/{sid}"] = None
+            updates[f"sessionActivity/{sid}"] = None
+        self._ref("/").update(updates)
+        for sid in targets:
+            self._slot(sid, pop=True)
+        return len(targets)
+
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
         """Sessions whose activity entry is older than ``idle_before`` become expired."""
 

@@ -171,6 +171,8 @@ class SQLiteStore:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            # Deleted rows are overwritten, not just unlinked (data-rights deletions).
+            conn.execute("PRAGMA secure_delete=ON")
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -390,6 +392,31 @@ class SQLiteStore:
 
         row = await self._run(rename)
         return _session(row) if row else None
+
+    async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
+        """One transaction, then a truncating checkpoint, so the old pages leave the WAL too."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with self._write(conn):
+                if session_ids is None:
+                    rows = conn.execute(
+                        "SELECT session_id FROM sessions WHERE user_id = ?", (user_id,)
+                    ).fetchall()
+                    targets = [row[0] for row in rows]
+                else:
+                    targets = session_ids
+                for sid in targets:
+                    conn.execute("DELETE FROM messages WHERE session_id = ?", (sid,))
+                erased = sum(
+                    conn.execute(
+                        "DELETE FROM sessions WHERE session_id = ? AND user_id = ?", (sid, user_id)
+                    ).rowcount
+                    for sid in targets
+                )
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return erased
+
+        return await self._run(delete)
 
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
         """Active sessions idle since before ``idle_before`` become expired."""

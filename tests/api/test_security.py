@@ -42,6 +42,8 @@ POLICY: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/chatbot/personalities"): "signed-in",
     ("POST", "/api/v1/chatbot/session"): "signed-in",
     ("GET", "/api/v1/chatbot/users/{user_id}/sessions"): "self",
+    ("GET", "/api/v1/chatbot/users/{user_id}/export"): "self",
+    ("DELETE", "/api/v1/chatbot/users/{user_id}"): "self",
     ("GET", SESSION): "owner",
     ("GET", SESSION + "/messages"): "owner",
     ("POST", SESSION + "/message"): "owner",
