@@ -21,7 +21,7 @@ class Stats(BaseModel):
 
 
 @router.get("/stats", response_model=Stats, responses=documented(401, 403))
-async def get_stats(caller: CallerDep, services: ServicesDep) -> Stats:
+async def get_service_stats(caller: CallerDep, services: ServicesDep) -> Stats:
     """Live totals of this process (admin key or `admin: true` claim)."""
     caller.require_admin()
     return Stats(

@@ -31,6 +31,7 @@ from api.middleware import (
     TrailingSlashMiddleware,
     redact_credentials_in_logs,
 )
+from api.openapi import install_openapi, operation_id
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
@@ -75,8 +76,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         version="1.0.0",
         summary="Session-oriented chatbot service with personalities",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(ops.router)
     app.include_router(playground.router)
     app.include_router(studio.router)

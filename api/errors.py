@@ -26,7 +26,7 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
 }
 
-_DOCS = {
+DOCS = {
     401: "`unauthenticated`: missing or invalid API key or ID token",
     403: "`forbidden`: the caller may not act for that user, or is not an admin",
     404: "Not found: `session_not_found` (also another user's session) or `template_not_found` "
@@ -46,7 +46,19 @@ _DOCS = {
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses a route can answer."""
-    return {status: {"model": ErrorBody, "description": _DOCS[status]} for status in statuses}
+    return {status: {"model": ErrorBody, "description": DOCS[status]} for status in statuses}
+
+
+def error_codes() -> list[str]:
+    """Every ``error.code`` the API can answer, HTTP and WebSocket."""
+    codes = {"validation_error", "bad_frame", "internal_error", "http_error", *_HTTP_CODES.values()}
+    pending: list[type[ChatifyError]] = [ChatifyError]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        if cls is not ChatifyError:
+            codes.add(cls.code)
+    return sorted(codes)
 
 
 class PayloadTooLarge(ChatifyError):

@@ -344,7 +344,7 @@ class PersonalityStats(BaseModel):
     response_model=PersonalityStats,
     responses=documented(401, 403, 404, 503),
 )
-async def get_stats(
+async def get_personality_stats(
     template_id: TemplateId, services: ServicesDep, admin: AdminDep
 ) -> PersonalityStats:
     """Usage for authors (counted in memory, flushed every STATS_FLUSH_SECONDS)."""

@@ -64,7 +64,7 @@ class Titles:
             try:
                 title = await self._ask(record, stored)
                 named = await self._store.set_title(sid, title, only_if_unset=True)
-            except ChatifyError as error:
+            except (ChatifyError, EmptyTitle) as error:
                 logger.warning(
                     "naming session %s failed (attempt %d): %s", sid, attempt, error.code
                 )
@@ -94,10 +94,10 @@ class Titles:
         return title
 
 
-class EmptyTitle(ChatifyError):
+class EmptyTitle(Exception):
     """A title call that answered nothing usable (never stored; retried)."""
 
-    code, status = "empty_title", 502
+    code = "empty_title"
 
 
 def clean_title(text: str) -> str:

@@ -1,0 +1,86 @@
+"""The shapes of streamed events and WebSocket frames, for the OpenAPI document (and the
+tests that check real events against them). The transports build these dicts directly."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from api.schemas import ErrorInfo, MessageBody, MessageResponse, UsageBody
+
+
+class StreamStart(BaseModel):
+    """SSE `start`: the turn began."""
+
+    session_id: str
+    turn: int = Field(description="The turn's number (its message_count once stored)")
+
+
+class StreamDelta(BaseModel):
+    """SSE `delta`: more of the reply's text."""
+
+    content: str
+
+
+class ClientMessageFrame(BaseModel):
+    """WebSocket, client to server: one turn."""
+
+    type: Literal["user_message"]
+    message: str
+    client_message_id: str | None = Field(None, min_length=1, max_length=64)
+
+
+class ChatHistoryFrame(BaseModel):
+    """Once on connect: the last 50 messages."""
+
+    type: Literal["chat_history"]
+    messages: list[MessageBody]
+
+
+class DeltaFrame(BaseModel):
+    """More of the reply's text."""
+
+    type: Literal["ai_response_delta"]
+    content: str
+    client_message_id: str | None
+
+
+class ResponseFrame(MessageResponse):
+    """The stored reply: the JSON endpoint's 200 body."""
+
+    type: Literal["ai_response"]
+    client_message_id: str | None
+
+
+class BackendStatusFrame(BaseModel):
+    """After each turn."""
+
+    type: Literal["backend_status"]
+    latency_ms: float
+    usage: UsageBody | None
+    model: str
+    client_message_id: str | None
+
+
+class ErrorFrame(ErrorInfo):
+    """A refused frame or a failed turn; fatal ones are followed by a 44xx close."""
+
+    type: Literal["error"]
+    client_message_id: str | None = None
+
+
+SSE_EVENTS: dict[str, type[BaseModel]] = {
+    "start": StreamStart,
+    "delta": StreamDelta,
+    "done": MessageResponse,
+    "error": ErrorInfo,
+}
+WS_CLIENT_FRAMES: dict[str, type[BaseModel]] = {"user_message": ClientMessageFrame}
+WS_SERVER_FRAMES: dict[str, type[BaseModel]] = {
+    "chat_history": ChatHistoryFrame,
+    "ai_response_delta": DeltaFrame,
+    "ai_response": ResponseFrame,
+    "backend_status": BackendStatusFrame,
+    "error": ErrorFrame,
+}
