@@ -17,6 +17,7 @@ from api import (
     sessions,
     stream,
     studio,
+    ui_stream,
     users,
     ws,
 )
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.include_router(users.router, prefix=API_PREFIX)
     app.include_router(stream.router, prefix=API_PREFIX)
     app.include_router(ws.router, prefix=API_PREFIX)
+    app.include_router(ui_stream.router, prefix=API_PREFIX)
     app.include_router(personalities.router, prefix=API_PREFIX)
     app.include_router(rules_settings.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)

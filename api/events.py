@@ -70,6 +70,18 @@ class ErrorFrame(ErrorInfo):
     client_message_id: str | None = None
 
 
+# One Server-Sent Event as OpenAPI 3.2's ``itemSchema`` describes it (and schemathesis checks
+# it): its ``data`` is JSON text, of the payload schema named by ``event``.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "description": "JSON text"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 SSE_EVENTS: dict[str, type[BaseModel]] = {
     "start": StreamStart,
     "delta": StreamDelta,

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from api.errors import DOCS, error_codes
-from api.events import SSE_EVENTS, WS_CLIENT_FRAMES, WS_SERVER_FRAMES
+from api.events import SSE_EVENT_SCHEMA, SSE_EVENTS, WS_CLIENT_FRAMES, WS_SERVER_FRAMES
 
 PUBLIC_PATHS = {"/health", "/ready"}
 TIMESTAMP_FIELDS = {
@@ -128,7 +128,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _stream_events(spec: dict[str, Any]) -> None:
     content = spec["paths"][STREAM_PATH]["post"]["responses"]["200"]["content"]
     content["text/event-stream"] = {
-        "schema": {"type": "string", "description": "Server-Sent Events, one JSON `data:` each"},
+        "schema": {**SSE_EVENT_SCHEMA, "description": "One event; `data` per `x-sse-events`"},
         "x-sse-events": {name: _ref(model) for name, model in SSE_EVENTS.items()},
     }
 

@@ -116,11 +116,16 @@ class TurnPipeline:
         self._clock = clock
         self._in_flight: dict[tuple[str, str], Turn] = {}  # by (session_id, client_message_id)
         self._tasks: dict[asyncio.Task[TurnResult], str] = {}  # running turns: their session
+        self._latest: dict[str, Turn] = {}  # the last turn submitted per session, while it runs
 
     @property
     def in_flight_count(self) -> int:
         """Turns running or queued in this process."""
         return len(self._tasks)
+
+    def latest(self, session_id: str) -> Turn | None:
+        """The session's most recently submitted turn, while it runs (a stream to resume)."""
+        return self._latest.get(session_id)
 
     def in_flight(self, session_id: str, client_message_id: str) -> Turn | None:
         """The running turn started with this ``client_message_id``, if any."""
@@ -148,9 +153,11 @@ class TurnPipeline:
         turn = Turn(session_id, text, client_message_id)
         turn.task = asyncio.create_task(self._run(turn, ticket, stream))
         self._tasks[turn.task] = session_id
+        self._latest[session_id] = turn
         if key is not None:
             self._in_flight[key] = turn
         turn.task.add_done_callback(lambda task: self._finished(task, key))
+        turn.task.add_done_callback(lambda _: self._forget_latest(turn))
         return turn, False
 
     async def run(self, session_id: str, *, text: str, client_message_id: str | None) -> TurnResult:
@@ -160,6 +167,10 @@ class TurnPipeline:
         )
         result = await turn.result()
         return dataclasses.replace(result, replayed=True) if joined else result
+
+    def _forget_latest(self, turn: Turn) -> None:
+        if self._latest.get(turn.session_id) is turn:
+            del self._latest[turn.session_id]
 
     def _finished(self, task: asyncio.Task[TurnResult], key: tuple[str, str] | None) -> None:
         self._tasks.pop(task, None)

@@ -50,6 +50,8 @@ POLICY: dict[tuple[str, str], str] = {
     ("POST", SESSION + "/message/stream"): "owner",
     ("WS", SESSION + "/ws"): "owner",
     ("PATCH", SESSION): "owner",
+    ("POST", "/api/v1/chatbot/chat"): "owner",
+    ("GET", "/api/v1/chatbot/chat/{session_id}/stream"): "owner",
     ("DELETE", SESSION): "owner",
     ("GET", "/api/v1/admin/stats"): "admin",
     ("GET", "/studio"): "public",
@@ -218,6 +220,9 @@ async def call(
         body = AUTHORING_BODIES[(method, path)]()
     elif method == "PATCH" and path == SESSION:
         body = {"title": "Renamed"}
+    elif path == "/api/v1/chatbot/chat":  # useChat's body: the session id is in it
+        text = {"type": "text", "text": "hi"}
+        body = {"id": session_id, "messages": [{"id": "u1", "role": "user", "parts": [text]}]}
     elif method == "POST":
         body = {"message": "hi"} if "message" in path else {"template_id": "plain"}
         if body_user is not None:
