@@ -33,6 +33,7 @@ from api.middleware import (
     redact_credentials_in_logs,
 )
 from api.openapi import install_openapi, operation_id
+from services.bus import LocalBus
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
@@ -141,7 +142,8 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     previews = Previews(templates, llm)
     stack.push_async_callback(previews.drain)
 
-    titles = Titles(store=store, llm=llm, model=settings.title_model)
+    bus = LocalBus()
+    titles = Titles(store=store, llm=llm, model=settings.title_model, bus=bus)
     stack.push_async_callback(titles.close)  # after the turns drained: none starts later
     cache = ActiveSessions(
         store,
@@ -157,6 +159,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         clock=clock,
         stats=stats,
         titles=titles if settings.session_titles else None,
+        bus=bus,
         log_content=settings.log_message_content,
     )
     stack.push_async_callback(turns.drain)
@@ -167,6 +170,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         settings=settings,
         clock=clock,
         stats=stats,
+        bus=bus,
     )
     scheduler = build_scheduler(
         settings, sessions=session_service, templates=templates, stats=stats
@@ -186,5 +190,6 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         stats=stats,
         previews=previews,
         titles=titles,
-        user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock),
+        user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock, bus=bus),
+        bus=bus,
     )

@@ -9,6 +9,7 @@ from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
 from api.schemas import SendMessageRequest
+from services.bus import LocalBus
 from services.errors import ChatifyError, SessionEnded, SessionNotFound
 from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
@@ -43,6 +44,7 @@ class Services:
     previews: Previews
     titles: Titles
     user_data: UserData
+    bus: LocalBus
 
 
 async def get_services(conn: HTTPConnection) -> Services:

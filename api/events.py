@@ -63,6 +63,29 @@ class BackendStatusFrame(BaseModel):
     client_message_id: str | None
 
 
+class TurnStartedFrame(BaseModel):
+    """Another connection (device, transport) sent a message on this session."""
+
+    type: Literal["turn_started"]
+    turn: int
+    message: str
+    client_message_id: str | None
+
+
+class SessionTitleFrame(BaseModel):
+    """The session was named or renamed."""
+
+    type: Literal["session_title"]
+    title: str | None
+
+
+class SessionEndedFrame(BaseModel):
+    """The session ended, expired or was deleted; the socket closes with 4409 next."""
+
+    type: Literal["session_ended"]
+    status: Literal["ended", "expired", "deleted"]
+
+
 class ErrorFrame(ErrorInfo):
     """A refused frame or a failed turn; fatal ones are followed by a 44xx close."""
 
@@ -95,4 +118,7 @@ WS_SERVER_FRAMES: dict[str, type[BaseModel]] = {
     "ai_response": ResponseFrame,
     "backend_status": BackendStatusFrame,
     "error": ErrorFrame,
+    "turn_started": TurnStartedFrame,
+    "session_title": SessionTitleFrame,
+    "session_ended": SessionEndedFrame,
 }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import uuid
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -12,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath, owned
 from api.schemas import MessageBody, MessageResponse, message_problem
+from services.bus import Overflowed, SessionEvent, Subscription
 from services.errors import (
     ChatifyError,
     Forbidden,
@@ -20,7 +24,7 @@ from services.errors import (
     SessionNotFound,
     Unauthenticated,
 )
-from services.models import SessionRecord
+from services.models import SessionRecord, TurnResult
 from services.turns import Turn
 
 logger = logging.getLogger(__name__)
@@ -51,7 +55,9 @@ async def session_socket(
     caller: CallerOrErrorDep,
 ) -> None:
     """`chat_history` on connect; then for each `user_message`: `ai_response_delta`…,
-    `ai_response`, `backend_status`. Authenticate like HTTP, or with a `token` query parameter
+    `ai_response`, `backend_status`. Turns sent by other connections to the session arrive
+    live too (`turn_started`, then the same frames), as do `session_title` and
+    `session_ended` (then close 4409). Authenticate like HTTP, or with a `token` query parameter
     (browsers cannot set WebSocket headers). Recoverable errors arrive as `error` events; the
     socket closes with 4401 (not authenticated), 4403 (a browser page whose origin is neither
     this service's nor in CORS_ORIGINS), 4404 (no such session), 4409 (ended) or 4429 (too many
@@ -67,18 +73,77 @@ async def session_socket(
     except ChatifyError as error:
         await _fail(websocket, error)
         return
+    origin = uuid.uuid4().hex
     try:
-        history = await services.sessions.messages(session_id, limit=HISTORY_ON_CONNECT)
-        messages = [MessageBody.of(m).model_dump() for m in history]
-        await websocket.send_json({"type": "chat_history", "messages": messages})
-        while True:
-            frame = await _next_frame(websocket, services.settings.max_message_chars)
-            if frame is not None and not await _turn(websocket, services, record, frame):
-                return
+        # Subscribed before the history is read: an event may repeat a message the history
+        # holds (match by seq), but none falls between the two.
+        with services.bus.subscribe(session_id) as subscription:
+            history = await services.sessions.messages(session_id, limit=HISTORY_ON_CONNECT)
+            messages = [MessageBody.of(m).model_dump() for m in history]
+            await websocket.send_json({"type": "chat_history", "messages": messages})
+            relay = asyncio.create_task(_relay(websocket, subscription, origin))
+            try:
+                while True:
+                    frame = await _next_frame(websocket, services.settings.max_message_chars)
+                    if frame is not None and not await _turn(
+                        websocket, services, record, frame, origin
+                    ):
+                        return
+            finally:
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                    await relay
     except WebSocketDisconnect:
         return
     finally:
         slot.release()
+
+
+async def _relay(websocket: WebSocket, subscription: Subscription, origin: str) -> None:
+    """The session's events from other connections (other devices, other transports) as
+    frames; when the session ends, say so and close with 4409."""
+    while True:
+        try:
+            event = await subscription.next()
+        except Overflowed:
+            await websocket.close(code=1013, reason="too far behind; reconnect")
+            return
+        if event.origin == origin:
+            continue  # this connection follows its own turns
+        for frame in session_frames(event):
+            await websocket.send_json(frame)
+        if event.kind == "ended":
+            await websocket.close(code=CLOSE_CODES[SessionEnded.code], reason=SessionEnded.code)
+            return
+
+
+def session_frames(event: SessionEvent) -> list[dict[str, Any]]:
+    """The frames of one session event."""
+    answers = {"client_message_id": event.client_message_id}
+    if event.kind == "turn_started":
+        return [{"type": "turn_started", "turn": event.turn, "message": event.text, **answers}]
+    if event.kind == "delta":
+        return [{"type": "ai_response_delta", "content": event.text, **answers}]
+    if event.kind == "reply" and event.result is not None:
+        return _reply_frames(event.result, answers)
+    if event.kind == "turn_error" and event.error is not None:
+        return [{"type": "error", "code": event.error.code, "message": event.error.message,
+                 **answers}]  # fmt: skip
+    if event.kind == "title":
+        return [{"type": "session_title", "title": event.text or None}]
+    return [{"type": "session_ended", "status": event.status}]
+
+
+def _reply_frames(result: TurnResult, answers: dict[str, str | None]) -> list[dict[str, Any]]:
+    body = MessageResponse.of(result).model_dump()
+    status = {
+        "type": "backend_status",
+        "latency_ms": round(result.latency_ms, 1),
+        "usage": body["usage"],
+        "model": result.model,
+        **answers,
+    }
+    return [{"type": "ai_response", **body, **answers}, status]
 
 
 def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
@@ -120,7 +185,11 @@ def _frame_problem(exc: ValueError) -> tuple[str, str]:
 
 
 async def _turn(
-    websocket: WebSocket, services: ServicesDep, record: SessionRecord, frame: UserMessageFrame
+    websocket: WebSocket,
+    services: ServicesDep,
+    record: SessionRecord,
+    frame: UserMessageFrame,
+    origin: str,
 ) -> bool:
     """Run one turn over the socket; False when the socket was closed."""
     try:
@@ -130,6 +199,7 @@ async def _turn(
             text=frame.message,
             client_message_id=frame.client_message_id,
             stream=True,
+            origin=origin,
         )
     except ChatifyError as error:
         answers = {"client_message_id": frame.client_message_id}
@@ -147,17 +217,8 @@ async def _forward(websocket: WebSocket, turn: Turn) -> bool:
                 {"type": "ai_response_delta", "content": event.content, **answers}
             )
         elif event.kind == "done" and event.result is not None:
-            body = MessageResponse.of(event.result).model_dump()
-            await websocket.send_json({"type": "ai_response", **body, **answers})
-            await websocket.send_json(
-                {
-                    "type": "backend_status",
-                    "latency_ms": round(event.result.latency_ms, 1),
-                    "usage": body["usage"],
-                    "model": event.result.model,
-                    **answers,
-                }
-            )
+            for frame in _reply_frames(event.result, answers):
+                await websocket.send_json(frame)
         elif event.kind == "error" and event.error is not None:
             if event.error.code in (SessionNotFound.code, SessionEnded.code):
                 await _fail(websocket, event.error, **answers)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSessions
 from services.errors import ActiveSessionLimit, SessionNotFound
 from services.models import (
@@ -47,7 +48,9 @@ class SessionService:
         settings: Settings,
         clock: Clock,
         stats: TemplateStats,
+        bus: SessionBus | None = None,
     ) -> None:
+        self._bus = bus
         self._stats = stats
         self._store = store
         self._templates = templates
@@ -127,7 +130,12 @@ class SessionService:
         if record is None:
             raise SessionNotFound(session_id)
         self._sessions.forget(session_id)
+        self._announce(SessionEvent("ended", session_id, status=record.status))
         return record
+
+    def _announce(self, event: SessionEvent) -> None:
+        if self._bus is not None:
+            self._bus.publish(event)
 
     async def list_user_sessions(
         self,
@@ -148,6 +156,7 @@ class SessionService:
         if record is None:
             raise SessionNotFound(session_id)
         self._sessions.retitle(session_id, title)
+        self._announce(SessionEvent("title", session_id, text=title or ""))
         return record
 
     def evict_idle_sessions(self) -> list[str]:
@@ -168,6 +177,7 @@ class SessionService:
         )
         for session_id in expired:
             self._sessions.forget(session_id)
+            self._announce(SessionEvent("ended", session_id, status="expired"))
         if expired:
             logger.info("expired %d idle sessions", len(expired))
         return expired

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.bus import SessionBus, SessionEvent
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
 from services.models import Sampling, SessionRecord, StoredTurn
@@ -32,7 +33,10 @@ _INSTRUCTIONS = (
 class Titles:
     """Names sessions in the background; one task per session being named."""
 
-    def __init__(self, *, store: Store, llm: LLMClient, model: str | None) -> None:
+    def __init__(
+        self, *, store: Store, llm: LLMClient, model: str | None, bus: SessionBus | None = None
+    ) -> None:
+        self._bus = bus
         self._store = store
         self._llm = llm
         self._model = model
@@ -71,6 +75,8 @@ class Titles:
                 continue
             if named is not None and named.title is not None:
                 record.title = named.title
+                if self._bus is not None:
+                    self._bus.publish(SessionEvent("title", sid, text=named.title))
             logger.info("session %s named", sid)
             return
         logger.warning("session %s keeps no title: naming failed %d times", sid, attempt)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
+from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSession, ActiveSessions
 from services.errors import ChatifyError, IdempotencyConflict, SessionEnded
 from services.gate import Ticket, TurnGate
@@ -57,7 +58,14 @@ class TurnEvent:
 class Turn:
     """A turn in flight: its event log, and a way to follow it."""
 
-    def __init__(self, session_id: str, text: str, client_message_id: str | None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        text: str,
+        client_message_id: str | None,
+        origin: str | None = None,
+    ) -> None:
+        self.origin = origin  # the connection that sent it, if it follows the turn itself
         self.session_id = session_id
         self.text = text
         self.client_message_id = client_message_id
@@ -104,10 +112,13 @@ class TurnPipeline:
         clock: Clock,
         stats: TemplateStats,
         titles: Titles | None = None,
+        bus: SessionBus | None = None,
         log_content: bool = False,
     ) -> None:
         self._stats = stats
         self._titles = titles
+        self._bus = bus
+        self._broadcasts: set[asyncio.Task[None]] = set()
         self._log_content = log_content
         self._store = store
         self._sessions = sessions
@@ -136,7 +147,13 @@ class TurnPipeline:
         return (await self._sessions.get(session_id)).record
 
     def submit(
-        self, session_id: str, *, text: str, client_message_id: str | None, stream: bool
+        self,
+        session_id: str,
+        *,
+        text: str,
+        client_message_id: str | None,
+        stream: bool,
+        origin: str | None = None,
     ) -> tuple[Turn, bool]:
         """Queue a turn, or join the one in flight with this ``client_message_id``.
 
@@ -150,10 +167,14 @@ class TurnPipeline:
             running.joiners += 1
             return running, True
         ticket = self._gate.reserve(session_id)
-        turn = Turn(session_id, text, client_message_id)
+        turn = Turn(session_id, text, client_message_id, origin)
         turn.task = asyncio.create_task(self._run(turn, ticket, stream))
         self._tasks[turn.task] = session_id
         self._latest[session_id] = turn
+        if self._bus is not None:
+            broadcast = asyncio.create_task(self._broadcast(turn, self._bus))
+            self._broadcasts.add(broadcast)
+            broadcast.add_done_callback(self._broadcasts.discard)
         if key is not None:
             self._in_flight[key] = turn
         turn.task.add_done_callback(lambda task: self._finished(task, key))
@@ -167,6 +188,34 @@ class TurnPipeline:
         )
         result = await turn.result()
         return dataclasses.replace(result, replayed=True) if joined else result
+
+    @staticmethod
+    async def _broadcast(turn: Turn, bus: SessionBus) -> None:
+        """A new turn's events for every socket on the session. The ``start`` is held until
+        the next event shows whether the turn is news: a replay of a stored turn is not."""
+        sid, cid, origin = turn.session_id, turn.client_message_id, turn.origin
+        held: TurnEvent | None = None
+        announced = False
+        async for event in turn.follow():
+            if event.kind == "start":
+                held = event
+                continue
+            if not announced:
+                if held is None:
+                    return  # refused before it started (ended, conflicting id): no news
+                if any(e.result is not None and e.result.replayed for e in turn.events):
+                    return
+                started = SessionEvent(
+                    "turn_started", sid, cid, text=turn.text, turn=held.turn, origin=origin
+                )
+                bus.publish(started)
+                announced = True
+            if event.kind == "delta":
+                bus.publish(SessionEvent("delta", sid, cid, text=event.content, origin=origin))
+            elif event.kind == "done":
+                bus.publish(SessionEvent("reply", sid, cid, result=event.result, origin=origin))
+            elif event.kind == "error":
+                bus.publish(SessionEvent("turn_error", sid, cid, error=event.error, origin=origin))
 
     def _forget_latest(self, turn: Turn) -> None:
         if self._latest.get(turn.session_id) is turn:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSessions
 from services.errors import SessionNotFound
 from services.models import Clock, SessionCursor, SessionRecord, StoredMessage, isoformat
@@ -34,8 +35,15 @@ class UserData:
     """Export and erasure of everything stored for a user."""
 
     def __init__(
-        self, *, store: Store, sessions: ActiveSessions, turns: TurnPipeline, clock: Clock
+        self,
+        *,
+        store: Store,
+        sessions: ActiveSessions,
+        turns: TurnPipeline,
+        clock: Clock,
+        bus: SessionBus | None = None,
     ) -> None:
+        self._bus = bus
         self._store = store
         self._sessions = sessions
         self._turns = turns
@@ -69,6 +77,8 @@ class UserData:
             if record.status == "active":
                 await self._store.end_session(record.session_id, at=now)
             self._sessions.forget(record.session_id)
+            if self._bus is not None:
+                self._bus.publish(SessionEvent("ended", record.session_id, status="deleted"))
         await self._turns.settle({record.session_id for record in records})
 
     async def _all_sessions(self, user_id: str) -> list[SessionRecord]:

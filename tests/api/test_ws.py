@@ -147,9 +147,8 @@ async def test_ended_session_closes_with_4409(live: Live) -> None:
     async with websockets.connect(ws_url(live, session_id)) as socket:
         await receive(socket)
         await live.client.delete(f"{API}/session/{session_id}")
-        await socket.send(json.dumps({"type": "user_message", "message": "hello?"}))
-        error = await receive(socket)
-        assert error["code"] == "session_ended"
+        # Told at once, whoever ended it, then closed.
+        assert await receive(socket) == {"type": "session_ended", "status": "ended"}
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await socket.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409
@@ -184,7 +183,9 @@ async def test_plain_streamed_and_websocket_turns_race_in_arrival_order(
         await socket.send(json.dumps({"type": "user_message", "message": "websocket"}))
         await until(lambda: gate.waiting(session_id) == 2, "the websocket turn to queue")
         release.set()
-        ws_events = await turn_events(socket)
+        seen = [await turn_events(socket) for _ in range(3)]  # it watches the other two live
+        ws_events = seen[-1]
+    assert [events[-2]["response"] for events in seen[:2]] == ["Echo: plain", "Echo: streamed"]
 
     assert (await plain).json()["message_count"] == 1
     assert (await sse)[-1].json()["message_count"] == 2
@@ -192,3 +193,61 @@ async def test_plain_streamed_and_websocket_turns_race_in_arrival_order(
     history = await live.history(session_id)
     assert [m["content"] for m in history[::2]] == ["plain", "streamed", "websocket"]
     assert len(llm.chat_requests()) == 3
+
+
+async def test_every_socket_on_a_session_sees_every_turn_live(live: Live, llm: MockLLM) -> None:
+    session_id = await live.create_session()
+    async with (
+        websockets.connect(ws_url(live, session_id)) as phone,
+        websockets.connect(ws_url(live, session_id)) as laptop,
+    ):
+        await receive(phone), await receive(laptop)  # chat_history
+
+        # A turn over plain HTTP: both sockets watch it happen.
+        llm.script(Reply(content="from the web", chunks=2))
+        sent = await live.client.post(
+            f"{API}/session/{session_id}/message", json={"message": "hi", "client_message_id": "h1"}
+        )
+        assert sent.status_code == 200
+        for socket in (phone, laptop):
+            events = await turn_events(socket)
+            kinds = [e["type"] for e in events]
+            assert kinds[0] == "turn_started" and kinds[-2:] == ["ai_response", "backend_status"]
+            assert set(kinds[1:-2]) == {"ai_response_delta"}
+            assert "".join(e["content"] for e in events[1:-2]) == "from the web"
+            assert events[0] == {
+                "type": "turn_started",
+                "turn": 1,
+                "message": "hi",
+                "client_message_id": "h1",
+            }
+            assert events[-2]["response"] == "from the web"
+            assert {e["client_message_id"] for e in events} == {"h1"}
+
+        # A turn on the phone: the phone follows its own turn; the laptop sees it too.
+        await phone.send(
+            json.dumps({"type": "user_message", "message": "yo", "client_message_id": "p1"})
+        )
+        mine = await turn_events(phone)
+        theirs = await turn_events(laptop)
+        assert "turn_started" not in [e["type"] for e in mine]
+        assert mine[-2]["response"] == theirs[-2]["response"] == "Echo: yo"
+        assert theirs[0]["message"] == "yo" and theirs[0]["client_message_id"] == "p1"
+
+        # A replay is not news: the laptop's next frames belong to the next real turn.
+        again = await live.client.post(
+            f"{API}/session/{session_id}/message", json={"message": "hi", "client_message_id": "h1"}
+        )
+        assert again.json()["replayed"] is True
+        renamed = await live.client.patch(f"{API}/session/{session_id}", json={"title": "Chat"})
+        assert renamed.status_code == 200
+        assert await receive(laptop) == {"type": "session_title", "title": "Chat"}
+        assert await receive(phone) == {"type": "session_title", "title": "Chat"}
+
+        await live.client.delete(f"{API}/session/{session_id}")
+        for socket in (phone, laptop):
+            assert await receive(socket) == {"type": "session_ended", "status": "ended"}
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await socket.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409
+    assert len(llm.chat_requests()) == 2
