@@ -251,6 +251,11 @@ class ErrorBody(BaseModel):
     detail: str | list[Any] = Field(description="The message; for 422, the validation errors")
 
 
+def invalid(*loc: str | int, msg: str, kind: str = "value_error") -> RequestValidationError:
+    """A 422 ``validation_error`` for one field, like those FastAPI raises itself."""
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": msg}])
+
+
 def message_problem(text: str, limit: int) -> dict[str, Any] | None:
     """What is wrong with a stripped message, as a validation error entry; None when fine."""
     if not text:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.exceptions import RequestValidationError
 
 from api.deps import (
     CallerDep,
@@ -30,6 +29,7 @@ from api.schemas import (
     SessionStats,
     SessionSummary,
     checked_message,
+    invalid,
 )
 from services.models import parse_iso
 
@@ -51,8 +51,7 @@ async def create_session(
     per-user keys); server keys, admins and AUTH_MODE=none may use it."""
     user_id = caller.resolve_user(body.user_id)
     if user_id is None:
-        missing = {"type": "missing", "loc": ("body", "user_id"), "msg": "Field required"}
-        raise RequestValidationError([missing])
+        raise invalid("body", "user_id", msg="Field required", kind="missing")
     await quotas.take_session(user_id)
     created = await sessions.create_session(
         user_id=user_id,
@@ -129,8 +128,7 @@ async def list_messages(
     `after` the messages a client does not have yet (follow `next_after` forward)."""
     if after is not None:
         if before is not None:
-            both = {"type": "value_error", "loc": ("query", "after"), "msg": "Use after or before"}
-            raise RequestValidationError([both])
+            raise invalid("query", "after", msg="Use after or before")
         page = await sessions.messages_after(session.session_id, after=after, limit=limit)
         next_after = page[-1].seq if len(page) == limit else None
         return MessagesPage(
@@ -185,7 +183,6 @@ async def rename_session(
     one set here."""
     title = body.title.strip() if body.title is not None else None
     if title == "":
-        blank = {"type": "value_error", "loc": ("body", "title"), "msg": "Title is blank"}
-        raise RequestValidationError([blank])
+        raise invalid("body", "title", msg="Title is blank")
     record = await sessions.rename(session.session_id, title)
     return SessionResponse(**SessionSummary.fields_of(record))

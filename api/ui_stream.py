@@ -28,7 +28,7 @@ from starlette.background import BackgroundTask
 from api.deps import CallerDep, ServicesDep, ValidSessionDep, owned
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
-from api.schemas import message_problem
+from api.schemas import invalid, message_problem
 from services.errors import SessionEnded
 from services.quotas import StreamSlot
 from services.turns import Turn, TurnEvent
@@ -125,8 +125,7 @@ def _last_user_message(body: UIChatRequest, limit: int) -> tuple[str, str]:
             if problem is not None:
                 raise RequestValidationError([{**problem, "loc": where}])
             return text, message.id
-    missing = {"type": "missing", "loc": ("body", "messages"), "msg": "No user message"}
-    raise RequestValidationError([missing])
+    raise invalid("body", "messages", msg="No user message", kind="missing")
 
 
 def _response(turn: Turn, slot: StreamSlot, ping: float) -> EventSourceResponse:

@@ -8,7 +8,6 @@ import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from fastapi.exceptions import RequestValidationError
 
 from api.deps import CallerDep, ServicesDep
 from api.errors import documented
@@ -21,6 +20,7 @@ from api.schemas import (
     UserDeleted,
     UserExport,
     UserSessions,
+    invalid,
 )
 from services.errors import Forbidden
 from services.models import SessionCursor, SessionRecord, isoformat, utc_now
@@ -124,5 +124,4 @@ def decode_cursor(cursor: str) -> SessionCursor:
             return SessionCursor(last_activity, session_id)
     except (binascii.Error, ValueError, TypeError):
         pass
-    bad = {"type": "value_error", "loc": ("query", "cursor"), "msg": "Not a cursor this API made"}
-    raise RequestValidationError([bad])
+    raise invalid("query", "cursor", msg="Not a cursor this API made")
