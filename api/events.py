@@ -36,6 +36,7 @@ class ChatHistoryFrame(BaseModel):
 
     type: Literal["chat_history"]
     messages: list[MessageBody]
+    welcome_message: str | None = Field(description="The greeting the session opened with")
 
 
 class DeltaFrame(BaseModel):

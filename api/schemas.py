@@ -153,6 +153,10 @@ class SessionDetail(SessionSummary):
     template_version: int | None = Field(
         description="The personality's version the session started with (null: unversioned)"
     )
+    welcome_message: str | None = Field(
+        description="The greeting the session opened with; shown before the first message. "
+        "Not a stored message: no seq, not counted in message_count"
+    )
     conversation_history: list[MessageBody] = Field(description="The last 50 messages")
 
 
@@ -204,6 +208,7 @@ class ExportedMessage(MessageBody):
 
 
 class ExportedSession(SessionSummary):
+    welcome_message: str | None = Field(description="The greeting the session opened with")
     messages: list[ExportedMessage] = Field(description="Every message, oldest first")
 
 

@@ -98,6 +98,7 @@ async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> 
     return SessionDetail(
         **SessionSummary.fields_of(session),
         template_version=session.template_version,
+        welcome_message=session.welcome_message,
         conversation_history=[MessageBody.of(m) for m in history],
     )
 

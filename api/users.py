@@ -80,6 +80,7 @@ async def export_user(user_id: UserIdPath, services: ServicesDep, caller: Caller
         sessions=[
             ExportedSession(
                 **SessionSummary.fields_of(item.record),
+                welcome_message=item.record.welcome_message,
                 messages=[ExportedMessage.of_stored(m) for m in item.messages],
             )
             for item in exported

@@ -80,7 +80,10 @@ async def session_socket(
         with services.bus.subscribe(session_id) as subscription:
             history = await services.sessions.messages(session_id, limit=HISTORY_ON_CONNECT)
             messages = [MessageBody.of(m).model_dump() for m in history]
-            await websocket.send_json({"type": "chat_history", "messages": messages})
+            welcome = record.welcome_message
+            await websocket.send_json(
+                {"type": "chat_history", "messages": messages, "welcome_message": welcome}
+            )
             relay = asyncio.create_task(_relay(websocket, subscription, origin))
             try:
                 while True:

@@ -95,6 +95,7 @@ class SessionRecord:
     summary: str | None = None
     template_version: int | None = None
     preview: str | None = None  # the start of the last message (lists only)
+    welcome_message: str | None = None  # the greeting the session opened with (no seq)
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> SessionRecord:
@@ -120,6 +121,7 @@ class SessionRecord:
             title=fields.get("title"),
             summary=fields.get("summary"),
             preview=fields.get("preview"),
+            welcome_message=fields.get("welcome_message"),
             template_version=fields.get("template_version"),
         )
 

@@ -13,12 +13,17 @@ def build_prompt(
 ) -> list[ChatMessage]:
     """System prompt (rules, then personality), optional recap, last-N history, the new message.
 
-    User text only ever enters ``user`` messages.
+    The session's welcome message opens the conversation as the assistant's, while the window
+    still reaches back to the first turn. User text only ever enters ``user`` messages.
     """
     messages: list[ChatMessage] = [{"role": "system", "content": session.system_prompt}]
     if session.summary:
         recap = f"Summary of the earlier conversation: {session.summary}"
         messages.append({"role": "system", "content": recap})
-    messages.extend({"role": m.role, "content": m.content} for m in history)
+    window = list(history)
+    from_the_start = window[0].seq == 0 if window else session.message_count == 0
+    if session.welcome_message and from_the_start:
+        messages.append({"role": "assistant", "content": session.welcome_message})
+    messages.extend({"role": m.role, "content": m.content} for m in window)
     messages.append({"role": "user", "content": user_text})
     return messages

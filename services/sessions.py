@@ -96,6 +96,7 @@ class SessionService:
             sampling=snapshot.sampling,
             context_messages=snapshot.context_messages,
             template_version=snapshot.version,
+            welcome_message=snapshot.welcome_message,
         )
         await self._store.create_session(record)
         self._sessions.put(record)

@@ -468,6 +468,7 @@ def _session_doc(s: SessionRecord) -> dict[str, Any]:
         "title": s.title,
         "summary": s.summary,
         "template_version": s.template_version,
+        "welcome_message": s.welcome_message,
     }
     return {key: value for key, value in doc.items() if value is not None}
 

@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     title TEXT,
     summary TEXT,
     template_version INTEGER,
-    preview TEXT
+    preview TEXT,
+    welcome_message TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at);
 CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (status, last_activity);
@@ -105,10 +106,13 @@ CREATE TABLE IF NOT EXISTS template_stats (
 _SESSION_COLUMNS = (
     "session_id, user_id, template_id, status, created_at, last_activity, ended_at, "
     "message_count, system_prompt, model, temperature, max_tokens, presence_penalty, "
-    "frequency_penalty, context_messages, title, summary, template_version, preview"
+    "frequency_penalty, context_messages, title, summary, template_version, preview, "
+    "welcome_message"
 )
 # Columns added after the first release, for files created before them.
-_ADDED_COLUMNS = {"sessions": {"template_version": "INTEGER", "preview": "TEXT"}}
+_ADDED_COLUMNS = {
+    "sessions": {"template_version": "INTEGER", "preview": "TEXT", "welcome_message": "TEXT"}
+}
 # Created after the added columns exist (an older file gains them first).
 _ADDED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS sessions_by_user_activity "
@@ -212,7 +216,7 @@ class SQLiteStore:
             s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
             s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature, p.max_tokens,
             p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
-            s.template_version, s.preview,
+            s.template_version, s.preview, s.welcome_message,
         )  # fmt: skip
         sql = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
 

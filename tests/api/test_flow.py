@@ -127,7 +127,9 @@ async def test_conversation_survives_a_restart(
         reply = await second.send(session_id, "what did I say?")
         assert reply.status_code == 200
         assert reply.json()["message_count"] == 2
+    # The stored welcome opens the conversation the model sees, after a restart too.
     assert llm.chat_requests()[-1]["messages"][1:] == [
+        {"role": "assistant", "content": "Ahoy!"},
         {"role": "user", "content": "remember the treasure"},
         {"role": "assistant", "content": "Echo: remember the treasure"},
         {"role": "user", "content": "what did I say?"},
@@ -152,7 +154,7 @@ async def test_idle_session_is_evicted_and_reloaded(
     assert idle not in cache and busy in cache
     reply = await chat.send(idle, "after the nap")
     assert reply.json()["message_count"] == 2
-    assert llm.chat_requests()[-1]["messages"][1]["content"] == "before the nap"
+    assert llm.chat_requests()[-1]["messages"][2]["content"] == "before the nap"
     assert idle in cache
     detail = (await chat.client.get(f"{API}/session/{idle}")).json()
     assert detail["status"] == "active"
@@ -191,3 +193,17 @@ async def test_offline_responder_without_any_llm_settings(
         again = await chat.send(session_id, "hello")
         assert again.json()["response"] == reply["response"]
     assert llm.chat_requests() == []
+
+
+async def test_the_welcome_opens_the_conversation_until_the_window_moves_on(
+    chat: RunningApp, llm: MockLLM
+) -> None:
+    session_id = await chat.create_session("pirate")  # welcome "Ahoy!", 4 messages of context
+    for n in range(4):
+        await chat.send(session_id, f"m{n}")
+    prompts = [request["messages"] for request in llm.chat_requests()]
+    assert [p[1] for p in prompts[:3]] == [{"role": "assistant", "content": "Ahoy!"}] * 3
+    assert prompts[3][1] == {"role": "user", "content": "m1"}  # seq 0 left the window
+    detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
+    assert detail["welcome_message"] == "Ahoy!" and detail["message_count"] == 4
+    assert detail["conversation_history"][0]["seq"] == 0  # the welcome takes no seq

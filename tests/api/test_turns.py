@@ -137,11 +137,15 @@ async def test_failed_llm_call_stores_nothing_and_the_retry_succeeds(
 
     detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
     assert detail["message_count"] == 0 and detail["conversation_history"] == []
+    assert detail["welcome_message"] == "Ahoy!"  # the greeting is kept, outside the seqs
 
     retried = await chat.send(session_id, "hi", client_message_id="m-1")
     assert retried.status_code == 200
     assert retried.json()["replayed"] is False and retried.json()["message_count"] == 1
-    assert llm.chat_requests()[-1]["messages"][1:] == [{"role": "user", "content": "hi"}]
+    assert llm.chat_requests()[-1]["messages"][1:] == [
+        {"role": "assistant", "content": "Ahoy!"},
+        {"role": "user", "content": "hi"},
+    ]
 
 
 async def test_a_client_that_goes_away_does_not_cancel_the_turn(
