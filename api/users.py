@@ -52,12 +52,13 @@ async def list_user_sessions(
     if not caller.may_act_for(user_id):
         raise Forbidden("A user may list only their own sessions")
     before = decode_cursor(cursor) if cursor is not None else None
+    # One more than the page, to know whether another page follows.
     records = await services.sessions.list_user_sessions(
-        user_id, status=status, limit=limit, before=before
+        user_id, status=status, limit=limit + 1, before=before
     )
-    items = [_item(record, services) for record in records]
-    more = len(records) == limit
-    return UserSessions(sessions=items, next_cursor=encode_cursor(records[-1]) if more else None)
+    page, more = records[:limit], len(records) > limit
+    items = [_item(record, services) for record in page]
+    return UserSessions(sessions=items, next_cursor=encode_cursor(page[-1]) if more else None)
 
 
 UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN)]

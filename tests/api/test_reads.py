@@ -103,6 +103,9 @@ async def test_the_cursor_reaches_every_session_once(chat: RunningApp, clock: Fa
         if cursor is None:
             break
     assert len(seen) == 7 and {s["session_id"] for s in seen} == ids and pages == 3
+    # A last page that is full says so too: no cursor to an empty page.
+    full = (await chat.client.get(f"{API}/users/carol/sessions?limit=7")).json()
+    assert len(full["sessions"]) == 7 and full["next_cursor"] is None
     order = [(s["last_activity"], s["session_id"]) for s in seen]
     assert order == sorted(order, reverse=True)
     assert {s["template_title"] for s in seen} == {"Pirate"}
