@@ -76,8 +76,8 @@ def refine(spec: dict[str, Any]) -> dict[str, Any]:
     _stream_events(spec)
     spec["x-websocket"] = {
         "path": WS_PATH,
-        "description": "Turns over one socket; see the README. Authenticate like HTTP or with "
-        "`?token=`. Closes with 4401, 4403, 4404, 4409 or 4429.",
+        "description": "Turns over one socket; see docs/streaming.md. Authenticate like HTTP "
+        "or with `?token=`. Closes with 4401, 4403, 4404, 4409 or 4429.",
         "clientFrames": {name: _ref(model) for name, model in WS_CLIENT_FRAMES.items()},
         "serverFrames": {name: _ref(model) for name, model in WS_SERVER_FRAMES.items()},
     }

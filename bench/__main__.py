@@ -1,4 +1,4 @@
-"""``python -m bench``: every benchmark of the README's performance table, one command.
+"""``python -m bench``: every benchmark of docs/performance.md, one command.
 
 Each scenario starts its own service (``python -m api``), mock LLM and, for Firebase, the
 Realtime Database test server, all on 127.0.0.1; measures going direct to the mock and going

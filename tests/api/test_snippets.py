@@ -1,6 +1,6 @@
-"""The README's JavaScript, run unchanged in Node against the service: the SSE reader (with a
-replay that must not double the text) and the WebSocket client. Only ``BASE`` is pointed at
-the test server; everything else is the code a team would paste."""
+"""The documented JavaScript (docs/streaming.md), run unchanged in Node against the service:
+the SSE reader (with a replay that must not double the text) and the WebSocket client. Only
+``BASE`` is pointed at the test server; everything else is the code a team would paste."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from tests.api.conftest import Live
 PLACEHOLDER = '"https://your-host"'
 
 
-def readme_snippet(marker: str) -> str:
-    """The README's ```js block that contains ``marker``."""
-    blocks = re.findall(r"```js\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+def doc_snippet(marker: str) -> str:
+    """The ```js block of docs/streaming.md that contains ``marker``."""
+    text = (REPO_ROOT / "docs" / "streaming.md").read_text()
+    blocks = re.findall(r"```js\n(.*?)```", text, re.S)
     found = [block for block in blocks if marker in block]
-    assert len(found) == 1, f"one README snippet with {marker!r}"
+    assert len(found) == 1, f"one snippet with {marker!r}"
     return found[0]
 
 
@@ -60,7 +61,7 @@ async def test_the_sse_snippet_streams_and_replays_without_doubling(
 ) -> None:
     session_id = await live.create_session()
     llm.script(Reply(content="Arr, fine weather.", chunks=3))
-    snippet = readme_snippet("async function streamTurn")
+    snippet = doc_snippet("async function streamTurn")
     assert PLACEHOLDER in snippet
     driver = f"""
 {snippet.replace(PLACEHOLDER, json.dumps(live.url))}
@@ -93,7 +94,7 @@ const showTyping = (text) => say("typing", text);
 const showError = (code) => {{ say("error", code); process.exit(1); }};
 const startNewSession = () => say("ended", true);
 const showFinal = (text) => {{ say("final", text); ws.close(); }};
-{readme_snippet("const ws = new WebSocket(")}
+{doc_snippet("const ws = new WebSocket(")}
 """
     lines = await run(node, driver, tmp_path)
     assert lines[0] == {"what": "history", "value": {"messages": [], "welcome": "Ahoy!"}}
