@@ -128,10 +128,17 @@ async def turn_session(
 
     An ended session is let through for a resend with a ``client_message_id``: the pipeline
     replays its stored reply, or answers 409 ``session_ended`` when there is none."""
+    return await admit_turn(session_id, body.client_message_id, services, caller)
+
+
+async def admit_turn(
+    session_id: str, client_message_id: str | None, services: Services, caller: Caller
+) -> SessionRecord:
+    """``turn_session`` for transports whose session id is not in the path (``useChat``)."""
     try:
         record = owned(await services.turns.check_session(session_id), caller)
     except SessionEnded:
-        if body.client_message_id is None:
+        if client_message_id is None:
             raise
         return owned(await services.sessions.get_session(session_id), caller)
     await services.quotas.take_turn(record.user_id)

@@ -25,11 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import CallerDep, ServicesDep, ValidSessionDep, owned
+from api.deps import CallerDep, ServicesDep, ValidSessionDep, admit_turn
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
-from services.errors import SessionEnded
 from services.quotas import StreamSlot
 from services.turns import Turn, TurnEvent
 
@@ -82,11 +81,7 @@ async def stream_ui_chat(
     """One turn for `useChat`: the last user message of `messages`, streamed back as UI
     message parts. Resending it (same message id) resumes or replays, never runs it twice."""
     text, client_message_id = _last_user_message(body, services.settings.max_message_chars)
-    try:
-        record = owned(await services.turns.check_session(body.id), caller)
-        await services.quotas.take_turn(record.user_id)
-    except SessionEnded:  # a resend of a stored message is replayed (as on every transport)
-        record = owned(await services.sessions.get_session(body.id), caller)
+    record = await admit_turn(body.id, client_message_id, services, caller)
     slot = services.quotas.open_stream(record.user_id)
     try:
         turn, _ = services.turns.submit(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from bench.mock_llm import MockLLM, Reply
 from services.settings import REPO_ROOT
 from tests.api.conftest import Live
+from tests.support.tools import unavailable
 
 PLACEHOLDER = '"https://your-host"'
 
@@ -36,10 +36,7 @@ def node() -> list[str]:
     """The node command (WebSocket needs a flag before Node 22)."""
     path = shutil.which("node")
     if path is None:
-        message = "Node.js is missing; `apt-get install nodejs` (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("Node.js is missing; `apt-get install nodejs` (.ci/run does)")
     major = int(subprocess.run([path, "--version"], capture_output=True, text=True).stdout[1:3])
     return [path, "--experimental-websocket"] if major < 22 else [path]
 

@@ -6,14 +6,14 @@ Playwright never downloads a browser of its own here: it launches the system Chr
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from playwright.async_api import ConsoleMessage, Error, Page, async_playwright
+
+from tests.support.tools import unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, and nothing that reaches for the network beyond the page under test.
@@ -49,10 +49,7 @@ def require_chromium() -> None:
     """Skip without Chromium, except in CI, where a browser test must never be skipped."""
     if CHROMIUM.exists():
         return
-    message = f"{CHROMIUM} is missing; install it with `apt-get install chromium` (.ci/run does)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{CHROMIUM} is missing; install it with `apt-get install chromium` (.ci/run does)")
 
 
 @asynccontextmanager
