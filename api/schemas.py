@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (API.md), shared by the routers."""
+"""Request and response bodies of the HTTP API (docs/api.md), shared by the routers."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ async def _events(
 
 
 def event_data(turn: Turn, event: TurnEvent) -> dict[str, Any]:
-    """The JSON of one event, as API.md describes it."""
+    """The JSON of one event, as docs/api.md describes it."""
     if event.kind == "start":
         return {"session_id": turn.session_id, "turn": event.turn}
     if event.kind == "delta":

@@ -99,7 +99,7 @@ class SessionRecord:
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> SessionRecord:
-        """From stored fields named as in DATA.md (a SQLite row or a Firebase node)."""
+        """From stored fields named as in docs/data.md (a SQLite row or a Firebase node)."""
         return cls(
             session_id=fields["session_id"],
             user_id=fields["user_id"],

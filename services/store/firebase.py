@@ -1,6 +1,6 @@
 """The production store: Firebase Realtime Database through firebase-admin.
 
-Layout (DATA.md), plus three small helper nodes the service owns:
+Layout (docs/data.md), with the small helper nodes the service owns:
 
     /templates/{id}, /settings/universalRules          edited by authors in the console
     /userSessions/{sid}                                metadata fields, then
