@@ -38,6 +38,7 @@ from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
 from services.llm import build_llm
+from services.memory import Memory
 from services.models import Clock, utc_now
 from services.quotas import Quotas
 from services.scheduler import build_scheduler
@@ -49,6 +50,7 @@ from services.templates.preview import Previews
 from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
+from services.tokens import TokenCounter
 from services.turns import TurnPipeline
 from services.user_data import UserData
 
@@ -151,6 +153,16 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         idle_seconds=settings.session_idle_timeout_seconds,
         clock=clock,
     )
+    tokens = TokenCounter()
+    memory = Memory(
+        store=store,
+        llm=llm,
+        counter=tokens,
+        clock=clock,
+        model=settings.summary_model,
+        max_tokens=settings.memory_max_tokens,
+    )
+    stack.push_async_callback(memory.close)  # after the turns drained: none starts later
     turns = TurnPipeline(
         store=store,
         sessions=cache,
@@ -158,7 +170,9 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         llm=llm,
         clock=clock,
         stats=stats,
+        tokens=tokens,
         titles=titles if settings.session_titles else None,
+        memory=memory if settings.session_memory else None,
         bus=bus,
         log_content=settings.log_message_content,
     )
@@ -190,6 +204,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         stats=stats,
         previews=previews,
         titles=titles,
+        memory=memory,
         user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock, bus=bus),
         bus=bus,
     )

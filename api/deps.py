@@ -13,6 +13,7 @@ from services.bus import LocalBus
 from services.errors import ChatifyError, SessionEnded, SessionNotFound
 from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
+from services.memory import Memory
 from services.models import SessionRecord
 from services.quotas import Quotas
 from services.sessions import SessionService
@@ -43,6 +44,7 @@ class Services:
     stats: TemplateStats
     previews: Previews
     titles: Titles
+    memory: Memory
     user_data: UserData
     bus: LocalBus
 

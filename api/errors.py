@@ -35,7 +35,8 @@ DOCS = {
     "`template_exists` when creating a personality, `default_template` when deleting the default",
     412: "`precondition_failed`: `If-Match` names a version that is no longer current",
     413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES",
-    422: "`validation_error` (detail lists the errors) or `idempotency_conflict`",
+    422: "`validation_error` (detail lists the errors), `idempotency_conflict`, or "
+    "`context_too_long` (the model refused the prompt, even with less history; nothing stored)",
     429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited` (also previews); "
     "see Retry-After",
     502: "`llm_error`: the model provider failed or sent an unusable reply",

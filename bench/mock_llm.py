@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services import memory
+
 logger = logging.getLogger(__name__)
 
 _REASONS = {
@@ -85,6 +87,9 @@ class MockLLMConfig:
     rate_limit_rate: float = 0.0  # HTTP 429 with Retry-After: 1
     drop_rate: float = 0.0  # connection closed without an answer
     seed: int | None = None
+    # A model's context window, in characters of the prompt (0: unlimited): a longer prompt
+    # gets the 400 ``context_length_exceeded`` OpenAI answers.
+    context_chars: int = 0
 
 
 class MockLLM:
@@ -193,6 +198,8 @@ class MockLLM:
             await _send(writer, 404, {"error": {"message": "not found", "type": "invalid_request"}})
             return True
         reply = self._script.popleft() if self._script else self._default_reply()
+        if reply == Reply() and _prompt_chars(body or {}) > self.config.context_chars > 0:
+            reply = Reply(status=400, error_body=_too_long(self.config.context_chars))
         return await self._respond(reader, writer, body or {}, reply)
 
     def _default_reply(self) -> Reply:
@@ -275,10 +282,40 @@ class MockLLM:
         return True
 
     def _echo(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages") or [{}]
+        if str(messages[0].get("content", "")).startswith(memory.INSTRUCTIONS[:40]):
+            return _memory_of(str(messages[-1].get("content", "")))
         if self.fixed_reply is not None:
             return self.fixed_reply
-        messages = body.get("messages") or [{}]
         return f"{self.config.reply_prefix}{messages[-1].get('content', '')}"
+
+
+def _memory_of(request: str) -> str:
+    """A deterministic memory for the service's memory request (what the offline responder
+    writes): the first words of each user message, the oldest and newest lines kept."""
+    old, _, new = request.removeprefix(memory.MEMORY_SO_FAR + "\n").partition(
+        "\n\n" + memory.NEW_MESSAGES + "\n"
+    )
+    return memory.plain_memory(None if old == "(empty)" else old, new.splitlines())
+
+
+def _prompt_chars(body: dict[str, Any]) -> int:
+    return sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
+
+
+def _too_long(limit: int) -> dict[str, Any]:
+    message = (
+        f"This model's maximum context length is {limit // 4} tokens. However, your messages "
+        "resulted in more tokens. Please reduce the length of the messages."
+    )
+    return {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
 
 
 def _usage(body: dict[str, Any], content: str) -> dict[str, int]:

@@ -50,6 +50,12 @@ class LLMError(ChatifyError):
     code, status = "llm_error", 502
 
 
+class ContextTooLong(ChatifyError):
+    """The provider refused the prompt as too long, even after a retry with less history."""
+
+    code, status = "context_too_long", 422
+
+
 class LLMTimeout(ChatifyError):
     code, status = "llm_timeout", 504
 

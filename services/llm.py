@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import httpx2
 import openai
 
-from services.errors import LLMError, LLMTimeout, LLMUnavailable
+from services.errors import ContextTooLong, LLMError, LLMTimeout, LLMUnavailable
 from services.models import Sampling, Usage
 from services.settings import Settings
 
@@ -35,6 +36,7 @@ class Completion:
     content: str
     usage: Usage
     model: str
+    usage_reported: bool = True  # False: the provider sent none, ``usage`` is an estimate
 
 
 class LLMClient(Protocol):
@@ -138,9 +140,13 @@ class OpenAIChat:
         reply = "".join(parts)
         if not reply.strip():
             raise LLMError("The language model sent an empty reply")
-        return Completion(reply, usage or estimate_usage(messages, reply), model)
+        if usage is None:
+            return Completion(reply, estimate_usage(messages, reply), model, usage_reported=False)
+        return Completion(reply, usage, model)
 
-    def _failure(self, exc: Exception, started: float) -> LLMError | LLMUnavailable | LLMTimeout:
+    def _failure(
+        self, exc: Exception, started: float
+    ) -> LLMError | LLMUnavailable | LLMTimeout | ContextTooLong:
         """The API error for a failed call.
 
         Our deadline wraps every attempt, so a real timeout surfaces at the deadline. A
@@ -181,7 +187,24 @@ def request_body(messages: list[ChatMessage], sampling: Sampling) -> dict[str, A
     }
 
 
-def map_api_error(exc: openai.APIError) -> LLMError | LLMUnavailable:
+# How providers say a prompt is too long: OpenAI's error code, and the wording of others
+# (Azure, Anthropic-compatible proxies, vLLM, Ollama, llama.cpp), matched case-insensitively.
+_TOO_LONG_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_TOO_LONG_WORDS = re.compile(
+    r"context.length|context.window|maximum context|prompt is too long|too many tokens"
+    r"|input is too long|exceeds? the (?:model'?s? )?(?:maximum|context)",
+    re.IGNORECASE,
+)
+
+
+def is_context_too_long(exc: openai.APIStatusError) -> bool:
+    """Whether a provider refused the request because the prompt does not fit the model."""
+    if exc.status_code not in (400, 413, 422):
+        return False
+    return exc.code in _TOO_LONG_CODES or bool(_TOO_LONG_WORDS.search(str(exc.message)))
+
+
+def map_api_error(exc: openai.APIError) -> LLMError | LLMUnavailable | ContextTooLong:
     """An SDK error as the API's error; never carries the provider's body."""
     if isinstance(exc, openai.RateLimitError):
         retry_after = _retry_after(exc.response)
@@ -191,6 +214,12 @@ def map_api_error(exc: openai.APIError) -> LLMError | LLMUnavailable:
         )
     if isinstance(exc, openai.APIConnectionError):
         return LLMUnavailable("The language model could not be reached; try again shortly")
+    if isinstance(exc, openai.APIStatusError) and is_context_too_long(exc):
+        logger.warning("LLM upstream refused the prompt as too long (HTTP %s)", exc.status_code)
+        return ContextTooLong(
+            "The conversation is too long for the model, even with less history; start a new "
+            "session or send a shorter message"
+        )
     if isinstance(exc, openai.APIStatusError):
         logger.warning("LLM upstream answered HTTP %s", exc.status_code)
         return LLMError(f"The language model provider answered HTTP {exc.status_code}")
@@ -212,7 +241,11 @@ def parse_completion(data: Any, messages: list[ChatMessage], model: str) -> Comp
         raise LLMError("The language model sent a reply without a message") from exc
     if not isinstance(content, str) or not content.strip():
         raise LLMError("The language model sent an empty reply")
-    usage = _usage(data.get("usage")) or estimate_usage(messages, content)
+    usage = _usage(data.get("usage"))
+    if usage is None:
+        return Completion(
+            content, estimate_usage(messages, content), str(data.get("model") or model), False
+        )
     return Completion(content, usage, str(data.get("model") or model))
 
 
@@ -248,7 +281,7 @@ class OfflineResponder:
             "reply. Set OPENAI_API_KEY (or OPENAI_BASE_URL for an OpenAI-compatible server "
             f'such as Ollama) and restart. You said: "{said}"'
         )
-        return Completion(content, estimate_usage(messages, content), "offline")
+        return Completion(content, estimate_usage(messages, content), "offline", False)
 
     async def stream(
         self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink

@@ -11,6 +11,7 @@ from typing import Any, Literal
 Clock = Callable[[], datetime]
 SessionStatus = Literal["active", "ended", "expired"]
 Role = Literal["user", "assistant"]
+MemoryMode = Literal["summary", "window"]
 
 
 def utc_now() -> datetime:
@@ -96,6 +97,9 @@ class SessionRecord:
     template_version: int | None = None
     preview: str | None = None  # the start of the last message (lists only)
     welcome_message: str | None = None  # the greeting the session opened with (no seq)
+    context_tokens: int | None = None  # budget for history in the prompt; None: count only
+    memory_mode: MemoryMode = "summary"
+    summary_seq: int = 0  # ``summary`` covers every message below this seq
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> SessionRecord:
@@ -119,11 +123,22 @@ class SessionRecord:
             ),
             context_messages=int(fields["context_messages"]),
             title=fields.get("title"),
-            summary=fields.get("summary"),
             preview=fields.get("preview"),
             welcome_message=fields.get("welcome_message"),
             template_version=fields.get("template_version"),
+            context_tokens=fields.get("context_tokens"),
+            memory_mode="window" if fields.get("memory_mode") == "window" else "summary",
+            **_memory_fields(fields),
         )
+
+
+def _memory_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The memory as stored: a ``memory`` node (Firebase), or ``summary`` and ``summary_seq``
+    (SQLite, or a summary an author put on a session by hand: it covers nothing yet)."""
+    node = fields.get("memory")
+    if isinstance(node, Mapping):
+        return {"summary": node.get("text") or None, "summary_seq": int(node.get("seq") or 0)}
+    return {"summary": fields.get("summary"), "summary_seq": int(fields.get("summary_seq") or 0)}
 
 
 @dataclass(frozen=True, slots=True)

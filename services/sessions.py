@@ -97,6 +97,8 @@ class SessionService:
             context_messages=snapshot.context_messages,
             template_version=snapshot.version,
             welcome_message=snapshot.welcome_message,
+            context_tokens=snapshot.context_tokens,
+            memory_mode=snapshot.memory_mode,
         )
         await self._store.create_session(record)
         self._sessions.put(record)

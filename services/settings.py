@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     default_timezone: str = "UTC"  # for {{date}}, {{time}}, {{weekday}} when a client sends none
     session_titles: bool = True  # name each session after its first exchange (one LLM call)
     title_model: str | None = None  # the model naming sessions; None: each session's own
+    session_memory: bool = True  # fold old messages into a session's memory (templates opt out)
+    summary_model: str | None = None  # the model writing memories; None: each session's own
+    memory_max_tokens: int = Field(400, ge=50, le=4000)  # longest memory, in the model's tokens
 
     # Sessions and turns
     max_message_chars: int = Field(4000, ge=1)

@@ -20,9 +20,10 @@ from typing import Literal
 
 from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSession, ActiveSessions
-from services.errors import ChatifyError, IdempotencyConflict, SessionEnded
+from services.errors import ChatifyError, ContextTooLong, IdempotencyConflict, SessionEnded
 from services.gate import Ticket, TurnGate
 from services.llm import ChatMessage, Completion, DeltaSink, LLMClient
+from services.memory import Memory
 from services.models import (
     Clock,
     NewTurn,
@@ -33,7 +34,7 @@ from services.models import (
     TurnResult,
     isoformat,
 )
-from services.prompt import build_prompt
+from services.prompt import PromptCounter, build_prompt, history_window, smaller_window
 from services.store.base import Store
 from services.templates.stats import TemplateStats
 from services.titles import Titles
@@ -111,12 +112,16 @@ class TurnPipeline:
         llm: LLMClient,
         clock: Clock,
         stats: TemplateStats,
+        tokens: PromptCounter,
         titles: Titles | None = None,
+        memory: Memory | None = None,
         bus: SessionBus | None = None,
         log_content: bool = False,
     ) -> None:
         self._stats = stats
         self._titles = titles
+        self._tokens = tokens
+        self._memory = memory
         self._bus = bus
         self._broadcasts: set[asyncio.Task[None]] = set()
         self._log_content = log_content
@@ -265,6 +270,10 @@ class TurnPipeline:
         except ChatifyError as error:
             turn.emit("error", error=error)
             raise
+        except Exception:
+            # A bug: its followers (a stream, a socket) still get an end, not silence.
+            turn.emit("error", error=ChatifyError("The turn failed unexpectedly"))
+            raise
         finally:
             ticket.discard()
 
@@ -281,13 +290,18 @@ class TurnPipeline:
         started = time.perf_counter()
         user_at = isoformat(self._clock())
         turn.emit("start", turn=record.message_count + 1)
-        messages = build_prompt(record, active.context, turn.text)
+        if record.context_tokens is not None:
+            await self._tokens.prepare(record.sampling.model)
+        window = history_window(record, active.context, self._tokens)
+        prompts = [build_prompt(record, window, turn.text)]
+        if (smaller := smaller_window(window)) is not None:
+            prompts.append(build_prompt(record, smaller, turn.text))
         claiming = asyncio.create_task(
             self._claim(record, turn.client_message_id, known_below=active.next_seq)
         )
         try:
             answered = await self._ask_while_claiming(
-                turn, messages, record.sampling, claiming, stream=stream
+                turn, prompts, record.sampling, claiming, stream=stream
             )
         except BaseException as error:
             await self._abandon(record, turn, claiming)
@@ -325,6 +339,8 @@ class TurnPipeline:
             result = _result(record, stored, replayed=True)
         elif stored.user.seq == active.next_seq:
             active.remember(stored)
+            if self._memory is not None:
+                self._memory.after_turn(active)
             result = _result(record, stored, replayed=False, completion=completion)
         else:
             # Stored elsewhere than expected (another instance appended): the context is stale.
@@ -345,7 +361,7 @@ class TurnPipeline:
     async def _ask_while_claiming(
         self,
         turn: Turn,
-        messages: list[ChatMessage],
+        prompts: list[list[ChatMessage]],
         sampling: Sampling,
         claiming: asyncio.Task[TurnClaim | StoredTurn],
         *,
@@ -355,7 +371,7 @@ class TurnPipeline:
         ``client_message_id`` is new, deltas are held back, so a client never sees text of a
         reply that turns out to be a replay; the model is stopped as soon as it is one."""
         held = _HeldDeltas(turn, holding=turn.client_message_id is not None)
-        asking = asyncio.create_task(self._ask(messages, sampling, stream, held.add))
+        asking = asyncio.create_task(self._ask(prompts, sampling, stream, held.add))
         try:
             done, _ = await asyncio.wait({asking, claiming}, return_when=asyncio.FIRST_COMPLETED)
             if claiming in done:
@@ -400,13 +416,31 @@ class TurnPipeline:
                 logger.warning("could not release the claim of a failed turn: %s", error.code)
 
     async def _ask(
-        self, messages: list[ChatMessage], sampling: Sampling, stream: bool, on_delta: DeltaSink
+        self,
+        prompts: list[list[ChatMessage]],
+        sampling: Sampling,
+        stream: bool,
+        on_delta: DeltaSink,
     ) -> Completion:
-        if stream:
-            return await self._llm.stream(messages, sampling, on_delta=on_delta)
-        completion = await self._llm.complete(messages, sampling)
-        on_delta(completion.content)
-        return completion
+        """The reply to the first prompt the provider accepts: one with less history (the
+        memory kept) when it refuses the full one as too long. Such a refusal comes before
+        any delta, so nothing of the first attempt reached a client."""
+        for attempt, messages in enumerate(prompts, start=1):
+            try:
+                if stream:
+                    completion = await self._llm.stream(messages, sampling, on_delta=on_delta)
+                else:
+                    completion = await self._llm.complete(messages, sampling)
+                    on_delta(completion.content)
+            except ContextTooLong:
+                if attempt == len(prompts):
+                    raise
+                logger.info("prompt too long for %s; retrying with less history", sampling.model)
+                continue
+            if completion.usage_reported:
+                self._tokens.observe(sampling.model, messages, completion.usage.prompt_tokens)
+            return completion
+        raise AssertionError("no prompt to send")  # prompts is never empty
 
 
 class _HeldDeltas:

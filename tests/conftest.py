@@ -168,8 +168,9 @@ def make_settings(
             "rate_limit_sessions_per_minute": 100_000,
             "max_streams_per_user": 1000,
             "max_active_sessions_per_user": 1000,
-            # Titles are an extra LLM call per session; the tests of titles turn them on.
+            # Titles and memories are extra LLM calls; their own tests turn them on.
             "session_titles": False,
+            "session_memory": False,
             **overrides,
         }
         return Settings(_env_file=None, **values)

@@ -113,6 +113,13 @@ class Store(Protocol):
         none (a generated title never overwrites a user's). The session after, or None when
         there is no such session."""
 
+    async def set_memory(
+        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
+    ) -> bool:
+        """Store a session's memory covering every message below ``seq``, only where the
+        stored memory still covers up to ``expected_seq`` (another instance may have folded
+        meanwhile) and the session still exists. Whether it was written."""
+
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """Erase sessions of a user with every message (all of them when ``session_ids`` is
         None): gone from the store, not marked. How many sessions were erased."""

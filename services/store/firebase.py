@@ -8,11 +8,12 @@ Layout (docs/data.md), with the small helper nodes the service owns:
         next_seq: {"next": n, "by": token, "ids", "since"}   compare-and-set node for seqs and
                   {"closed": "ended" | "expired"}      recent ids (seq_node.py); once over
         conversation_client_ids/{client_message_id}: seq   idempotency pointer
+        memory: {"text", "seq", "at"}                  the rolling memory (written conditionally)
     /userSessionIndex/{user}/{sid}                     summary, for a user's session list
     /sessionActivity/{sid}: last_activity              active sessions only, for expiry
 
 Metadata is read with two key-range queries that skip the two growing children (the keys
-sort: context_messages < conversation_client_ids < conversation_history < created_at < ...);
+sort: context_tokens < conversation_client_ids < conversation_history < created_at < ...);
 ``shallow=true`` would not do, it turns every child, primitives too, into ``true``.
 
 A turn is one multi-path update of constant size. Sequence numbers and the turn's
@@ -63,7 +64,7 @@ _SUMMARY_FIELDS = (
     "template_id", "status", "created_at", "last_activity", "ended_at", "title", "preview"
 )  # fmt: skip
 # Key ranges of a session node that hold its metadata and none of its growing children.
-_META_RANGES = ((None, "context_messages"), ("conversation_history0", None))
+_META_RANGES = ((None, "context_tokens"), ("conversation_history0", None))
 
 
 class FirebaseStore(FirebaseTurns, FirebaseDocuments):
@@ -323,6 +324,24 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments):
         record.title = title
         return record
 
+    async def set_memory(
+        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
+    ) -> bool:
+        """A conditional write of the session's ``memory`` node (its ETag), after checking
+        that the session is still there (a write would otherwise recreate an erased one)."""
+        return await self._run(lambda: self._set_memory(session_id, text, seq, expected_seq, at))
+
+    def _set_memory(self, session_id: str, text: str, seq: int, expected_seq: int, at: str) -> bool:
+        if self._ref(f"userSessions/{session_id}/user_id").get() is None:
+            return False
+        ref = self._ref(f"userSessions/{session_id}/memory")
+        current, etag = ref.get(etag=True)
+        stored_seq = int(current.get("seq") or 0) if isinstance(current, dict) else 0
+        if stored_seq != expected_seq:
+            return False
+        ok, _, _ = ref.set_if_unchanged(etag, {"text": text, "seq": seq, "at": at})
+        return bool(ok)
+
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """The sessions' nodes, index entries and activity in one multi-path update."""
         return await self._run(lambda: self._delete_sessions(user_id, session_ids))
@@ -469,6 +488,8 @@ def _session_doc(s: SessionRecord) -> dict[str, Any]:
         "summary": s.summary,
         "template_version": s.template_version,
         "welcome_message": s.welcome_message,
+        "context_tokens": s.context_tokens,
+        "memory_mode": s.memory_mode,
     }
     return {key: value for key, value in doc.items() if value is not None}
 

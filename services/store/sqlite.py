@@ -67,7 +67,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     summary TEXT,
     template_version INTEGER,
     preview TEXT,
-    welcome_message TEXT
+    welcome_message TEXT,
+    context_tokens INTEGER,
+    memory_mode TEXT,
+    summary_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at);
 CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (status, last_activity);
@@ -107,11 +110,18 @@ _SESSION_COLUMNS = (
     "session_id, user_id, template_id, status, created_at, last_activity, ended_at, "
     "message_count, system_prompt, model, temperature, max_tokens, presence_penalty, "
     "frequency_penalty, context_messages, title, summary, template_version, preview, "
-    "welcome_message"
+    "welcome_message, context_tokens, memory_mode, summary_seq"
 )
 # Columns added after the first release, for files created before them.
 _ADDED_COLUMNS = {
-    "sessions": {"template_version": "INTEGER", "preview": "TEXT", "welcome_message": "TEXT"}
+    "sessions": {
+        "template_version": "INTEGER",
+        "preview": "TEXT",
+        "welcome_message": "TEXT",
+        "context_tokens": "INTEGER",
+        "memory_mode": "TEXT",
+        "summary_seq": "INTEGER NOT NULL DEFAULT 0",
+    }
 }
 # Created after the added columns exist (an older file gains them first).
 _ADDED_INDEXES = (
@@ -216,7 +226,8 @@ class SQLiteStore:
             s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
             s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature, p.max_tokens,
             p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
-            s.template_version, s.preview, s.welcome_message,
+            s.template_version, s.preview, s.welcome_message, s.context_tokens, s.memory_mode,
+            s.summary_seq,
         )  # fmt: skip
         sql = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
 
@@ -378,6 +389,22 @@ class SQLiteStore:
         sql += " ORDER BY last_activity DESC, session_id DESC LIMIT ?"
         rows = await self._run(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
         return [_session(row) for row in rows]
+
+    async def set_memory(
+        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
+    ) -> bool:
+        """One conditional update of the session row."""
+
+        def update(conn: sqlite3.Connection) -> bool:
+            with self._write(conn):
+                cursor = conn.execute(
+                    "UPDATE sessions SET summary = ?, summary_seq = ? "
+                    "WHERE session_id = ? AND summary_seq = ?",
+                    (text, seq, session_id, expected_seq),
+                )
+            return cursor.rowcount == 1
+
+        return await self._run(update)
 
     async def set_title(
         self, session_id: str, title: str | None, *, only_if_unset: bool = False

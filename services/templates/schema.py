@@ -9,7 +9,7 @@ with ``loc`` naming the field by its camelCase name.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -30,6 +30,7 @@ WELCOME_MAX = 500
 MODEL_MAX = 100
 MAX_TOKENS_MAX = 16384
 CONTEXT_MESSAGES_MAX = 100
+CONTEXT_TOKENS_MIN, CONTEXT_TOKENS_MAX = 100, 1_000_000
 TAGS_MAX, TAG_MAX = 10, 30
 VARIABLES_MAX = 20
 VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
@@ -87,6 +88,19 @@ class Template(BaseModel):
     frequency_penalty: float | None = Field(None, alias="frequencyPenalty", ge=-2, le=2)
     context_messages: int | None = Field(
         None, alias="contextMessages", ge=0, le=CONTEXT_MESSAGES_MAX
+    )
+    context_tokens: int | None = Field(
+        None,
+        alias="contextTokens",
+        ge=CONTEXT_TOKENS_MIN,
+        le=CONTEXT_TOKENS_MAX,
+        description="Budget for history in each prompt, in tokens: the most recent messages "
+        "that fit (and at most contextMessages). Unset: contextMessages alone",
+    )
+    memory: Literal["summary", "window"] | None = Field(
+        None,
+        description="summary (the default): messages that leave the window are folded into a "
+        "stored memory sent with every prompt; window: they are forgotten",
     )
     tags: list[Tag] = Field([], max_length=TAGS_MAX)
     is_public: bool = Field(True, alias="isPublic")

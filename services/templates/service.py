@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.errors import InvalidInput, TemplateNotFound
-from services.models import Clock, Sampling, utc_now
+from services.models import Clock, MemoryMode, Sampling, utc_now
 from services.settings import Settings
 from services.store.base import Store
 from services.templates.schema import (
@@ -37,6 +37,8 @@ class SessionTemplate:
     context_messages: int
     welcome_message: str | None
     version: int | None = None
+    context_tokens: int | None = None
+    memory_mode: MemoryMode = "summary"
 
 
 class TemplateService:
@@ -171,6 +173,8 @@ class TemplateService:
             context_messages=_pick(template.context_messages, s.context_messages),
             welcome_message=render(welcome, values) if welcome is not None else None,
             version=template.version,
+            context_tokens=template.context_tokens,
+            memory_mode=template.memory or "summary",
         )
 
     def _values(

@@ -201,3 +201,18 @@ async def test_a_full_queue_is_429_before_the_stream(live_app: LiveFactory, llm:
         assert response.status_code == 429 and response.headers["retry-after"] == "1"
         release.set()
         assert (await running).status_code == 200
+
+
+async def test_a_bug_in_a_turn_ends_its_stream_with_an_internal_error(
+    live: Live, llm: MockLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> list[dict[str, str]]:
+        raise RuntimeError("a bug in the prompt builder")
+
+    session_id = await live.create_session()
+    monkeypatch.setattr("services.turns.build_prompt", broken)
+    async with live.stream(session_id, "hi") as response:
+        events = await asyncio.wait_for(collect(response), 10)  # not pings forever
+    assert [e.event for e in events] == ["start", "error"]
+    assert events[-1].json()["code"] == "internal_error"
+    assert llm.chat_requests() == []

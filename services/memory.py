@@ -1,0 +1,255 @@
+"""A session's rolling memory: messages leaving the prompt's window folded into a few lines.
+
+After a stored turn, when the messages not yet in the memory no longer fit the window with room
+for one more turn (``context_messages``, or three quarters of a ``context_tokens`` budget), a
+background task folds the older ones, keeping the newer half of the window as it is, into
+the memory with one LLM call (``SUMMARY_MODEL``, default the session's own): the old memory
+plus the messages that left, answered as an updated memory of at most ``MEMORY_MAX_TOKENS``.
+
+It never delays or fails a turn. The memory is stored with the seq it covers, written only
+where the stored one still covers what this fold started from (``Store.set_memory``), so a
+reload or another instance never folds the same messages again. A failed or empty answer keeps
+the previous memory (the error's text never becomes memory) and is retried a few times, then
+again after the next turn. A fold reads at most ``FOLD_MAX_MESSAGES`` messages of at most
+``FOLD_MESSAGE_CHARS`` each, so the summarizer's own prompt stays bounded however far behind
+it is; a longer backlog is folded in several calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from services.cache import ActiveSession
+from services.errors import ChatifyError
+from services.llm import ChatMessage, LLMClient
+from services.models import Clock, Sampling, SessionRecord, StoredMessage, Usage, isoformat
+from services.prompt import MessageCounter
+from services.store.base import Store
+
+logger = logging.getLogger(__name__)
+FOLD_MAX_MESSAGES = 40
+FOLD_MESSAGE_CHARS = 2000
+_FOLDS_PER_JOB = 10  # a backlog beyond this many folds waits for the next turn
+RETRY_DELAYS = (1.0, 5.0)  # seconds before the second and third attempt
+INSTRUCTIONS = (
+    "You keep the memory of a long chat between a user and an assistant. Update the memory "
+    "below with the new messages. Keep what matters later: facts about the user (name, "
+    "people, places, preferences, plans), decisions and promises made, open questions and "
+    "threads to come back to, and the tone between them. Drop small talk and anything the "
+    "new messages make outdated. Write short plain lines, most important first, in the "
+    "conversation's language, at most {words} words. Answer with the updated memory only."
+)
+MEMORY_SO_FAR, NEW_MESSAGES = "Memory so far:", "New messages:"
+UsageSink = Callable[[SessionRecord, Usage], Awaitable[None]]
+
+
+class Memory:
+    """Folds sessions' old messages into their memory in the background, one task each."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        llm: LLMClient,
+        counter: MessageCounter,
+        clock: Clock,
+        model: str | None,
+        max_tokens: int,
+        on_usage: UsageSink | None = None,
+    ) -> None:
+        self._store = store
+        self._llm = llm
+        self._counter = counter
+        self._clock = clock
+        self._model = model
+        self._max_tokens = max_tokens
+        self._on_usage = on_usage
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.calls = 0  # summaries asked for (the benchmark reports them per 100 turns)
+
+    @property
+    def pending(self) -> int:
+        """Sessions being folded now."""
+        return len(self._tasks)
+
+    def after_turn(self, active: ActiveSession) -> None:
+        """Start a fold if this session's window is full (and none is running for it)."""
+        sid = active.record.session_id
+        if sid in self._tasks or fold_point(active, self._counter) is None:
+            return
+        task = asyncio.create_task(self._fold(active))
+        self._tasks[sid] = task
+        task.add_done_callback(lambda _: self._tasks.pop(sid, None))
+
+    async def idle(self) -> None:
+        """Wait until no fold is running (tests and the benchmark)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop folding (at shutdown): what was not folded is folded after a later turn."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _fold(self, active: ActiveSession) -> None:
+        record = active.record
+        for _ in range(_FOLDS_PER_JOB):
+            upto = fold_point(active, self._counter)
+            if upto is None or not await self._fold_once(active, upto):
+                return
+        logger.info(
+            "session %s: memory still behind after %d folds", record.session_id, _FOLDS_PER_JOB
+        )
+
+    async def _fold_once(self, active: ActiveSession, upto: int) -> bool:
+        """One fold with its retries; whether the memory moved on."""
+        record = active.record
+        sid, since = record.session_id, record.summary_seq
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
+            await asyncio.sleep(delay)
+            try:
+                messages = await self._messages(active, since, upto)
+                if not messages:
+                    return False
+                upto = min(upto, messages[-1].seq + 1)
+                text = await self._summarize(record, messages)
+                written = await self._store.set_memory(
+                    sid, text, seq=upto, expected_seq=since, at=isoformat(self._clock())
+                )
+            except (ChatifyError, EmptyMemory) as error:
+                logger.warning(
+                    "memory of session %s failed (attempt %d): %s", sid, attempt, error.code
+                )
+                continue
+            if written:
+                record.summary, record.summary_seq = text, upto
+                logger.info("session %s: memory now covers seq < %d", sid, upto)
+                return True
+            return await self._adopt(record)
+        logger.warning("session %s: memory not updated, %d attempts failed", sid, attempt)
+        return False
+
+    async def _adopt(self, record: SessionRecord) -> bool:
+        """Another instance folded first: take its memory."""
+        stored = await self._store.get_session(record.session_id)
+        if stored is None or stored.summary_seq <= record.summary_seq:
+            return False
+        record.summary, record.summary_seq = stored.summary, stored.summary_seq
+        return True
+
+    async def _messages(self, active: ActiveSession, since: int, upto: int) -> list[StoredMessage]:
+        """The messages to fold, from memory when the context still holds them."""
+        context = list(active.context)
+        if context and context[0].seq <= since:
+            chosen = [m for m in context if since <= m.seq < upto]
+        else:
+            loaded = await self._store.load_messages_after(
+                active.record.session_id, after=since - 1, limit=FOLD_MAX_MESSAGES
+            )
+            chosen = [m for m in loaded if m.seq < upto]
+        chosen = chosen[:FOLD_MAX_MESSAGES]
+        while len(chosen) > 1 and chosen[-1].role == "user":
+            chosen.pop()  # a fold ends after a reply: a turn is never split across it
+        return chosen
+
+    async def _summarize(self, record: SessionRecord, messages: Sequence[StoredMessage]) -> str:
+        lines = [f"{m.role.capitalize()}: {_clip(m.content, FOLD_MESSAGE_CHARS)}" for m in messages]
+        self.calls += 1
+        if getattr(self._llm, "provider", "") == "offline":  # no model: plain notes instead
+            text = plain_memory(record.summary, lines)
+        else:
+            text = await self._ask(record, lines)
+        if not text:
+            raise EmptyMemory("The model answered an empty memory")
+        return text
+
+    async def _ask(self, record: SessionRecord, lines: list[str]) -> str:
+        joined = "\n".join(lines)
+        prompt: list[ChatMessage] = [
+            {"role": "system", "content": INSTRUCTIONS.format(words=self._max_tokens * 3 // 4)},
+            {
+                "role": "user",
+                "content": f"{MEMORY_SO_FAR}\n{record.summary or '(empty)'}\n\n"
+                f"{NEW_MESSAGES}\n{joined}",
+            },
+        ]
+        sampling = Sampling(self._model or record.sampling.model, 0.2, self._max_tokens, 0.0, 0.0)
+        completion = await self._llm.complete(prompt, sampling)
+        if self._on_usage is not None:
+            await self._report(record, completion.usage)
+        return completion.content.strip()
+
+    async def _report(self, record: SessionRecord, usage: Usage) -> None:
+        assert self._on_usage is not None
+        try:
+            await self._on_usage(record, usage)
+        except ChatifyError as error:
+            logger.warning(
+                "usage of session %s's memory not recorded: %s", record.session_id, error.code
+            )
+
+
+class EmptyMemory(Exception):
+    """A summary call that answered nothing usable (never stored; retried)."""
+
+    code = "empty_memory"
+
+
+def fold_point(active: ActiveSession, counter: MessageCounter) -> int | None:
+    """The seq below which messages should be folded now, or None while the window has room
+    for another turn. Keeps the newer half of the window; starts the kept part at a user
+    message, so a turn is never split between the memory and the window."""
+    record = active.record
+    if record.memory_mode != "summary" or record.context_messages < 2:
+        return None
+    since, limit = record.summary_seq, record.context_messages
+    recent = [m for m in active.context if m.seq >= since]
+    if not recent:
+        return None
+    model = record.sampling.model
+    costs = [counter.count_message(model, {"role": m.role, "content": m.content}) for m in recent]
+    budget = record.context_tokens
+    # Turns not yet in the memory, counting those the context no longer holds.
+    unfolded = active.next_seq - since
+    full = unfolded + 2 > limit or (budget is not None and sum(costs) > budget * 3 // 4)
+    if not full:
+        return None
+    keep_count, keep_tokens = limit // 2, (budget // 2 if budget is not None else None)
+    kept = 0
+    for cost in reversed(costs):
+        if kept == keep_count or (keep_tokens is not None and cost > keep_tokens):
+            break
+        if keep_tokens is not None:
+            keep_tokens -= cost
+        kept += 1
+    first_kept = len(recent) - kept
+    while first_kept < len(recent) and recent[first_kept].role != "user":
+        first_kept += 1
+    upto = recent[first_kept].seq if first_kept < len(recent) else active.next_seq
+    return upto if upto > since else None
+
+
+PLAIN_LINES = (4, 8)  # a plain memory keeps its first and its last lines
+PLAIN_LINE_CHARS = 100
+
+
+def plain_memory(old: str | None, new_lines: Sequence[str]) -> str:
+    """A memory without a model (the offline responder; the test LLM answers the same): the
+    first words of each user message, the oldest and the newest kept, bounded in length."""
+    lines = (old or "").splitlines()
+    lines += [
+        "- " + _clip(" ".join(line.split(": ", 1)[1].split()), PLAIN_LINE_CHARS)
+        for line in new_lines
+        if line.lower().startswith("user: ")
+    ]
+    first, last = PLAIN_LINES
+    if len(lines) > first + last:
+        lines = lines[:first] + lines[-last:]
+    return "\n".join(lines)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
