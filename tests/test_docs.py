@@ -26,3 +26,12 @@ def test_the_render_blueprint_deploys_with_authentication_on() -> None:
     assert re.search(r"- key: AUTH_MODE\n\s+value: api_key\n", blueprint)
     for key in ("API_KEYS", "ADMIN_API_KEYS"):
         assert re.search(rf"- key: {key}\n\s+generateValue: true\n", blueprint), key
+
+
+def test_every_bench_command_in_the_docs_exists() -> None:
+    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    for doc in docs:
+        for module in re.findall(r"python -m (bench(?:\.\w+)?)", doc.read_text()):
+            path = REPO_ROOT.joinpath(*module.split("."))
+            found = path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()
+            assert found, f"{doc.name} names python -m {module}, which does not exist"
