@@ -78,3 +78,12 @@ def test_links_between_pages_resolve(page: str) -> None:
         if anchor and linked.suffix == ".md":
             headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
             assert anchor in {_slug(h) for h in headings}, f"{page}: no #{anchor} in {target}"
+
+
+def test_every_bench_command_in_the_docs_exists() -> None:
+    docs = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    for doc in docs:
+        for module in re.findall(r"python -m (bench(?:\.\w+)?)", doc.read_text()):
+            path = REPO_ROOT.joinpath(*module.split("."))
+            found = path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()
+            assert found, f"{doc.name} names python -m {module}, which does not exist"

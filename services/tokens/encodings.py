@@ -6,7 +6,9 @@ are checked against the SHA-256 that tiktoken itself expects, and are handed to
 ``tiktoken.Encoding`` with the split pattern and special tokens copied below.
 
 Parsing an encoding takes a few hundred milliseconds and tens of MiB (docs/tokens.md), so it is
-done at most once per process and only in a worker thread: ``Encodings.load`` blocks.
+done at most once per process and only in a worker thread: ``Encodings.load`` blocks. The last
+step, ``tiktoken.Encoding``'s Rust constructor, holds the GIL throughout (≈ 0.3 s for o200k_base),
+which no thread can hide from the event loop.
 """
 
 from __future__ import annotations

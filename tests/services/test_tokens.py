@@ -19,6 +19,7 @@ import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
 import services.tokens
+from bench.token_corpus import COOKBOOK_MESSAGES
 from services.llm import ChatMessage
 from services.tokens import MAX_MODELS, TokenCounter, encoding_for_model
 from services.tokens.encodings import (
@@ -77,42 +78,6 @@ KNOWN_IDS: dict[str, dict[EncodingName, list[int]]] = {
         "o200k_base": [1314, 285, 4061, 1883, 271, 622, 1215, 6240, 220, 17, 198],
     },
 }
-
-# The cookbook's example ("How to count tokens with tiktoken", section 6), with the counts the
-# OpenAI API itself reported for it: 129 for gpt-3.5-turbo and gpt-4, 124 for gpt-4o(-mini).
-COOKBOOK_MESSAGES: list[ChatMessage] = [
-    {
-        "role": "system",
-        "content": "You are a helpful, pattern-following assistant that translates corporate "
-        "jargon into plain English.",
-    },
-    {
-        "role": "system",
-        "name": "example_user",
-        "content": "New synergies will help drive top-line growth.",
-    },
-    {
-        "role": "system",
-        "name": "example_assistant",
-        "content": "Things working well together will increase revenue.",
-    },
-    {
-        "role": "system",
-        "name": "example_user",
-        "content": "Let's circle back when we have more bandwidth to touch base on opportunities "
-        "for increased leverage.",
-    },
-    {
-        "role": "system",
-        "name": "example_assistant",
-        "content": "Let's talk later when we're less busy about how to do better.",
-    },
-    {
-        "role": "user",
-        "content": "This late pivot means we don't have time to boil the ocean for the client "
-        "deliverable.",
-    },
-]
 
 
 def chat(turns: int, *, salt: str = "") -> list[ChatMessage]:
@@ -332,10 +297,10 @@ def test_calibration_is_smoothed_and_bounded() -> None:
     raw = raw_estimate(prompt)
     counter.observe(model, prompt, 2 * raw)
     counter.observe(model, prompt, raw)  # one odd report moves the ratio only part of the way
-    assert 1.6 * raw < counter.count_prompt(model, prompt) < 1.8 * raw
+    assert 1.4 * raw < counter.count_prompt(model, prompt) < 1.6 * raw
     counter.observe(model, prompt, 0)  # nonsense reports are ignored
     counter.observe(model, [], 50)
-    assert 1.6 * raw < counter.count_prompt(model, prompt) < 1.8 * raw
+    assert 1.4 * raw < counter.count_prompt(model, prompt) < 1.6 * raw
     wild = TokenCounter()
     wild.observe(model, prompt, 1000 * raw)
     assert wild.count_prompt(model, prompt) == pytest.approx(4 * raw, abs=2)
