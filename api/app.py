@@ -154,6 +154,10 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         clock=clock,
     )
     tokens = TokenCounter()
+    # Building a tokenizer holds the GIL for up to 0.3 s: done here, before any traffic, for
+    # the personalities that count tokens (one added later loads on its first turn).
+    for model in sorted(templates.budget_models()):
+        await tokens.prepare(model)
     memory = Memory(
         store=store,
         llm=llm,

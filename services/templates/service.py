@@ -81,6 +81,11 @@ class TemplateService:
         """The version of a template new sessions get, if any."""
         return self._templates.get(template_id)
 
+    def budget_models(self) -> set[str]:
+        """Models of the personalities with a token budget (their tokenizer is loaded early)."""
+        default = self._settings.default_model
+        return {t.model or default for t in self._templates.values() if t.context_tokens}
+
     async def seed_if_empty(self) -> None:
         """On a store with no templates, load the seed files into it."""
         if await self._store.load_templates():
