@@ -1,4 +1,5 @@
-"""``python -m bench``: every benchmark of docs/performance.md and docs/tokens.md, one command.
+"""``python -m bench``: every benchmark of docs/performance.md, docs/tokens.md and
+docs/memory.md, one command.
 
 Each scenario starts its own service (``python -m api``), mock LLM and, for Firebase, the
 Realtime Database test server, all on 127.0.0.1; measures going direct to the mock and going
@@ -11,7 +12,7 @@ import argparse
 import logging
 from typing import Any
 
-from bench import memory, roundtrips, store_bytes, tokens
+from bench import conversation, memory, roundtrips, store_bytes, tokens
 from bench.harness import running, start_mock_llm, start_rtdb, start_service
 from bench.load import Phase, bench_settings, measure, summary_table
 
@@ -77,7 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns (a smoke run)")
     parser.add_argument(
-        "--skip", nargs="*", default=[], help="memory, bytes, streams1000, roundtrips, tokens"
+        "--skip",
+        nargs="*",
+        default=[],
+        help="memory, bytes, streams1000, roundtrips, tokens, conversation",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -139,6 +143,8 @@ def main() -> None:
         roundtrips.main(["--turns", str(n(40))])
     if "tokens" not in args.skip:
         tokens.main(["--conversations", str(n(20))])
+    if "conversation" not in args.skip:
+        conversation.main(["--turns", str(n(500)), "--show-turn", str(n(300))])
 
 
 if __name__ == "__main__":
