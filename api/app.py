@@ -50,6 +50,7 @@ from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.turns import TurnPipeline
+from services.usage import UsageService
 from services.user_data import UserData
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     stack.push_async_callback(previews.drain)
 
     bus = LocalBus()
-    titles = Titles(store=store, llm=llm, model=settings.title_model, bus=bus)
+    titles = Titles(store=store, llm=llm, model=settings.title_model, bus=bus, clock=clock)
     stack.push_async_callback(titles.close)  # after the turns drained: none starts later
     cache = ActiveSessions(
         store,
@@ -192,4 +193,5 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         titles=titles,
         user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock, bus=bus),
         bus=bus,
+        usage=UsageService(store=store, clock=clock),
     )

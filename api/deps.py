@@ -24,6 +24,7 @@ from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.turns import TurnPipeline
+from services.usage import UsageService
 from services.user_data import UserData
 
 
@@ -45,6 +46,7 @@ class Services:
     titles: Titles
     user_data: UserData
     bus: LocalBus
+    usage: UsageService
 
 
 async def get_services(conn: HTTPConnection) -> Services:

@@ -6,6 +6,10 @@ the turn is stored, in its own task; a failed or empty answer is logged and retr
 times, then the title stays null (never an error text). A title is only written where the
 session has none, so a user's rename always wins. The offline responder has no model to ask:
 its title is the first words of the user's message.
+
+Each answered call's tokens count as one background call of the session's user
+(``Store.add_usage``), written beside the title and retried the same way; a usage write that
+keeps failing is logged and dropped, and never holds up or fails the title.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import logging
 
 from services.bus import SessionBus, SessionEvent
 from services.errors import ChatifyError
-from services.llm import ChatMessage, LLMClient
-from services.models import Sampling, SessionRecord, StoredTurn
+from services.llm import ChatMessage, Completion, LLMClient
+from services.models import Clock, Sampling, SessionRecord, StoredTurn, isoformat, utc_now
 from services.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -34,8 +38,15 @@ class Titles:
     """Names sessions in the background; one task per session being named."""
 
     def __init__(
-        self, *, store: Store, llm: LLMClient, model: str | None, bus: SessionBus | None = None
+        self,
+        *,
+        store: Store,
+        llm: LLMClient,
+        model: str | None,
+        bus: SessionBus | None = None,
+        clock: Clock = utc_now,
     ) -> None:
+        self._clock = clock
         self._bus = bus
         self._store = store
         self._llm = llm
@@ -44,7 +55,7 @@ class Titles:
 
     @property
     def pending(self) -> int:
-        """Sessions being named now."""
+        """Sessions being named now (and title calls being counted)."""
         return len(self._tasks)
 
     def after_turn(self, record: SessionRecord, stored: StoredTurn) -> None:
@@ -94,10 +105,36 @@ class Titles:
                 },
             ]
             sampling = Sampling(self._model or record.sampling.model, 0.3, 24, 0.0, 0.0)
-            title = clean_title((await self._llm.complete(messages, sampling)).content)
+            completion = await self._llm.complete(messages, sampling)
+            self._count(record, completion)
+            title = clean_title(completion.content)
         if not title:
             raise EmptyTitle("The model answered no title")
         return title
+
+    def _count(self, record: SessionRecord, completion: Completion) -> None:
+        """Count an answered call (its tokens are spent, whatever the title) in the background."""
+        at = isoformat(self._clock())
+        task = asyncio.create_task(self._add_usage(record, completion, at))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _add_usage(self, record: SessionRecord, completion: Completion, at: str) -> None:
+        sid = record.session_id
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
+            await asyncio.sleep(delay)
+            try:
+                await self._store.add_usage(record.user_id, sid, completion.usage, at=at)
+            except ChatifyError as error:
+                logger.warning(
+                    "counting the title call of session %s failed (attempt %d): %s",
+                    sid,
+                    attempt,
+                    error.code,
+                )
+                continue
+            return
+        logger.warning("the title call of session %s stays uncounted", sid)
 
 
 class EmptyTitle(Exception):

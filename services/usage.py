@@ -1,0 +1,73 @@
+"""Usage: what a user spends per UTC day, and what the usage endpoint reports.
+
+The store keeps the counts. A turn's usage is added by the turn's own atomic write; a
+background call's (a session title, a memory summary) by ``Store.add_usage``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+
+from services.models import Clock, DayUsage, isoformat
+from services.store.base import Store
+
+MAX_DAYS = 90
+
+
+def day_of(moment: datetime) -> str:
+    """The UTC day of a moment, ``YYYY-MM-DD``."""
+    return isoformat(moment)[:10]
+
+
+def next_reset(moment: datetime) -> datetime:
+    """The UTC midnight after ``moment``: when its day's counts stop applying."""
+    return datetime.combine(moment.astimezone(UTC).date() + timedelta(days=1), time(), UTC)
+
+
+def seconds_to_reset(moment: datetime) -> int:
+    """Whole seconds from ``moment`` to the next UTC midnight (at least 1)."""
+    return max(1, math.ceil((next_reset(moment) - moment).total_seconds()))
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """A user's recent days and today's quota."""
+
+    user_id: str
+    days: list[DayUsage]  # newest first: today, then each day before it, zeros included
+    quota: int | None  # USER_DAILY_TOKEN_QUOTA, None when there is none
+    resets_at: str  # the next UTC midnight
+
+    @property
+    def today(self) -> DayUsage:
+        """Today's usage."""
+        return self.days[0]
+
+    @property
+    def remaining(self) -> int | None:
+        """Tokens left today under the quota (None: no quota)."""
+        return None if self.quota is None else max(0, self.quota - self.today.total_tokens)
+
+
+class UsageService:
+    """Reads usage for the API."""
+
+    def __init__(self, *, store: Store, clock: Clock, quota: int | None = None) -> None:
+        self._store = store
+        self._clock = clock
+        self._quota = quota  # USER_DAILY_TOKEN_QUOTA, None when there is none
+
+    async def report(self, user_id: str, *, days: int) -> UsageReport:
+        """The last ``days`` UTC days (today included) of a user, newest first."""
+        now = self._clock()
+        window = [day_of(now - timedelta(days=back)) for back in range(days)]
+        stored = await self._store.load_usage(user_id, since_day=window[-1], until_day=window[0])
+        by_day = {entry.day: entry for entry in stored}
+        return UsageReport(
+            user_id=user_id,
+            days=[by_day.get(day, DayUsage(day)) for day in window],
+            quota=self._quota,
+            resets_at=isoformat(next_reset(now)),
+        )
