@@ -144,7 +144,11 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     stack.push_async_callback(previews.drain)
 
     bus = LocalBus()
-    titles = Titles(store=store, llm=llm, model=settings.title_model, bus=bus, clock=clock)
+    quotas = Quotas(settings, store=store, now=clock)
+    stack.push_async_callback(quotas.close)
+    titles = Titles(
+        store=store, llm=llm, model=settings.title_model, bus=bus, clock=clock, usage=quotas
+    )
     stack.push_async_callback(titles.close)  # after the turns drained: none starts later
     cache = ActiveSessions(
         store,
@@ -162,6 +166,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         titles=titles if settings.session_titles else None,
         bus=bus,
         log_content=settings.log_message_content,
+        usage=quotas,
     )
     stack.push_async_callback(turns.drain)
     session_service = SessionService(
@@ -186,12 +191,12 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         sessions=session_service,
         turns=turns,
         auth=auth,
-        quotas=Quotas(settings),
+        quotas=quotas,
         authoring=Authoring(store, templates, clock=clock),
         stats=stats,
         previews=previews,
         titles=titles,
         user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock, bus=bus),
         bus=bus,
-        usage=UsageService(store=store, clock=clock),
+        usage=UsageService(store=store, clock=clock, quota=settings.user_daily_token_quota or None),
     )

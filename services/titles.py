@@ -22,6 +22,7 @@ from services.errors import ChatifyError
 from services.llm import ChatMessage, Completion, LLMClient
 from services.models import Clock, Sampling, SessionRecord, StoredTurn, isoformat, utc_now
 from services.store.base import Store
+from services.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 TITLE_MAX_CHARS = 80
@@ -45,8 +46,10 @@ class Titles:
         model: str | None,
         bus: SessionBus | None = None,
         clock: Clock = utc_now,
+        usage: UsageMeter | None = None,
     ) -> None:
         self._clock = clock
+        self._usage = usage
         self._bus = bus
         self._store = store
         self._llm = llm
@@ -115,6 +118,8 @@ class Titles:
     def _count(self, record: SessionRecord, completion: Completion) -> None:
         """Count an answered call (its tokens are spent, whatever the title) in the background."""
         at = isoformat(self._clock())
+        if self._usage is not None:
+            self._usage.spent(record.user_id, completion.usage, at=at)
         task = asyncio.create_task(self._add_usage(record, completion, at))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -37,6 +37,7 @@ from services.prompt import build_prompt
 from services.store.base import Store
 from services.templates.stats import TemplateStats
 from services.titles import Titles
+from services.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 EventKind = Literal["start", "delta", "done", "error"]
@@ -114,7 +115,9 @@ class TurnPipeline:
         titles: Titles | None = None,
         bus: SessionBus | None = None,
         log_content: bool = False,
+        usage: UsageMeter | None = None,
     ) -> None:
+        self._usage = usage
         self._stats = stats
         self._titles = titles
         self._bus = bus
@@ -318,6 +321,8 @@ class TurnPipeline:
             raise
         if stored.created:
             self._stats.turn_done(record.template_id, reply_tokens=_reply_tokens(stored))
+            if self._usage is not None:
+                self._usage.spent(record.user_id, stored.assistant.usage, at=new.reply_at)
             if self._titles is not None:
                 self._titles.after_turn(record, stored)
         if not stored.created:  # another instance stored this client_message_id first

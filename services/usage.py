@@ -1,7 +1,9 @@
 """Usage: what a user spends per UTC day, and what the usage endpoint reports.
 
 The store keeps the counts. A turn's usage is added by the turn's own atomic write; a
-background call's (a session title, a memory summary) by ``Store.add_usage``.
+background call's (a session title, a memory summary) by ``Store.add_usage``. Those that need
+to know at once in this process (the daily token quota, ``services/quotas.py``) are told
+through a ``UsageMeter``.
 """
 
 from __future__ import annotations
@@ -9,11 +11,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Protocol
 
-from services.models import Clock, DayUsage, isoformat
+from services.models import Clock, DayUsage, Usage, isoformat
 from services.store.base import Store
 
 MAX_DAYS = 90
+
+
+class UsageMeter(Protocol):
+    """Told of every token spend this process makes: a stored turn, an answered background call."""
+
+    def spent(self, user_id: str, usage: Usage | None, *, at: str) -> None:
+        """``usage`` was spent for ``user_id`` at ``at`` (its UTC day counts it)."""
 
 
 def day_of(moment: datetime) -> str:

@@ -1,17 +1,29 @@
-"""Usage: totals per session and per user and UTC day, counted by the turn's own write and by
-background calls, and the usage endpoint."""
+"""Usage and quotas: totals per session and per user and UTC day, counted by the turn's own
+write and by background calls, the usage endpoint, and the daily token quota on every
+transport."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
+import websockets
 
 from bench.mock_llm import MockLLM, Reply
 from services.models import NewTurn, Usage, UsageTotals
 from services.store.sqlite import _SCHEMA, SQLiteStore
-from tests.api.conftest import API, Live, until
+from tests.api.conftest import API, Live, LiveFactory, until
+from tests.api.test_firebase import namespace_of, writes
+from tests.api.test_ws import receive, ws_url
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
+from tests.support.rtdb_server import RTDBServer
+
+LONG = "a" * 1500  # about 765 tokens a turn at first, more as the context grows
+QUOTA = 1000
 
 
 async def usage_of(chat: RunningApp | Live, user_id: str = "user_1", days: int = 7) -> Any:
@@ -112,6 +124,118 @@ async def test_a_user_reads_only_their_own_usage(
             "remaining": None,
             "resets_at": "2026-01-02T00:00:00.000Z",
         }
+
+
+async def test_past_the_daily_quota_every_transport_is_429_until_utc_midnight(
+    live_app: LiveFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    async with live_app(user_daily_token_quota=QUOTA) as live:
+        session_id = await live.create_session()
+        turn = f"{API}/session/{session_id}/message"
+        first = await live.client.post(turn, json={"message": LONG})
+        second = await live.client.post(turn, json={"message": LONG})
+        assert first.status_code == second.status_code == 200
+        spent = [r.json()["usage"]["total_tokens"] for r in (first, second)]
+        assert spent[0] < QUOTA <= sum(spent), "the test's premise"
+        quota = (await usage_of(live, "u1"))["quota"]
+        assert quota == {
+            "daily_tokens": QUOTA,
+            "used": sum(spent),
+            "remaining": 0,
+            "resets_at": "2026-01-02T00:00:00.000Z",
+        }
+
+        refused = [await live.client.post(turn, json={"message": "one more?"})]
+        async with live.stream(session_id, "one more?") as streamed:
+            await streamed.aread()
+        refused.append(streamed)
+        parts = [{"type": "text", "text": "one more?"}]
+        ui = {"id": session_id, "messages": [{"id": "m9", "role": "user", "parts": parts}]}
+        refused.append(await live.client.post(f"{API}/chat", json=ui))
+        for response in refused:
+            assert response.status_code == 429, response.text
+            assert response.json()["error"]["code"] == "quota_exceeded"
+            assert response.headers["retry-after"] == "43200"  # 12:00 UTC to midnight
+
+        async with websockets.connect(ws_url(live, session_id)) as socket:
+            assert (await receive(socket))["type"] == "chat_history"
+            message = {"type": "user_message", "message": "one more?", "client_message_id": "w"}
+            await socket.send(json.dumps(message))
+            error = await receive(socket)
+            assert (error["type"], error["code"]) == ("error", "quota_exceeded")
+            assert (error["retry_after"], error["client_message_id"]) == (43200, "w")
+        assert len(llm.chat_requests()) == 2, "a refused turn reached the model"
+
+        clock.now = datetime(2026, 1, 1, 23, 0, tzinfo=UTC)
+        late = await live.client.post(turn, json={"message": "one more?"})
+        assert (late.status_code, late.headers["retry-after"]) == (429, "3600")
+        clock.now = datetime(2026, 1, 2, 0, 0, 1, tzinfo=UTC)
+        assert (await live.client.post(turn, json={"message": "new day"})).status_code == 200
+
+
+def usage_reads(server: RTDBServer, ns: str) -> list[str]:
+    """Reads of the users' usage nodes."""
+    return [
+        r.path
+        for r in server.requests
+        if r.namespace == ns and r.method == "GET" and r.path.startswith("/userUsage")
+    ]
+
+
+@pytest.mark.parametrize("backend", ["firebase-test-server"])
+@pytest.mark.parametrize("quota", [0, 10**6], ids=["no-quota", "quota"])
+async def test_a_turn_stays_one_write_and_the_quota_reads_once_a_minute(
+    make_settings: SettingsFactory, clock: FakeClock, rtdb: RTDBServer, quota: int
+) -> None:
+    async with running_app(make_settings(user_daily_token_quota=quota), clock) as chat:
+        ns = namespace_of(chat)
+        session_id = await chat.create_session("pirate")
+        replies, reads = [], []
+        for n in range(3):
+            if n == 2:
+                clock.advance(61)  # the count is a minute old: re-read, in the background
+            rtdb.clear_requests()
+            response = await chat.send(session_id, f"turn {n}", client_message_id=f"c{n}")
+            assert response.status_code == 200
+            replies.append(response.json()["usage"])
+            patches = [r for r in writes(rtdb, ns) if r.method == "PATCH"]
+            assert len(patches) == 1, "a turn must be exactly one multi-path update"
+            await chat.services.quotas.settle()  # the background read, if one started
+            reads.append(len(usage_reads(rtdb, ns)))
+
+        # The first check reads the user's day; a warm one reads nothing, a stale one re-reads.
+        assert reads == ([0, 0, 0] if quota == 0 else [1, 0, 1])
+        day = rtdb.get_data(ns, "/userUsage/user_1/2026-01-01")
+        expected = {
+            "prompt_tokens": sum(u["prompt_tokens"] for u in replies),
+            "completion_tokens": sum(u["completion_tokens"] for u in replies),
+            "turns": 3,
+        }
+        assert day == expected
+        assert rtdb.get_data(ns, f"/userSessions/{session_id}/usage_totals") == expected
+
+
+async def test_another_replicas_spending_is_seen_within_a_minute(
+    make_settings: SettingsFactory, clock: FakeClock
+) -> None:
+    settings = make_settings(user_daily_token_quota=QUOTA)
+    async with running_app(settings, clock) as one, running_app(settings, clock) as two:
+        # One user, a session on each replica; two's turns stay small.
+        mine, theirs = await one.create_session("plain"), await two.create_session("plain")
+        assert (await two.send(theirs, "hi")).status_code == 200  # two knows the user now
+        assert (await one.send(mine, LONG)).status_code == 200
+        assert (await one.send(mine, LONG)).status_code == 200
+        assert (await one.send(mine, "hi")).status_code == 429
+
+        # Two's count is under a minute old: it admits (the documented overshoot)...
+        assert (await two.send(theirs, "hi")).status_code == 200
+        clock.advance(61)
+        # ...and a minute on, it still answers from memory while it re-reads the store...
+        assert (await two.send(theirs, "hi")).status_code == 200
+        await two.services.quotas.settle()
+        # ...after which it knows.
+        refused = await two.send(theirs, "hi")
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
 
 
 async def test_an_older_sqlite_file_gains_the_usage_columns(tmp_path: Path) -> None:
