@@ -158,7 +158,10 @@ class Store(Protocol):
     async def add_usage(self, user_id: str, session_id: str, usage: Usage, *, at: str) -> None:
         """Count a background call (a title, a memory summary) in one write: its tokens and
         one call, on the user's day of ``at`` (UTC) and on the session's totals. A turn's
-        usage is counted by the turn's own write (``append_turn``/``write_turn``)."""
+        usage is counted by the turn's own write (``append_turn``/``write_turn``).
+
+        Raises ``StoreUnavailable`` only when nothing was counted, so a retry cannot count
+        twice; a write whose outcome the backend cannot know is logged and not raised."""
 
     async def load_usage(self, user_id: str, *, since_day: str, until_day: str) -> list[DayUsage]:
         """The user's usage on each day from ``since_day`` to ``until_day`` (both included,

@@ -53,7 +53,8 @@ from services.models import (
 from services.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
 from services.store.firebase_turns import FirebaseTurns, messages_of, short
-from services.store.firebase_usage import FirebaseUsage, totals_of
+from services.store.firebase_usage import FirebaseUsage
+from services.store.firebase_usage_nodes import totals_of
 from services.store.rtdb_keys import encode_key, message_key
 from services.store.seq_node import created_node
 

@@ -35,7 +35,7 @@ from services.models import (
     Usage,
     preview_of,
 )
-from services.store.firebase_usage import usage_updates
+from services.store.firebase_usage_nodes import usage_updates
 from services.store.rtdb_keys import decode_key, encode_key, message_key
 from services.store.seq_node import SeqNode
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 import websockets
 
 from bench.mock_llm import MockLLM, Reply
+from services.errors import StoreUnavailable
 from services.models import NewTurn, Usage, UsageTotals
+from services.store import build_store
 from services.store.sqlite import _SCHEMA, SQLiteStore
 from tests.api.conftest import API, Live, LiveFactory, until
 from tests.api.test_firebase import namespace_of, writes
@@ -236,6 +239,34 @@ async def test_another_replicas_spending_is_seen_within_a_minute(
         # ...after which it knows.
         refused = await two.send(theirs, "hi")
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+
+
+@pytest.mark.parametrize("backend", ["firebase-test-server"])
+async def test_a_background_calls_usage_is_never_written_twice(
+    make_settings: SettingsFactory, rtdb: RTDBServer
+) -> None:
+    settings = make_settings(store_timeout_seconds=1)
+    ns = (settings.firebase_database_url or "").split("ns=")[1]
+    store = build_store(settings)
+    await store.open()
+    try:
+        day = "/userUsage/alice/2026-01-01"
+        at = "2026-01-01T12:00:00.000Z"
+        # Refused: nothing was counted, so the caller may try again.
+        rtdb.faults.add(status=503, times=1, methods={"PATCH"}, namespace=ns)
+        with pytest.raises(StoreUnavailable):
+            await store.add_usage("alice", "s1", Usage(10, 2, 12), at=at)
+        assert rtdb.get_data(ns, day) is None
+        # Unanswered: the write may still land, so it is given up, not raised for a retry...
+        held = threading.Event()
+        rtdb.faults.add(gate=held, times=1, methods={"PATCH"}, namespace=ns)
+        await store.add_usage("alice", "s1", Usage(10, 2, 12), at=at)
+        held.set()
+        # ...and it lands once.
+        await until(lambda: rtdb.get_data(ns, day) is not None, "the held write")
+        assert rtdb.get_data(ns, day) == {"prompt_tokens": 10, "completion_tokens": 2, "calls": 1}
+    finally:
+        await store.close()
 
 
 async def test_an_older_sqlite_file_gains_the_usage_columns(tmp_path: Path) -> None:
