@@ -52,6 +52,7 @@ from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.tokens import TokenCounter
 from services.turns import TurnPipeline
+from services.usage import BackgroundCalls, UsageService
 from services.user_data import UserData
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,11 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     stack.push_async_callback(previews.drain)
 
     bus = LocalBus()
-    titles = Titles(store=store, llm=llm, model=settings.title_model, bus=bus)
+    quotas = Quotas(settings, store=store, now=clock)
+    stack.push_async_callback(quotas.close)
+    calls = BackgroundCalls(store=store, clock=clock, meter=quotas)
+    stack.push_async_callback(calls.close)  # after titles and memories stopped
+    titles = Titles(store=store, llm=llm, model=settings.title_model, bus=bus, calls=calls)
     stack.push_async_callback(titles.close)  # after the turns drained: none starts later
     cache = ActiveSessions(
         store,
@@ -165,6 +170,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         clock=clock,
         model=settings.summary_model,
         max_tokens=settings.memory_max_tokens,
+        calls=calls,
     )
     stack.push_async_callback(memory.close)  # after the turns drained: none starts later
     turns = TurnPipeline(
@@ -179,6 +185,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         memory=memory if settings.session_memory else None,
         bus=bus,
         log_content=settings.log_message_content,
+        usage=quotas,
     )
     stack.push_async_callback(turns.drain)
     session_service = SessionService(
@@ -203,7 +210,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         sessions=session_service,
         turns=turns,
         auth=auth,
-        quotas=Quotas(settings),
+        quotas=quotas,
         authoring=Authoring(store, templates, clock=clock),
         stats=stats,
         previews=previews,
@@ -211,4 +218,6 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         memory=memory,
         user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock, bus=bus),
         bus=bus,
+        calls=calls,
+        usage=UsageService(store=store, clock=clock, quota=settings.user_daily_token_quota or None),
     )

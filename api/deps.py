@@ -25,6 +25,7 @@ from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.turns import TurnPipeline
+from services.usage import BackgroundCalls, UsageService
 from services.user_data import UserData
 
 
@@ -47,6 +48,8 @@ class Services:
     memory: Memory
     user_data: UserData
     bus: LocalBus
+    usage: UsageService
+    calls: BackgroundCalls
 
 
 async def get_services(conn: HTTPConnection) -> Services:

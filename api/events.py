@@ -92,6 +92,11 @@ class ErrorFrame(ErrorInfo):
 
     type: Literal["error"]
     client_message_id: str | None = None
+    retry_after: int | None = Field(
+        None,
+        description="Seconds to wait before sending again, as HTTP's Retry-After (`rate_limited`, "
+        "`session_busy`, `quota_exceeded`: the next UTC midnight…)",
+    )
 
 
 # One Server-Sent Event as OpenAPI 3.2's ``itemSchema`` describes it (and schemathesis checks

@@ -26,6 +26,7 @@ TIMESTAMP_FIELDS = {
     "createdAt",
     "updatedAt",
     "last_used",
+    "resets_at",
 }
 SECURITY_SCHEMES = {
     "bearerAuth": {

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.models import SessionRecord, StoredMessage, TurnResult, Usage
+from services.models import SessionRecord, StoredMessage, TurnResult, Usage, UsageTotals
 from services.settings import Settings
 from services.titles import TITLE_MAX_CHARS
 
@@ -148,6 +148,26 @@ class SessionSummary(BaseModel):
         return {name: getattr(record, name) for name in SessionSummary.model_fields}
 
 
+class SessionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens")
+    turns: int = Field(description="Stored turns counted")
+    calls: int = Field(description="Background model calls: the title, memory summaries")
+
+    @classmethod
+    def of(cls, totals: UsageTotals | None) -> SessionUsage:
+        """From the stored totals (zeros when nothing was counted)."""
+        totals = totals or UsageTotals()
+        return cls(
+            prompt_tokens=totals.prompt_tokens,
+            completion_tokens=totals.completion_tokens,
+            total_tokens=totals.total_tokens,
+            turns=totals.turns,
+            calls=totals.calls,
+        )
+
+
 class SessionDetail(SessionSummary):
     success: Literal[True] = True
     template_version: int | None = Field(
@@ -158,6 +178,9 @@ class SessionDetail(SessionSummary):
         "Not a stored message: no seq, not counted in message_count"
     )
     conversation_history: list[MessageBody] = Field(description="The last 50 messages")
+    usage: SessionUsage = Field(
+        description="Tokens the session spent: its turns and its background calls (titles)"
+    )
 
 
 class MessagesPage(BaseModel):

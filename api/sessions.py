@@ -28,6 +28,7 @@ from api.schemas import (
     SessionResponse,
     SessionStats,
     SessionSummary,
+    SessionUsage,
     checked_message,
     invalid,
 )
@@ -100,6 +101,7 @@ async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> 
         template_version=session.template_version,
         welcome_message=session.welcome_message,
         conversation_history=[MessageBody.of(m) for m in history],
+        usage=SessionUsage.of(session.usage_totals),
     )
 
 

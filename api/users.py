@@ -1,4 +1,5 @@
-"""A user's things: the sessions list a chat app shows, and data rights (export, erasure)."""
+"""A user's things: the sessions list a chat app shows, data rights (export, erasure), and
+token usage with the daily quota."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, ServicesDep
 from api.errors import documented
@@ -23,7 +25,8 @@ from api.schemas import (
     invalid,
 )
 from services.errors import Forbidden
-from services.models import SessionCursor, SessionRecord, isoformat, utc_now
+from services.models import DayUsage, SessionCursor, SessionRecord, isoformat, utc_now
+from services.usage import MAX_DAYS
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
 
@@ -127,3 +130,73 @@ def decode_cursor(cursor: str) -> SessionCursor:
     except (binascii.Error, ValueError, TypeError):
         pass
     raise invalid("query", "cursor", msg="Not a cursor this API made")
+
+
+class DayUsageBody(BaseModel):
+    day: str = Field(description="A UTC day", json_schema_extra={"format": "date"})
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens")
+    turns: int = Field(description="Stored turns (each counted once, replays never)")
+    calls: int = Field(description="Background model calls: session titles, memory summaries")
+
+    @classmethod
+    def of(cls, usage: DayUsage) -> DayUsageBody:
+        """From the domain record."""
+        return cls(
+            day=usage.day,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            turns=usage.turns,
+            calls=usage.calls,
+        )
+
+
+class QuotaBody(BaseModel):
+    daily_tokens: int | None = Field(description="USER_DAILY_TOKEN_QUOTA; null: no quota")
+    used: int = Field(description="Tokens spent today (UTC), prompt and completion")
+    remaining: int | None = Field(description="Tokens left today; null: no quota")
+    resets_at: str = Field(description="The next UTC midnight, when today's count restarts")
+
+
+class UserUsage(BaseModel):
+    success: Literal[True] = True
+    user_id: str
+    days: list[DayUsageBody] = Field(
+        description="Every day of the window, newest (today) first; days without usage are zeros"
+    )
+    today: DayUsageBody
+    quota: QuotaBody
+
+
+@router.get(
+    "/users/{user_id}/usage",
+    response_model=UserUsage,
+    responses=documented(401, 403, 422, 503),
+)
+async def get_user_usage(
+    user_id: UserIdPath,
+    services: ServicesDep,
+    caller: CallerDep,
+    days: Annotated[
+        int, Query(ge=1, le=MAX_DAYS, description="How many UTC days, today included")
+    ] = 7,
+) -> UserUsage:
+    """A user's tokens, turns and background calls per UTC day, and today's quota (the user
+    themself, a server key or an admin)."""
+    if not caller.may_act_for(user_id):
+        raise Forbidden("A user may read only their own usage")
+    report = await services.usage.report(user_id, days=days)
+    today = DayUsageBody.of(report.today)
+    return UserUsage(
+        user_id=user_id,
+        days=[DayUsageBody.of(day) for day in report.days],
+        today=today,
+        quota=QuotaBody(
+            daily_tokens=report.quota,
+            used=today.total_tokens,
+            remaining=report.remaining,
+            resets_at=report.resets_at,
+        ),
+    )

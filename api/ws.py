@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import uuid
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -206,7 +207,7 @@ async def _turn(
         )
     except ChatifyError as error:
         answers = {"client_message_id": frame.client_message_id}
-        await _send_error(websocket, error.code, error.message, **answers)
+        await _send_error(websocket, error.code, error.message, **answers, **retry_of(error))
         return True
     return await _forward(websocket, turn)
 
@@ -226,8 +227,17 @@ async def _forward(websocket: WebSocket, turn: Turn) -> bool:
             if event.error.code in (SessionNotFound.code, SessionEnded.code):
                 await _fail(websocket, event.error, **answers)
                 return False
-            await _send_error(websocket, event.error.code, event.error.message, **answers)
+            await _send_error(
+                websocket, event.error.code, event.error.message, **answers, **retry_of(event.error)
+            )
     return True
+
+
+def retry_of(error: ChatifyError) -> dict[str, int]:
+    """``retry_after`` for an error frame, in whole seconds like HTTP's ``Retry-After``."""
+    if error.retry_after is None:
+        return {}
+    return {"retry_after": max(1, math.ceil(error.retry_after))}
 
 
 async def _send_error(websocket: WebSocket, code: str, message: str, **extra: Any) -> None:
@@ -236,5 +246,5 @@ async def _send_error(websocket: WebSocket, code: str, message: str, **extra: An
 
 async def _fail(websocket: WebSocket, error: ChatifyError, **extra: Any) -> None:
     """Tell the client why, then close with the matching 4xxx code."""
-    await _send_error(websocket, error.code, error.message, **extra)
+    await _send_error(websocket, error.code, error.message, **extra, **retry_of(error))
     await websocket.close(code=CLOSE_CODES.get(error.code, 1011), reason=error.code)

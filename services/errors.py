@@ -105,3 +105,9 @@ class DefaultTemplate(ChatifyError):
 
 class PreconditionFailed(ChatifyError):
     code, status = "precondition_failed", 412
+
+
+class QuotaExceeded(ChatifyError):
+    """USER_DAILY_TOKEN_QUOTA is used up; ``retry_after`` is the time to the next UTC midnight."""
+
+    code, status = "quota_exceeded", 429

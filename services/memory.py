@@ -10,7 +10,8 @@ It never delays or fails a turn. The memory is stored with the seq it covers, wr
 where the stored one still covers what this fold started from (``Store.set_memory``), so a
 reload or another instance never folds the same messages again. A failed or empty answer keeps
 the previous memory (the error's text never becomes memory) and is retried a few times, then
-again after the next turn. A fold reads at most ``FOLD_MAX_MESSAGES`` messages of at most
+again after the next turn. Each answered call counts as a background call of the session's user
+(``services.usage.BackgroundCalls``). A fold reads at most ``FOLD_MAX_MESSAGES`` messages of at most
 ``FOLD_MESSAGE_CHARS`` each, so the summarizer's own prompt stays bounded however far behind
 it is; a longer backlog is folded in several calls.
 """
@@ -19,14 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from services.cache import ActiveSession
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
-from services.models import Clock, Sampling, SessionRecord, StoredMessage, Usage, isoformat
+from services.models import Clock, Sampling, SessionRecord, StoredMessage, isoformat
 from services.prompt import MessageCounter
 from services.store.base import Store
+from services.usage import BackgroundCalls
 
 logger = logging.getLogger(__name__)
 FOLD_MAX_MESSAGES = 40
@@ -42,7 +44,6 @@ INSTRUCTIONS = (
     "conversation's language, at most {words} words. Answer with the updated memory only."
 )
 MEMORY_SO_FAR, NEW_MESSAGES = "Memory so far:", "New messages:"
-UsageSink = Callable[[SessionRecord, Usage], Awaitable[None]]
 
 
 class Memory:
@@ -57,7 +58,7 @@ class Memory:
         clock: Clock,
         model: str | None,
         max_tokens: int,
-        on_usage: UsageSink | None = None,
+        calls: BackgroundCalls | None = None,
     ) -> None:
         self._store = store
         self._llm = llm
@@ -65,7 +66,7 @@ class Memory:
         self._clock = clock
         self._model = model
         self._max_tokens = max_tokens
-        self._on_usage = on_usage
+        self._calls = calls
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.calls = 0  # summaries asked for (the benchmark reports them per 100 turns)
 
@@ -178,18 +179,9 @@ class Memory:
         ]
         sampling = Sampling(self._model or record.sampling.model, 0.2, self._max_tokens, 0.0, 0.0)
         completion = await self._llm.complete(prompt, sampling)
-        if self._on_usage is not None:
-            await self._report(record, completion.usage)
+        if self._calls is not None:  # spent, whatever the answer is worth
+            self._calls.count(record, completion.usage, "memory")
         return completion.content.strip()
-
-    async def _report(self, record: SessionRecord, usage: Usage) -> None:
-        assert self._on_usage is not None
-        try:
-            await self._on_usage(record, usage)
-        except ChatifyError as error:
-            logger.warning(
-                "usage of session %s's memory not recorded: %s", record.session_id, error.code
-            )
 
 
 class EmptyMemory(Exception):

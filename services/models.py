@@ -100,6 +100,7 @@ class SessionRecord:
     context_tokens: int | None = None  # budget for history in the prompt; None: count only
     memory_mode: MemoryMode = "summary"
     summary_seq: int = 0  # ``summary`` covers every message below this seq
+    usage_totals: UsageTotals | None = None  # get_session only; None: nothing counted yet
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> SessionRecord:
@@ -269,3 +270,39 @@ class TemplateCounts:
             int(data.get("failed_turns") or 0),
             data.get("last_used"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Tokens a session spent: its turns' and its background calls' (titles, memory)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    turns: int = 0
+    calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    """What a user spent on one UTC day (``YYYY-MM-DD``): turns, and background calls."""
+
+    day: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    turns: int = 0
+    calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+def utc_day(at: str) -> str:
+    """The UTC day (``YYYY-MM-DD``) of an ISO 8601 timestamp: where its usage is counted."""
+    return parse_iso(at).astimezone(UTC).strftime("%Y-%m-%d")

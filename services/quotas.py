@@ -1,10 +1,16 @@
-"""Abuse limits per end user: turns and session creations per minute, open streams.
+"""Abuse limits per end user: turns and session creations per minute, open streams, and
+tokens per UTC day.
 
 Rates are token buckets: a user may burst up to N, then gets one more every 60/N seconds. They
 live in this process (``TokenBuckets``), bounded and forgotten after two idle minutes. A shared
 store for several instances implements ``RateLimiter`` and slots in here; the ``limits``
 library was measured for this and left out: its in-process storages walk every key on each
 check (with a thread hop per key in the async one), which costs milliseconds per turn.
+
+The daily token quota (``DailyTokens``) is counted in the store by every turn's own write;
+this process keeps each user's count for today in memory, read once, advanced by what it
+spends, and re-read in the background at most every ``REFRESH_SECONDS`` to see other
+replicas' spending, so a warm turn's check never waits on the store.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from typing import Protocol
 
 from cachetools import TTLCache
 
+from services.daily_tokens import DailyTokens
 from services.errors import RateLimited
+from services.models import Clock, Usage, utc_now
 from services.settings import Settings
+from services.store.base import Store
 
 IDLE_SECONDS = 120.0
 MAX_TRACKED = 200_000
@@ -77,16 +86,31 @@ class StreamSlot:
 class Quotas:
     """The limits, checked by the transports before a turn, a session or a stream starts."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        store: Store | None = None,
+        now: Clock = utc_now,
+    ) -> None:
         self._turns: RateLimiter = TokenBuckets(settings.rate_limit_turns_per_minute, clock)
         self._sessions: RateLimiter = TokenBuckets(settings.rate_limit_sessions_per_minute, clock)
         self._turn_rate = settings.rate_limit_turns_per_minute
         self._session_rate = settings.rate_limit_sessions_per_minute
         self._max_streams = settings.max_streams_per_user
         self._streams: dict[str, int] = {}
+        self._daily: DailyTokens | None = None
+        if quota := settings.user_daily_token_quota:
+            if store is None:
+                raise ValueError("USER_DAILY_TOKEN_QUOTA needs the store that counts usage")
+            self._daily = DailyTokens(quota, store=store, now=now)
 
     async def take_turn(self, user_id: str) -> None:
-        """Count a turn; ``RateLimited`` past RATE_LIMIT_TURNS_PER_MINUTE."""
+        """Count a turn; ``QuotaExceeded`` once USER_DAILY_TOKEN_QUOTA is spent today,
+        ``RateLimited`` past RATE_LIMIT_TURNS_PER_MINUTE."""
+        if self._daily is not None:
+            await self._daily.check(user_id)
         _check(self._turns.take(user_id), f"at most {self._turn_rate} turns a minute per user")
 
     async def take_session(self, user_id: str) -> None:
@@ -111,6 +135,22 @@ class Quotas:
             self._streams[user_id] = count
         else:
             self._streams.pop(user_id, None)
+
+    def spent(self, user_id: str, usage: Usage | None, *, at: str) -> None:
+        """Tokens this process spent for a user (a stored turn, a background call): counted
+        against today's quota at once, without waiting for the next read of the store."""
+        if self._daily is not None:
+            self._daily.spent(user_id, usage, at=at)
+
+    async def settle(self) -> None:
+        """Wait for the background reads of the store in flight."""
+        if self._daily is not None:
+            await self._daily.settle()
+
+    async def close(self) -> None:
+        """Stop background reads (at shutdown)."""
+        if self._daily is not None:
+            await self._daily.close()
 
 
 def _check(wait: float | None, limit: str) -> None:

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(4, ge=1)
     max_active_sessions_per_user: int = Field(20, ge=1)
     log_message_content: bool = False
+    user_daily_token_quota: int = Field(0, ge=0)  # prompt + completion tokens a UTC day; 0: none
 
     # Firebase Realtime Database (STORE=firebase)
     firebase_database_url: str | None = None

@@ -6,6 +6,9 @@ the turn is stored, in its own task; a failed or empty answer is logged and retr
 times, then the title stays null (never an error text). A title is only written where the
 session has none, so a user's rename always wins. The offline responder has no model to ask:
 its title is the first words of the user's message.
+
+Each answered call's tokens count as one background call of the session's user
+(``services.usage.BackgroundCalls``), never holding up or failing the title.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
 from services.models import Sampling, SessionRecord, StoredTurn
 from services.store.base import Store
+from services.usage import BackgroundCalls
 
 logger = logging.getLogger(__name__)
 TITLE_MAX_CHARS = 80
@@ -34,8 +38,15 @@ class Titles:
     """Names sessions in the background; one task per session being named."""
 
     def __init__(
-        self, *, store: Store, llm: LLMClient, model: str | None, bus: SessionBus | None = None
+        self,
+        *,
+        store: Store,
+        llm: LLMClient,
+        model: str | None,
+        bus: SessionBus | None = None,
+        calls: BackgroundCalls | None = None,
     ) -> None:
+        self._calls = calls
         self._bus = bus
         self._store = store
         self._llm = llm
@@ -94,7 +105,10 @@ class Titles:
                 },
             ]
             sampling = Sampling(self._model or record.sampling.model, 0.3, 24, 0.0, 0.0)
-            title = clean_title((await self._llm.complete(messages, sampling)).content)
+            completion = await self._llm.complete(messages, sampling)
+            if self._calls is not None:
+                self._calls.count(record, completion.usage, "title")
+            title = clean_title(completion.content)
         if not title:
             raise EmptyTitle("The model answered no title")
         return title

@@ -38,6 +38,7 @@ from services.prompt import PromptCounter, build_prompt, history_window, smaller
 from services.store.base import Store
 from services.templates.stats import TemplateStats
 from services.titles import Titles
+from services.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
 EventKind = Literal["start", "delta", "done", "error"]
@@ -117,7 +118,9 @@ class TurnPipeline:
         memory: Memory | None = None,
         bus: SessionBus | None = None,
         log_content: bool = False,
+        usage: UsageMeter | None = None,
     ) -> None:
+        self._usage = usage
         self._stats = stats
         self._titles = titles
         self._tokens = tokens
@@ -332,6 +335,8 @@ class TurnPipeline:
             raise
         if stored.created:
             self._stats.turn_done(record.template_id, reply_tokens=_reply_tokens(stored))
+            if self._usage is not None:
+                self._usage.spent(record.user_id, stored.assistant.usage, at=new.reply_at)
             if self._titles is not None:
                 self._titles.after_turn(record, stored)
         if not stored.created:  # another instance stored this client_message_id first

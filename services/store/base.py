@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from services.models import (
+    DayUsage,
     NewTurn,
     SeedReport,
     SessionCursor,
@@ -19,6 +20,7 @@ from services.models import (
     StoredTurn,
     TemplateCounts,
     TurnClaim,
+    Usage,
 )
 from services.templates.versions import Change, DocRef, DocVersion, DocWrite, Source
 
@@ -159,3 +161,15 @@ class Store(Protocol):
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every personality's stored totals."""
+
+    async def add_usage(self, user_id: str, session_id: str, usage: Usage, *, at: str) -> None:
+        """Count a background call (a title, a memory summary) in one write: its tokens and
+        one call, on the user's day of ``at`` (UTC) and on the session's totals. A turn's
+        usage is counted by the turn's own write (``append_turn``/``write_turn``).
+
+        Raises ``StoreUnavailable`` only when nothing was counted, so a retry cannot count
+        twice; a write whose outcome the backend cannot know is logged and not raised."""
+
+    async def load_usage(self, user_id: str, *, since_day: str, until_day: str) -> list[DayUsage]:
+        """The user's usage on each day from ``since_day`` to ``until_day`` (both included,
+        ``YYYY-MM-DD`` in UTC), oldest first; days without usage are left out."""

@@ -54,6 +54,8 @@ from services.models import (
 from services.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
 from services.store.firebase_turns import FirebaseTurns, messages_of, short
+from services.store.firebase_usage import FirebaseUsage
+from services.store.firebase_usage_nodes import totals_of
 from services.store.rtdb_keys import encode_key, message_key
 from services.store.seq_node import created_node
 
@@ -67,7 +69,7 @@ _SUMMARY_FIELDS = (
 _META_RANGES = ((None, "context_tokens"), ("conversation_history0", None))
 
 
-class FirebaseStore(FirebaseTurns, FirebaseDocuments):
+class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
     """``Store`` on a Firebase Realtime Database."""
 
     name = "firebase"
@@ -503,7 +505,9 @@ def _summary_doc(s: SessionRecord) -> dict[str, Any]:
 def _session(data: Any) -> SessionRecord | None:
     if not isinstance(data, dict) or "user_id" not in data:
         return None
-    return SessionRecord.from_fields(data)
+    record = SessionRecord.from_fields(data)
+    record.usage_totals = totals_of(data.get("usage_totals"))
+    return record
 
 
 def _summary(user_id: str, session_id: str, doc: dict[str, Any]) -> SessionRecord:

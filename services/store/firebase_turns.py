@@ -35,6 +35,7 @@ from services.models import (
     Usage,
     preview_of,
 )
+from services.store.firebase_usage_nodes import usage_updates
 from services.store.rtdb_keys import decode_key, encode_key, message_key
 from services.store.seq_node import SeqNode
 
@@ -253,6 +254,7 @@ def turn_updates(
     }
     if user.client_message_id is not None:
         updates[f"{base}/{IDS}/{encode_key(user.client_message_id)}"] = user.seq
+    updates.update(usage_updates(session.user_id, sid, reply.usage, at=reply.timestamp, turns=1))
     return updates
 
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
 from services.models import (
+    DayUsage,
     NewTurn,
     SeedReport,
     SessionCursor,
@@ -32,6 +33,7 @@ from services.models import (
     Usage,
     preview_of,
 )
+from services.store import sqlite_usage
 from services.templates.versions import (
     Change,
     DocRef,
@@ -121,6 +123,7 @@ _ADDED_COLUMNS = {
         "context_tokens": "INTEGER",
         "memory_mode": "TEXT",
         "summary_seq": "INTEGER NOT NULL DEFAULT 0",
+        **sqlite_usage.USAGE_COLUMNS,
     }
 }
 # Created after the added columns exist (an older file gains them first).
@@ -238,8 +241,9 @@ class SQLiteStore:
         await self._run(insert)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        """The session row, or None."""
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
+        """The session row (with its usage totals), or None."""
+        sql = f"SELECT {_SESSION_COLUMNS}, {sqlite_usage.SELECT_TOTALS} FROM sessions "
+        sql += "WHERE session_id = ?"
         row = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchone())
         return _session(row) if row else None
 
@@ -309,6 +313,10 @@ class SQLiteStore:
                     "preview = ? WHERE session_id = ?",
                     (turn.reply_at, preview_of(turn.reply), session_id),
                 )
+                sqlite_usage.add(
+                    conn, user_id=session.user_id, session_id=session_id, usage=turn.usage,
+                    at=turn.reply_at, turns=1,
+                )  # fmt: skip
                 return StoredTurn(user, reply)
 
         return await self._run(append)
@@ -588,9 +596,28 @@ class SQLiteStore:
         rows = await self._run(lambda conn: conn.execute("SELECT * FROM template_stats").fetchall())
         return {row["template_id"]: TemplateCounts.from_dict(dict(row)) for row in rows}
 
+    # -- usage -------------------------------------------------------------------------------
+
+    async def add_usage(self, user_id: str, session_id: str, usage: Usage, *, at: str) -> None:
+        """A background call's tokens and one call, on the user's day and the session, in one
+        transaction."""
+
+        def add(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                sqlite_usage.add(
+                    conn, user_id=user_id, session_id=session_id, usage=usage, at=at, calls=1
+                )
+
+        await self._run(add)
+
+    async def load_usage(self, user_id: str, *, since_day: str, until_day: str) -> list[DayUsage]:
+        """The user's rows of ``usage_daily`` in the range, oldest first."""
+        return await self._run(lambda conn: sqlite_usage.load(conn, user_id, since_day, until_day))
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA)
+    conn.executescript(sqlite_usage.USAGE_SCHEMA)
     for table, columns in _ADDED_COLUMNS.items():
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for name, kind in columns.items():
@@ -631,7 +658,10 @@ def _find_turn(
 
 
 def _session(row: sqlite3.Row) -> SessionRecord:
-    return SessionRecord.from_fields(dict(zip(row.keys(), row, strict=True)))
+    fields = dict(zip(row.keys(), row, strict=True))
+    record = SessionRecord.from_fields(fields)
+    record.usage_totals = sqlite_usage.totals_of(fields)
+    return record
 
 
 def _message(row: sqlite3.Row) -> StoredMessage:

@@ -13,6 +13,7 @@ import pytest
 from bench.mock_llm import MockLLM, Reply
 from services import memory as memory_module
 from services.prompt import MEMORY_PREFIX
+from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"
@@ -263,3 +264,24 @@ async def test_a_prompt_too_long_even_without_history_is_422_and_stores_nothing(
         assert info["message_count"] == 1
         again = await chat.send(session_id, "fine now", client_message_id="long-1-retry")
         assert again.status_code == 200 and again.json()["message_count"] == 2
+
+
+async def test_a_memory_call_counts_as_a_call_of_the_user(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    async with running_app(make_settings(session_memory=True), clock) as chat:
+        session_id = await chat.create_session("companion")
+        replies = [await talk(chat, session_id, f"Turn {number}.") for number in range(1, 4)]
+        (fold,) = memory_calls(llm)
+        await until(lambda: chat.services.calls.pending == 0, "the memory call's count")
+        usage = (await chat.client.get(f"{API}/session/{session_id}")).json()["usage"]
+        assert (usage["turns"], usage["calls"]) == (3, 1)
+        turns_total = sum(reply["usage"]["total_tokens"] for reply in replies)
+        fold_prompt = sum(len(m["content"]) for m in fold["messages"]) // 4 + 1
+        assert (
+            usage["prompt_tokens"] - sum(r["usage"]["prompt_tokens"] for r in replies)
+            == fold_prompt
+        )
+        assert usage["total_tokens"] > turns_total
+        today = (await chat.client.get(f"{API}/users/user_1/usage")).json()["today"]
+        assert (today["turns"], today["calls"]) == (3, 1)

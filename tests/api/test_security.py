@@ -44,6 +44,7 @@ POLICY: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/chatbot/users/{user_id}/sessions"): "self",
     ("GET", "/api/v1/chatbot/users/{user_id}/export"): "self",
     ("DELETE", "/api/v1/chatbot/users/{user_id}"): "self",
+    ("GET", "/api/v1/chatbot/users/{user_id}/usage"): "self",
     ("GET", SESSION): "owner",
     ("GET", SESSION + "/messages"): "owner",
     ("POST", SESSION + "/message"): "owner",

@@ -306,8 +306,10 @@ async def test_firebase_outage_answers_503_writes_nothing_and_recovers(
                 after = rtdb.get_data(namespace, "/userSessions")
                 for node in (*before.values(), *after.values()):
                     # A session's title is background work, retried until it lands: it may be
-                    # written at any moment of this drill. Turns are what must not move.
+                    # written at any moment of this drill, and each title call adds its tokens
+                    # to the session's usage. Turns are what must not move.
                     node.pop("title", None)
+                    node["usage_totals"] = node.get("usage_totals", {}).get("turns")
                     if kind == "stall":  # a seq claim may land late; no message, count or id may
                         node.pop("next_seq")
                 assert after == before

@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from services.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
-from services.models import NewTurn, Sampling, SessionRecord, TemplateCounts, TurnClaim, Usage
+from services.models import (
+    DayUsage,
+    NewTurn,
+    Sampling,
+    SessionRecord,
+    TemplateCounts,
+    TurnClaim,
+    Usage,
+    UsageTotals,
+)
 from services.store import build_store
 from services.store.base import Store
 from services.templates.versions import DocRef, etag_of
@@ -294,3 +303,67 @@ async def test_two_claims_of_one_id_store_one_turn(store: Store) -> None:
     assert other.created is False and other.assistant == written.assistant
     record = await store.get_session(session.session_id)
     assert record is not None and record.message_count == 1
+
+
+def turn_on(day: str, n: int, usage: Usage | None, client_message_id: str | None = None) -> NewTurn:
+    """Turn ``n`` replied on a given UTC day."""
+    return NewTurn(
+        user_text=f"question {n}",
+        reply=f"answer {n}",
+        client_message_id=client_message_id,
+        user_at=f"{day}T23:59:{n:02d}.000Z",
+        reply_at=f"{day}T23:59:{n:02d}.500Z",
+        usage=usage,
+    )
+
+
+async def test_turns_count_their_usage_on_the_session_and_the_users_day(store: Store) -> None:
+    session = make_session("alice")
+    await store.create_session(session)
+    fresh = await store.get_session(session.session_id)
+    assert fresh is not None and fresh.usage_totals is None  # nothing counted yet
+    await store.append_turn(session, turn_on("2026-01-01", 0, Usage(10, 3, 13), "a"))
+    await store.append_turn(session, turn_on("2026-01-01", 1, None))  # the provider said nothing
+    await store.append_turn(session, turn_on("2026-01-01", 2, Usage(20, 5, 25), "a"))  # a replay
+    claim = await store.claim_turn(session, "b", known_below=0)
+    assert isinstance(claim, TurnClaim)
+    await store.write_turn(session, claim, turn_on("2026-01-02", 3, Usage(30, 7, 37), "b"))
+
+    replies = [m for m in await store.load_messages(session.session_id, limit=100) if m.usage]
+    record = await store.get_session(session.session_id)
+    assert record is not None and record.usage_totals == UsageTotals(
+        prompt_tokens=sum(m.usage.prompt_tokens for m in replies if m.usage),
+        completion_tokens=sum(m.usage.completion_tokens for m in replies if m.usage),
+        turns=record.message_count,
+        calls=0,
+    )
+    assert record.usage_totals == UsageTotals(40, 10, 3, 0)
+    days = await store.load_usage("alice", since_day="2025-12-31", until_day="2026-01-02")
+    assert days == [DayUsage("2026-01-01", 10, 3, 2, 0), DayUsage("2026-01-02", 30, 7, 1, 0)]
+
+
+async def test_a_background_call_counts_tokens_and_a_call_but_no_turn(store: Store) -> None:
+    session = make_session("alice")
+    await store.create_session(session)
+    await store.append_turn(session, turn_on("2026-01-01", 0, Usage(10, 3, 13)))
+    sid = session.session_id
+    await store.add_usage("alice", sid, Usage(40, 6, 46), at="2026-01-01T23:59:59.999Z")
+    await store.add_usage("alice", sid, Usage(1, 1, 2), at="2026-01-02T00:00:00.000Z")
+    record = await store.get_session(sid)
+    assert record is not None and record.usage_totals == UsageTotals(51, 10, 1, 2)
+    assert record.message_count == 1
+    days = await store.load_usage("alice", since_day="2026-01-01", until_day="2026-01-02")
+    assert days == [DayUsage("2026-01-01", 50, 9, 1, 1), DayUsage("2026-01-02", 1, 1, 0, 1)]
+
+
+async def test_usage_is_read_for_one_user_and_the_days_asked(store: Store) -> None:
+    for user in ("alice", "bob", "alice.b"):
+        session = make_session(user)
+        await store.create_session(session)
+        for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+            await store.append_turn(session, turn_on(day, 0, Usage(10, 1, 11)))
+    days = await store.load_usage("alice", since_day="2026-01-02", until_day="2026-01-02")
+    assert days == [DayUsage("2026-01-02", 10, 1, 1, 0)]
+    dotted = await store.load_usage("alice.b", since_day="2026-01-02", until_day="2026-01-09")
+    assert [d.day for d in dotted] == ["2026-01-02", "2026-01-03"]
+    assert await store.load_usage("carol", since_day="2026-01-01", until_day="2026-01-03") == []
