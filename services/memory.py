@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from services.background import Tasks
 from services.cache import ActiveSession
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
@@ -67,7 +68,7 @@ class Memory:
         self._model = model
         self._max_tokens = max_tokens
         self._calls = calls
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = Tasks()  # one per session being folded
         self.calls = 0  # summaries asked for (the benchmark reports them per 100 turns)
 
     @property
@@ -78,22 +79,17 @@ class Memory:
     def after_turn(self, active: ActiveSession) -> None:
         """Start a fold if this session's window is full (and none is running for it)."""
         sid = active.record.session_id
-        if sid in self._tasks or fold_point(active, self._counter) is None:
+        if self._tasks.running(sid) or fold_point(active, self._counter) is None:
             return
-        task = asyncio.create_task(self._fold(active))
-        self._tasks[sid] = task
-        task.add_done_callback(lambda _: self._tasks.pop(sid, None))
+        self._tasks.start(self._fold(active), key=sid)
 
     async def idle(self) -> None:
         """Wait until no fold is running (tests and the benchmark)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._tasks.idle()
 
     async def close(self) -> None:
         """Stop folding (at shutdown): what was not folded is folded after a later turn."""
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._tasks.close()
 
     async def _fold(self, active: ActiveSession) -> None:
         record = active.record

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.background import Tasks
 from services.bus import SessionBus, SessionEvent
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
@@ -51,7 +52,7 @@ class Titles:
         self._store = store
         self._llm = llm
         self._model = model
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
 
     @property
     def pending(self) -> int:
@@ -62,15 +63,11 @@ class Titles:
         """Start naming the session if this was its first exchange and it has no title."""
         if stored.message_count != 1 or record.title is not None:
             return
-        task = asyncio.create_task(self._name(record, stored))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._name(record, stored))
 
     async def close(self) -> None:
         """Stop naming (at shutdown): an unnamed session keeps a null title."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     async def _name(self, record: SessionRecord, stored: StoredTurn) -> None:
         sid = record.session_id

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Protocol
 
+from services.background import Tasks
 from services.errors import ChatifyError
 from services.models import Clock, DayUsage, SessionRecord, Usage, isoformat
 from services.store.base import Store
@@ -99,7 +100,7 @@ class BackgroundCalls:
         self._store = store
         self._clock = clock
         self._meter = meter
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
 
     @property
     def pending(self) -> int:
@@ -111,15 +112,11 @@ class BackgroundCalls:
         at = isoformat(self._clock())
         if self._meter is not None:
             self._meter.spent(record.user_id, usage, at=at)
-        task = asyncio.create_task(self._add(record, usage, at, what))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.start(self._add(record, usage, at, what))
 
     async def close(self) -> None:
         """Stop (at shutdown): counts still being written are dropped."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     async def _add(self, record: SessionRecord, usage: Usage, at: str, what: str) -> None:
         sid = record.session_id
