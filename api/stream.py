@@ -30,7 +30,7 @@ _STREAM_DOC = {
 @router.post(
     "/session/{session_id}/message/stream",
     response_class=EventSourceResponse,
-    responses={200: _STREAM_DOC, **documented(401, 404, 409, 413, 422, 429)},
+    responses={200: _STREAM_DOC, **documented(401, 404, 409, 413, 422, 429, 503)},
 )
 async def stream_message(
     body: SendMessageRequest,

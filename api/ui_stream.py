@@ -73,7 +73,7 @@ _STREAM_DOC = {
 @router.post(
     "/chat",
     response_class=EventSourceResponse,
-    responses={200: _STREAM_DOC, **documented(401, 404, 409, 413, 422, 429)},
+    responses={200: _STREAM_DOC, **documented(401, 404, 409, 413, 422, 429, 503)},
 )
 async def stream_ui_chat(
     body: UIChatRequest, services: ServicesDep, caller: CallerDep
@@ -96,7 +96,11 @@ async def stream_ui_chat(
 @router.get(
     "/chat/{session_id}/stream",
     response_class=EventSourceResponse,
-    responses={200: _STREAM_DOC, 204: {"description": "No turn in flight"}, **documented(401, 404)},
+    responses={
+        200: _STREAM_DOC,
+        204: {"description": "No turn in flight"},
+        **documented(401, 404, 429, 503),
+    },
 )
 async def resume_ui_chat(session: ValidSessionDep, services: ServicesDep) -> Response:
     """The session's turn in flight from its start (`useChat({resume: true})`); 204 when
