@@ -197,9 +197,12 @@ def fold_point(active: ActiveSession, counter: MessageCounter) -> int | None:
     recent = [m for m in active.context if m.seq >= since]
     if not recent:
         return None
-    model = record.sampling.model
-    costs = [counter.count_message(model, {"role": m.role, "content": m.content}) for m in recent]
-    budget = record.context_tokens
+    model, budget = record.sampling.model, record.context_tokens
+    costs = (  # tokens matter only under a budget; without one, every message costs 0
+        [counter.count_message(model, {"role": m.role, "content": m.content}) for m in recent]
+        if budget is not None
+        else [0] * len(recent)
+    )
     # Turns not yet in the memory, counting those the context no longer holds.
     unfolded = active.next_seq - since
     full = unfolded + 2 > limit or (budget is not None and sum(costs) > budget * 3 // 4)
