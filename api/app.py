@@ -37,9 +37,9 @@ from services.bus import LocalBus
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
-from services.llm import build_llm
 from services.memory import Memory
 from services.models import Clock, utc_now
+from services.providers import build_llm
 from services.quotas import Quotas
 from services.scheduler import build_scheduler
 from services.sessions import SessionService

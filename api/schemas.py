@@ -93,6 +93,10 @@ class MessageBody(BaseModel):
     content: str
     timestamp: str
     client_message_id: str | None
+    provider: str | None = Field(
+        None, description="Replies: the provider that wrote it (`default`: OPENAI_*)"
+    )
+    model: str | None = Field(None, description="Replies: the model that wrote it")
 
     @classmethod
     def of(cls, message: StoredMessage) -> MessageBody:
@@ -103,6 +107,8 @@ class MessageBody(BaseModel):
             content=message.content,
             timestamp=message.timestamp,
             client_message_id=message.client_message_id,
+            provider=message.provider,
+            model=message.model,
         )
 
 

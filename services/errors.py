@@ -49,6 +49,10 @@ class SessionBusy(ChatifyError):
 class LLMError(ChatifyError):
     code, status = "llm_error", 502
 
+    def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status  # the provider's HTTP status, when it sent one
+
 
 class ContextTooLong(ChatifyError):
     """The provider refused the prompt as too long, even after a retry with less history."""

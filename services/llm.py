@@ -21,6 +21,7 @@ import openai
 
 from services.errors import ContextTooLong, LLMError, LLMTimeout, LLMUnavailable
 from services.models import Sampling, Usage
+from services.provider_config import DEFAULT_PROVIDER
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Completion:
     usage: Usage
     model: str
     usage_reported: bool = True  # False: the provider sent none, ``usage`` is an estimate
+    provider: str = DEFAULT_PROVIDER  # the provider that answered
 
 
 class LLMClient(Protocol):
@@ -56,29 +58,45 @@ class LLMClient(Protocol):
         """Release connections."""
 
 
-def build_llm(settings: Settings) -> LLMClient:
-    """The client the settings select."""
+def default_client(settings: Settings) -> LLMClient:
+    """The ``default`` provider: the ``OPENAI_*`` settings, or the offline responder."""
     if settings.llm_provider == "offline":
         logger.warning(
             "no OPENAI_API_KEY or OPENAI_BASE_URL set: replies come from the offline responder"
         )
         return OfflineResponder()
-    return OpenAIChat(settings)
+    return OpenAIChat(
+        kind=settings.llm_provider,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout=settings.llm_timeout_seconds,
+        settings=settings,
+    )
 
 
 class OpenAIChat:
     """Chat completions over the OpenAI HTTP API (or a compatible server)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.provider: str = settings.llm_provider
-        self._deadline = settings.llm_timeout_seconds
+    def __init__(
+        self,
+        *,
+        kind: str,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float,
+        settings: Settings,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.provider: str = kind
+        self._deadline = timeout
         connections = settings.llm_max_connections
         self._client = openai.AsyncOpenAI(
             # Local compatible servers (Ollama, vLLM, llama.cpp) need no key, the SDK does.
-            api_key=settings.openai_api_key or "not-needed",
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout_seconds,
+            api_key=api_key or "not-needed",
+            base_url=base_url,
+            timeout=timeout,
             max_retries=settings.llm_max_retries,
+            default_headers=headers,
             # The SDK's aiohttp transport: a quarter less CPU per call than its default httpx2
             # one (bench/), with the SDK's retries, timeouts and errors unchanged.
             http_client=openai.DefaultAioHttpClient(
@@ -222,7 +240,10 @@ def map_api_error(exc: openai.APIError) -> LLMError | LLMUnavailable | ContextTo
         )
     if isinstance(exc, openai.APIStatusError):
         logger.warning("LLM upstream answered HTTP %s", exc.status_code)
-        return LLMError(f"The language model provider answered HTTP {exc.status_code}")
+        return LLMError(
+            f"The language model provider answered HTTP {exc.status_code}",
+            upstream_status=exc.status_code,
+        )
     return LLMError("The language model sent a reply the service could not read")
 
 

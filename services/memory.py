@@ -26,7 +26,7 @@ from services.background import Tasks
 from services.cache import ActiveSession
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
-from services.models import Clock, Sampling, SessionRecord, StoredMessage, isoformat
+from services.models import Clock, SessionRecord, StoredMessage, background_sampling, isoformat
 from services.prompt import MessageCounter
 from services.store.base import Store
 from services.usage import BackgroundCalls
@@ -173,7 +173,7 @@ class Memory:
                 f"{NEW_MESSAGES}\n{joined}",
             },
         ]
-        sampling = Sampling(self._model or record.sampling.model, 0.2, self._max_tokens, 0.0, 0.0)
+        sampling = background_sampling(record.sampling, self._model, 0.2, self._max_tokens)
         completion = await self._llm.complete(prompt, sampling)
         if self._calls is not None:  # spent, whatever the answer is worth
             self._calls.count(record, completion.usage, "memory")

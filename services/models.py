@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from services.provider_config import DEFAULT_PROVIDER, Target
 
 Clock = Callable[[], datetime]
 SessionStatus = Literal["active", "ended", "expired"]
@@ -47,6 +51,23 @@ class Sampling:
     max_tokens: int
     presence_penalty: float
     frequency_penalty: float
+    provider: str = DEFAULT_PROVIDER
+    fallbacks: tuple[Target, ...] = ()  # tried in order when the provider fails
+
+
+def background_sampling(
+    session: Sampling, model: str | None, temperature: float, max_tokens: int
+) -> Sampling:
+    """A background call's sampling (a title, a memory): the session's provider and fallbacks,
+    its model unless ``model`` names another, no penalties."""
+    return dataclasses.replace(
+        session,
+        model=model or session.model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +142,8 @@ class SessionRecord:
                 max_tokens=int(fields["max_tokens"]),
                 presence_penalty=float(fields["presence_penalty"]),
                 frequency_penalty=float(fields["frequency_penalty"]),
+                provider=fields.get("provider") or DEFAULT_PROVIDER,
+                fallbacks=_targets(fields.get("fallbacks")),
             ),
             context_messages=int(fields["context_messages"]),
             title=fields.get("title"),
@@ -131,6 +154,12 @@ class SessionRecord:
             memory_mode="window" if fields.get("memory_mode") == "window" else "summary",
             **_memory_fields(fields),
         )
+
+
+def _targets(raw: Any) -> tuple[Target, ...]:
+    """Stored fallbacks: a list of ``{provider, model}`` (SQLite keeps it as JSON text)."""
+    items = json.loads(raw) if isinstance(raw, str) else raw or ()
+    return tuple((str(item["provider"]), str(item["model"])) for item in items)
 
 
 def _memory_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +181,8 @@ class StoredMessage:
     timestamp: str
     client_message_id: str | None = None
     usage: Usage | None = None
+    provider: str | None = None  # replies: the provider and model that wrote it
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +195,8 @@ class NewTurn:
     user_at: str
     reply_at: str
     usage: Usage | None
+    provider: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

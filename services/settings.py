@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.provider_config import DEFAULT_PROVIDER, ProviderConfig, TargetConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,6 +38,10 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(30.0, gt=0)
     llm_max_retries: int = Field(2, ge=0, le=10)
     llm_max_connections: int = Field(1000, ge=1)
+    llm_providers: list[ProviderConfig] = []  # JSON; named besides "default" (OPENAI_*)
+    llm_fallbacks: list[TargetConfig] = []  # JSON; tried after a personality's own fallbacks
+    provider_failures_to_cool: int = Field(3, ge=1)  # failures in a row before a cooldown
+    provider_cooldown_seconds: float = Field(30, gt=0)  # how long a failing provider is skipped
 
     # Sampling defaults, used where a template does not set its own
     default_model: str = "gpt-4o-mini"
@@ -129,6 +135,23 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
         return value
+
+    @model_validator(mode="after")
+    def _check_providers(self) -> Settings:
+        names = [p.name for p in self.llm_providers]
+        if DEFAULT_PROVIDER in names or len(set(names)) != len(names):
+            raise ValueError(f"LLM_PROVIDERS: names must be unique and not {DEFAULT_PROVIDER!r}")
+        for config in self.llm_providers:
+            config.api_key()  # a named key variable must be set: fail at start, not per turn
+        unknown = {t.provider for t in self.llm_fallbacks} - {DEFAULT_PROVIDER, *names}
+        if unknown:
+            raise ValueError(f"LLM_FALLBACKS names unknown providers: {sorted(unknown)}")
+        return self
+
+    @property
+    def provider_names(self) -> frozenset[str]:
+        """Every configured provider, ``default`` included."""
+        return frozenset({DEFAULT_PROVIDER, *(p.name for p in self.llm_providers)})
 
     @model_validator(mode="after")
     def _check_cors(self) -> Settings:

@@ -20,7 +20,7 @@ from services.background import Tasks
 from services.bus import SessionBus, SessionEvent
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
-from services.models import Sampling, SessionRecord, StoredTurn
+from services.models import SessionRecord, StoredTurn, background_sampling
 from services.store.base import Store
 from services.usage import BackgroundCalls
 
@@ -101,7 +101,7 @@ class Titles:
                     f"Assistant: {stored.assistant.content[:_EXCERPT_CHARS]}",
                 },
             ]
-            sampling = Sampling(self._model or record.sampling.model, 0.3, 24, 0.0, 0.0)
+            sampling = background_sampling(record.sampling, self._model, 0.3, 24)
             completion = await self._llm.complete(messages, sampling)
             if self._calls is not None:
                 self._calls.count(record, completion.usage, "title")

@@ -324,6 +324,8 @@ class TurnPipeline:
             user_at=user_at,
             reply_at=isoformat(self._clock()),
             usage=completion.usage,
+            provider=completion.provider,
+            model=completion.model,
         )
         try:
             stored = await self._store.write_turn(record, claim, new)

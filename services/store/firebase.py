@@ -492,6 +492,8 @@ def _session_doc(s: SessionRecord) -> dict[str, Any]:
         "welcome_message": s.welcome_message,
         "context_tokens": s.context_tokens,
         "memory_mode": s.memory_mode,
+        "provider": p.provider,
+        "fallbacks": [{"provider": t[0], "model": t[1]} for t in p.fallbacks] or None,
     }
     return {key: value for key, value in doc.items() if value is not None}
 

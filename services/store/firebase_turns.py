@@ -176,7 +176,10 @@ class FirebaseTurns:
     def _write_turn(self, session: SessionRecord, claim: TurnClaim, turn: NewTurn) -> StoredTurn:
         sid, cid, seq = session.session_id, turn.client_message_id, claim.seq
         user = StoredMessage(seq, "user", turn.user_text, turn.user_at, cid)
-        reply = StoredMessage(seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage)
+        reply = StoredMessage(
+            seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage, turn.provider,
+            turn.model,
+        )  # fmt: skip
         try:
             self._ref("/").update(turn_updates(session, user, reply))
         except _FIREBASE_ERRORS as exc:
@@ -270,6 +273,8 @@ def message_doc(m: StoredMessage) -> dict[str, Any]:
         doc["client_message_id"] = m.client_message_id
     if m.usage is not None:
         doc["usage"] = m.usage.as_dict()
+    if m.provider is not None:
+        doc["provider"], doc["model"] = m.provider, m.model
     return doc
 
 
@@ -286,6 +291,8 @@ def messages_of(data: Any) -> list[StoredMessage]:
             timestamp=doc["timestamp"],
             client_message_id=doc.get("client_message_id"),
             usage=Usage.from_dict(doc.get("usage")),
+            provider=doc.get("provider"),
+            model=doc.get("model"),
         )
         for doc in items
         if isinstance(doc, dict)

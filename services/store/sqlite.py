@@ -72,7 +72,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     welcome_message TEXT,
     context_tokens INTEGER,
     memory_mode TEXT,
-    summary_seq INTEGER NOT NULL DEFAULT 0
+    summary_seq INTEGER NOT NULL DEFAULT 0,
+    provider TEXT,
+    fallbacks TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at);
 CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (status, last_activity);
@@ -84,6 +86,8 @@ CREATE TABLE IF NOT EXISTS messages (
     timestamp TEXT NOT NULL,
     client_message_id TEXT,
     usage TEXT,
+    provider TEXT,
+    model TEXT,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
@@ -112,7 +116,7 @@ _SESSION_COLUMNS = (
     "session_id, user_id, template_id, status, created_at, last_activity, ended_at, "
     "message_count, system_prompt, model, temperature, max_tokens, presence_penalty, "
     "frequency_penalty, context_messages, title, summary, template_version, preview, "
-    "welcome_message, context_tokens, memory_mode, summary_seq"
+    "welcome_message, context_tokens, memory_mode, summary_seq, provider, fallbacks"
 )
 # Columns added after the first release, for files created before them.
 _ADDED_COLUMNS = {
@@ -124,7 +128,10 @@ _ADDED_COLUMNS = {
         "memory_mode": "TEXT",
         "summary_seq": "INTEGER NOT NULL DEFAULT 0",
         **sqlite_usage.USAGE_COLUMNS,
-    }
+        "provider": "TEXT",
+        "fallbacks": "TEXT",
+    },
+    "messages": {"provider": "TEXT", "model": "TEXT"},
 }
 # Created after the added columns exist (an older file gains them first).
 _ADDED_INDEXES = (
@@ -133,7 +140,8 @@ _ADDED_INDEXES = (
 )
 # Where each kind of versioned document lives: table and key column.
 _DOC_TABLES = {"template": ("templates", "template_id"), "rules": ("settings", "key")}
-_MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage"
+_MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage, provider, model"
+_MESSAGE_MARKS = ", ".join("?" * (_MESSAGE_COLUMNS.count(",") + 2))  # and session_id
 
 
 class SQLiteStore:
@@ -230,7 +238,7 @@ class SQLiteStore:
             s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature, p.max_tokens,
             p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
             s.template_version, s.preview, s.welcome_message, s.context_tokens, s.memory_mode,
-            s.summary_seq,
+            s.summary_seq, p.provider, _fallbacks_json(p.fallbacks),
         )  # fmt: skip
         sql = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
 
@@ -302,10 +310,12 @@ class SQLiteStore:
                     turn.client_message_id,
                 )  # fmt: skip
                 reply = StoredMessage(
-                    user.seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage
-                )
+                    user.seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage,
+                    turn.provider, turn.model,
+                )  # fmt: skip
                 conn.executemany(
-                    f"INSERT INTO messages (session_id, {_MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                    f"INSERT INTO messages (session_id, {_MESSAGE_COLUMNS}) "
+                    f"VALUES ({_MESSAGE_MARKS})",
                     [_message_row(session_id, user), _message_row(session_id, reply)],
                 )
                 conn.execute(
@@ -664,16 +674,21 @@ def _session(row: sqlite3.Row) -> SessionRecord:
     return record
 
 
+def _fallbacks_json(fallbacks: tuple[tuple[str, str], ...]) -> str | None:
+    return json.dumps([{"provider": p, "model": m} for p, m in fallbacks]) if fallbacks else None
+
+
 def _message(row: sqlite3.Row) -> StoredMessage:
     usage = Usage.from_dict(json.loads(row["usage"])) if row["usage"] else None
     return StoredMessage(
-        row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"], usage
-    )
+        row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"], usage,
+        row["provider"], row["model"],
+    )  # fmt: skip
 
 
 def _message_row(session_id: str, message: StoredMessage) -> tuple[Any, ...]:
     usage = json.dumps(message.usage.as_dict()) if message.usage else None
     return (
         session_id, message.seq, message.role, message.content, message.timestamp,
-        message.client_message_id, usage,
+        message.client_message_id, usage, message.provider, message.model,
     )  # fmt: skip

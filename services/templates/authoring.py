@@ -60,7 +60,9 @@ class Authoring:
 
     def validate(self, draft: Any) -> list[Problem]:
         """What is wrong with a draft (located under ``body``, like a 422's detail)."""
-        return with_prefix(template_problems(_editable(draft), strict=True), "body")
+        draft = _editable(draft)
+        problems = template_problems(draft, strict=True) + self._templates.provider_problems(draft)
+        return with_prefix(problems, "body")
 
     async def create(self, draft: Mapping[str, Any]) -> tuple[str, DocWrite]:
         """A new personality whose id comes from its name; ``TemplateExists`` if taken."""
@@ -98,7 +100,8 @@ class Authoring:
             merged.update(_editable(changes))
             merged = {k: v for k, v in merged.items() if v is not None}
             stamped = {**merged, "createdAt": current.get("createdAt"), "updatedAt": now}
-            return _checked(stamped, also=unknown)
+            providers = with_prefix(self._templates.provider_problems(stamped), "body")
+            return _checked(stamped, also=[*unknown, *providers])
 
         return await self._write(DocRef("template", template_id), update, if_match, "api")
 

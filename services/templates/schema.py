@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from services.errors import InvalidInput
+from services.provider_config import NAME_PATTERN as PROVIDER_NAME_PATTERN
+from services.provider_config import TargetConfig
 from services.templates.variables import BUILT_INS, placeholders
 
 # Limits, named once; the docs (docs/authoring.md) list the same numbers.
@@ -31,6 +33,7 @@ MODEL_MAX = 100
 MAX_TOKENS_MAX = 16384
 CONTEXT_MESSAGES_MAX = 100
 CONTEXT_TOKENS_MIN, CONTEXT_TOKENS_MAX = 100, 1_000_000
+FALLBACKS_MAX = 5
 TAGS_MAX, TAG_MAX = 10, 30
 VARIABLES_MAX = 20
 VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
@@ -102,6 +105,14 @@ class Template(BaseModel):
         description="summary (the default): messages that leave the window are folded into a "
         "stored memory sent with every prompt; window: they are forgotten",
     )
+    provider: str | None = Field(
+        None,
+        pattern=PROVIDER_NAME_PATTERN,
+        description="A provider of LLM_PROVIDERS; unset: default",
+    )
+    fallbacks: list[TargetConfig] = Field(
+        [], max_length=FALLBACKS_MAX, description="Tried in order when the provider fails"
+    )
     tags: list[Tag] = Field([], max_length=TAGS_MAX)
     is_public: bool = Field(True, alias="isPublic")
     is_default: bool = Field(False, alias="isDefault")
@@ -150,6 +161,29 @@ def template_problems(doc: Any, *, strict: bool = False) -> list[Problem]:
     if strict:
         problems += _unknown_fields(doc, EDITABLE_TEMPLATE_FIELDS | READ_ONLY_FIELDS)
     return problems
+
+
+def provider_problems(doc: Any, known: frozenset[str]) -> list[Problem]:
+    """The providers a template names that are not configured (``LLM_PROVIDERS``)."""
+    if not isinstance(doc, dict):
+        return []
+    named: list[tuple[list[Any], Any]] = [(["provider"], doc.get("provider"))]
+    fallbacks = doc.get("fallbacks")
+    if isinstance(fallbacks, list):
+        named += [
+            (["fallbacks", index, "provider"], item.get("provider"))
+            for index, item in enumerate(fallbacks)
+            if isinstance(item, dict)
+        ]
+    return [
+        {
+            "type": "unknown_provider",
+            "loc": loc,
+            "msg": f"No provider named {name!r} is configured; known: {', '.join(sorted(known))}",
+        }
+        for loc, name in named
+        if isinstance(name, str) and name not in known
+    ]
 
 
 def parse_template(doc: Any, *, strict: bool = False) -> Template:

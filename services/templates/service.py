@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from services.errors import InvalidInput, TemplateNotFound
 from services.models import Clock, MemoryMode, Sampling, utc_now
+from services.provider_config import DEFAULT_PROVIDER
 from services.settings import Settings
 from services.store.base import Store
 from services.templates.schema import (
@@ -18,6 +19,7 @@ from services.templates.schema import (
     Template,
     UniversalRules,
     id_problems,
+    provider_problems,
     rules_problems,
     template_problems,
 )
@@ -81,6 +83,10 @@ class TemplateService:
         """The version of a template new sessions get, if any."""
         return self._templates.get(template_id)
 
+    def provider_problems(self, doc: Any) -> list[Problem]:
+        """The providers a template names that this service does not have."""
+        return provider_problems(doc, self._settings.provider_names)
+
     def budget_models(self) -> set[str]:
         """Models of the personalities with a token budget (their tokenizer is loaded early)."""
         default = self._settings.default_model
@@ -123,7 +129,7 @@ class TemplateService:
         previous = self._templates.get(template_id)
         if raw is self._raw.get(template_id) and previous is not None:
             return previous, self._problems.get(template_id, [])
-        problems = template_problems(raw)
+        problems = template_problems(raw) + self.provider_problems(raw)
         if problems:
             errors = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
             kept = "keeping the last good version" if previous else "skipping it"
@@ -168,6 +174,8 @@ class TemplateService:
             max_tokens=template.max_tokens or s.default_max_tokens,
             presence_penalty=_pick(template.presence_penalty, s.default_presence_penalty),
             frequency_penalty=_pick(template.frequency_penalty, s.default_frequency_penalty),
+            provider=template.provider or DEFAULT_PROVIDER,
+            fallbacks=tuple(target.target() for target in template.fallbacks),
         )
         values = self._values(template_id, template, sampling.model, variables or {}, timezone)
         welcome = template.welcome_message

@@ -24,7 +24,11 @@ async def test_history_pages_walk_back_oldest_first(chat: RunningApp, llm: MockL
         "content": "m3",
         "timestamp": "2026-01-01T12:00:00.000Z",
         "client_message_id": "id3",
+        "provider": None,  # replies name the provider and model that wrote them
+        "model": None,
     }
+    assert first["messages"][1]["provider"] == "default"
+    assert first["messages"][1]["model"] == "gpt-test-pirate"  # the default personality's
     assert first["next_before"] == 6
     second = (await chat.client.get(f"{API}/session/{session_id}/messages?limit=4&before=6")).json()
     assert [m["seq"] for m in second["messages"]] == [2, 3, 4, 5]

@@ -1,0 +1,169 @@
+"""Several model providers: routing per personality, fallback before the first delta, cooldown.
+
+A personality names its ``provider`` (default: ``default``, the ``OPENAI_*`` settings) and may
+list ``fallbacks``; ``LLM_FALLBACKS`` applies after them to every personality. A call goes to
+the first target whose provider is not cooling down. It falls back to the next one on what a
+retry elsewhere can fix (no connection, a timeout, 429, a 5xx) and **only while nothing of the
+reply has been handed on**: once a delta reached a client, a failure is the turn's error. A
+provider that fails ``PROVIDER_FAILURES_TO_COOL`` times in a row is skipped for
+``PROVIDER_COOLDOWN_SECONDS`` (a circuit breaker), so turns do not wait for its timeout; the
+last target left is always tried, so a personality with one provider is never refused by the
+breaker alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from services.errors import LLMError, LLMTimeout, LLMUnavailable
+from services.llm import ChatMessage, Completion, DeltaSink, LLMClient, OpenAIChat, default_client
+from services.models import Sampling
+from services.provider_config import DEFAULT_PROVIDER, Target
+from services.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Breaker:
+    """Consecutive failures per provider; a provider past the limit cools down for a while."""
+
+    def __init__(
+        self, *, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit = failures
+        self._cooldown = cooldown
+        self._clock = clock
+        self._failures: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+
+    def cooling(self, provider: str) -> bool:
+        """Whether calls to it are skipped now."""
+        return self._until.get(provider, 0.0) > self._clock()
+
+    def failed(self, provider: str) -> None:
+        """Count a failure; the one that reaches the limit starts a cooldown."""
+        count = self._failures.get(provider, 0) + 1
+        self._failures[provider] = count
+        if count >= self._limit:
+            self._until[provider] = self._clock() + self._cooldown
+            self._failures[provider] = 0
+            logger.warning("provider %s cools down for %g s", provider, self._cooldown)
+
+    def succeeded(self, provider: str) -> None:
+        """A success ends its run of failures."""
+        self._failures.pop(provider, None)
+
+
+class Router:
+    """``LLMClient`` over several providers (see the module docstring)."""
+
+    def __init__(
+        self,
+        clients: dict[str, LLMClient],
+        *,
+        fallbacks: tuple[Target, ...],
+        breaker: Breaker,
+    ) -> None:
+        self._clients = clients
+        self._fallbacks = fallbacks
+        self._breaker = breaker
+        self.provider: str = clients[DEFAULT_PROVIDER].provider  # the default's kind
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The configured providers."""
+        return frozenset(self._clients)
+
+    def kind(self, provider: str) -> str:
+        """What a provider is (``offline`` for the offline responder)."""
+        client = self._clients.get(provider)
+        return client.provider if client is not None else "unknown"
+
+    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
+        """A reply from the first target that gives one."""
+        return await self._route(messages, sampling, None)
+
+    async def stream(
+        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+    ) -> Completion:
+        """The same, streamed; no fallback once a delta was handed on."""
+        return await self._route(messages, sampling, on_delta)
+
+    async def close(self) -> None:
+        """Close every provider's connections."""
+        for client in self._clients.values():
+            await client.close()
+
+    def targets(self, sampling: Sampling) -> list[Target]:
+        """Where a call goes, in order, each once."""
+        ordered = [(sampling.provider, sampling.model), *sampling.fallbacks, *self._fallbacks]
+        return list(dict.fromkeys(ordered))
+
+    async def _route(
+        self, messages: list[ChatMessage], sampling: Sampling, on_delta: DeltaSink | None
+    ) -> Completion:
+        failure: LLMError | LLMTimeout | LLMUnavailable | None = None
+        targets = self.targets(sampling)
+        for index, (provider, model) in enumerate(targets):
+            client = self._clients.get(provider)
+            if client is None:
+                failure = LLMError(f"No model provider named {provider!r} is configured")
+                continue
+            if self._breaker.cooling(provider) and index < len(targets) - 1:
+                continue  # skipped while another target is left; the last one is always tried
+            handed_on = False
+
+            def sink(piece: str, on_delta: DeltaSink | None = on_delta) -> None:
+                nonlocal handed_on
+                handed_on = True
+                if on_delta is not None:
+                    on_delta(piece)
+
+            asked = dataclasses.replace(sampling, provider=provider, model=model)
+            try:
+                if on_delta is None:
+                    completion = await client.complete(messages, asked)
+                else:
+                    completion = await client.stream(messages, asked, on_delta=sink)
+            except (LLMError, LLMTimeout, LLMUnavailable) as error:
+                if not retryable(error):
+                    raise
+                self._breaker.failed(provider)
+                if handed_on:
+                    raise
+                logger.warning("provider %s failed (%s); trying the next one", provider, error.code)
+                failure = error
+                continue
+            self._breaker.succeeded(provider)
+            return dataclasses.replace(completion, provider=provider)
+        assert failure is not None  # targets() is never empty
+        raise failure
+
+
+def retryable(error: LLMError | LLMTimeout | LLMUnavailable) -> bool:
+    """Whether another provider may succeed: no connection, a timeout, 429 or a 5xx."""
+    if isinstance(error, LLMError):
+        return error.upstream_status is not None and error.upstream_status >= 500
+    return True
+
+
+def build_llm(settings: Settings) -> Router:
+    """The ``default`` provider and every one of ``LLM_PROVIDERS``, behind one router."""
+    clients: dict[str, LLMClient] = {DEFAULT_PROVIDER: default_client(settings)}
+    for config in settings.llm_providers:
+        clients[config.name] = OpenAIChat(
+            kind="openai-compatible",
+            base_url=config.base_url,
+            api_key=config.api_key(),
+            timeout=config.timeout_seconds,
+            settings=settings,
+            headers=dict(config.headers) or None,
+        )
+    breaker = Breaker(
+        failures=settings.provider_failures_to_cool, cooldown=settings.provider_cooldown_seconds
+    )
+    fallbacks = tuple(target.target() for target in settings.llm_fallbacks)
+    return Router(clients, fallbacks=fallbacks, breaker=breaker)

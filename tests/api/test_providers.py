@@ -1,0 +1,198 @@
+"""Several providers: routing per personality, fallback before the first delta, cooldown.
+
+Two real OpenAI-compatible servers on 127.0.0.1: the suite's mock LLM is the ``default``
+provider (OPENAI_BASE_URL), a second one is ``backup`` (LLM_PROVIDERS).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from bench.mock_llm import MockLLM, Reply
+from services.settings import Settings
+from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
+
+API = "/api/v1/chatbot"
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "routed": {
+        "name": "routed",
+        "description": "Served by the backup provider",
+        "personalityPrompt": "You are routed.",
+        "provider": "backup",
+        "model": "backup-model",
+    },
+    "resilient": {
+        "name": "resilient",
+        "description": "Falls back",
+        "personalityPrompt": "You are resilient.",
+        "model": "main-model",
+        "fallbacks": [{"provider": "backup", "model": "backup-model"}],
+    },
+}
+
+
+@pytest.fixture
+def backup() -> Iterator[MockLLM]:
+    with MockLLM() as server:
+        server.config.reply_prefix = "Backup: "
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def provider_templates(seed_dir: Path) -> None:
+    for key, doc in TEMPLATES.items():
+        (seed_dir / "templates" / f"{key}.json").write_text(json.dumps(doc))
+
+
+def with_backup(make_settings: SettingsFactory, backup: MockLLM, **extra: Any) -> Settings:
+    providers = [{"name": "backup", "base_url": backup.url}]
+    return make_settings(llm_providers=providers, **extra)
+
+
+async def history(chat: RunningApp, session_id: str) -> list[dict[str, Any]]:
+    page = await chat.client.get(f"{API}/session/{session_id}/messages")
+    messages: list[dict[str, Any]] = page.json()["messages"]
+    return messages
+
+
+async def test_a_personality_is_served_by_its_provider_and_the_turn_says_which(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    async with running_app(with_backup(make_settings, backup), clock) as chat:
+        routed = await chat.create_session("routed")
+        reply = await chat.send(routed, "hi")
+        assert reply.status_code == 200 and reply.json()["response"] == "Backup: hi"
+        plain = await chat.create_session("plain")
+        assert (await chat.send(plain, "hello")).json()["response"] == "Echo: hello"
+
+        assert [r["model"] for r in backup.chat_requests()] == ["backup-model"]
+        assert len(llm.chat_requests()) == 1
+        assert (await history(chat, routed))[-1] | {"timestamp": ""} == {
+            "seq": 1,
+            "role": "assistant",
+            "content": "Backup: hi",
+            "timestamp": "",
+            "client_message_id": None,
+            "provider": "backup",
+            "model": "backup-model",
+        }
+        assert (await history(chat, plain))[-1]["provider"] == "default"
+
+
+FAILURES = {
+    "500": Reply(status=500),
+    "429": Reply(status=429, retry_after=0),
+    "connection drop": Reply(drop=True),
+    "timeout": Reply(hang=True),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_a_failure_before_the_first_delta_falls_back(
+    make_settings: SettingsFactory,
+    clock: FakeClock,
+    llm: MockLLM,
+    backup: MockLLM,
+    failure: str,
+    stream: bool,
+) -> None:
+    llm.script(FAILURES[failure])
+    settings = with_backup(make_settings, backup, llm_timeout_seconds=0.5)
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("resilient")
+        if stream:
+            url = f"{API}/session/{session_id}/message/stream"
+            async with chat.client.stream("POST", url, json={"message": "hi"}) as response:
+                text = "".join([chunk async for chunk in response.aiter_text()])
+            assert "event: done" in text and "event: error" not in text
+        else:
+            reply = await chat.send(session_id, "hi")
+            assert reply.status_code == 200 and reply.json()["response"] == "Backup: hi"
+        assert [r["model"] for r in llm.chat_requests()] == ["main-model"]
+        assert [r["model"] for r in backup.chat_requests()] == ["backup-model"]
+        stored = (await history(chat, session_id))[-1]
+        assert (stored["content"], stored["provider"]) == ("Backup: hi", "backup")
+
+
+async def test_no_fallback_once_a_delta_reached_the_client(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    llm.script(Reply(content="Hello there, my friend", chunks=4, fail_after_chunks=2))
+    async with running_app(with_backup(make_settings, backup), clock) as chat:
+        session_id = await chat.create_session("resilient")
+        url = f"{API}/session/{session_id}/message/stream"
+        async with chat.client.stream("POST", url, json={"message": "hi"}) as response:
+            text = "".join([chunk async for chunk in response.aiter_text()])
+        assert "event: delta" in text and "event: error" in text and "event: done" not in text
+        assert backup.chat_requests() == []
+        assert await history(chat, session_id) == []
+
+
+async def test_a_client_error_is_not_retried_elsewhere(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    llm.script(Reply(status=401))
+    async with running_app(with_backup(make_settings, backup), clock) as chat:
+        session_id = await chat.create_session("resilient")
+        reply = await chat.send(session_id, "hi")
+        assert reply.status_code == 502 and reply.json()["error"]["code"] == "llm_error"
+        assert backup.chat_requests() == []
+
+
+async def test_a_failing_provider_cools_down_and_is_skipped_without_being_asked(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    llm.script(Reply(status=503), Reply(status=503))
+    settings = with_backup(make_settings, backup, provider_failures_to_cool=2)
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("resilient")
+        for number in range(1, 5):
+            reply = await chat.send(session_id, f"turn {number}")
+            assert reply.json()["response"] == f"Backup: turn {number}"
+        # Two failures cooled it down: turns 3 and 4 did not ask it at all.
+        assert len(llm.chat_requests()) == 2
+        assert len(backup.chat_requests()) == 4
+        # A personality with no other target still uses it (the last target is always tried).
+        plain = await chat.create_session("plain")
+        assert (await chat.send(plain, "hello")).json()["response"] == "Echo: hello"
+
+
+async def test_authoring_refuses_a_provider_that_is_not_configured(
+    make_settings: SettingsFactory, clock: FakeClock, backup: MockLLM
+) -> None:
+    async with running_app(with_backup(make_settings, backup), clock) as chat:
+        draft = {
+            "name": "Lost",
+            "personalityPrompt": "You are lost somewhere.",
+            "provider": "nowhere",
+            "fallbacks": [{"provider": "backup", "model": "m"}, {"provider": "gone", "model": "m"}],
+        }
+        response = await chat.client.post("/api/v1/personalities", json=draft)
+        assert response.status_code == 422, response.text
+        problems = response.json()["detail"]
+        assert {(p["type"], tuple(p["loc"])) for p in problems} == {
+            ("unknown_provider", ("body", "provider")),
+            ("unknown_provider", ("body", "fallbacks", 1, "provider")),
+        }
+        draft.update(provider="backup", fallbacks=[])
+        assert (await chat.client.post("/api/v1/personalities", json=draft)).status_code == 201
+
+
+def test_bad_provider_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BACKUP_KEY", raising=False)
+    keyed = [{"name": "backup", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "BACKUP_KEY"}]
+    with pytest.raises(ValidationError, match="BACKUP_KEY, which is not set"):
+        Settings(_env_file=None, llm_providers=keyed)
+    monkeypatch.setenv("BACKUP_KEY", "sk-backup")
+    assert Settings(_env_file=None, llm_providers=keyed).provider_names == {"default", "backup"}
+    with pytest.raises(ValidationError, match="unknown providers"):
+        Settings(_env_file=None, llm_fallbacks=[{"provider": "nowhere", "model": "m"}])
+    with pytest.raises(ValidationError, match="unique"):
+        Settings(_env_file=None, llm_providers=[{"name": "default", "base_url": "http://x"}])
