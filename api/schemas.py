@@ -7,7 +7,14 @@ from typing import Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.models import SessionRecord, StoredMessage, TurnResult, Usage, UsageTotals
+from services.models import (
+    DayUsage,
+    SessionRecord,
+    StoredMessage,
+    TurnResult,
+    Usage,
+    UsageTotals,
+)
 from services.settings import Settings
 from services.titles import TITLE_MAX_CHARS
 
@@ -158,11 +165,11 @@ class SessionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int = Field(description="prompt_tokens + completion_tokens")
-    turns: int = Field(description="Stored turns counted")
-    calls: int = Field(description="Background model calls: the title, memory summaries")
+    turns: int = Field(description="Stored turns (each counted once, replays never)")
+    calls: int = Field(description="Background model calls: session titles, memory summaries")
 
     @classmethod
-    def of(cls, totals: UsageTotals | None) -> SessionUsage:
+    def of(cls, totals: UsageTotals | DayUsage | None) -> SessionUsage:
         """From the stored totals (zeros when nothing was counted)."""
         totals = totals or UsageTotals()
         return cls(

@@ -19,6 +19,7 @@ from api.schemas import (
     ExportedSession,
     SessionListItem,
     SessionSummary,
+    SessionUsage,
     UserDeleted,
     UserExport,
     UserSessions,
@@ -132,25 +133,13 @@ def decode_cursor(cursor: str) -> SessionCursor:
     raise invalid("query", "cursor", msg="Not a cursor this API made")
 
 
-class DayUsageBody(BaseModel):
+class DayUsageBody(SessionUsage):
     day: str = Field(description="A UTC day", json_schema_extra={"format": "date"})
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int = Field(description="prompt_tokens + completion_tokens")
-    turns: int = Field(description="Stored turns (each counted once, replays never)")
-    calls: int = Field(description="Background model calls: session titles, memory summaries")
 
     @classmethod
-    def of(cls, usage: DayUsage) -> DayUsageBody:
+    def of_day(cls, usage: DayUsage) -> DayUsageBody:
         """From the domain record."""
-        return cls(
-            day=usage.day,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-            turns=usage.turns,
-            calls=usage.calls,
-        )
+        return cls(day=usage.day, **SessionUsage.of(usage).model_dump())
 
 
 class QuotaBody(BaseModel):
@@ -188,10 +177,10 @@ async def get_user_usage(
     if not caller.may_act_for(user_id):
         raise Forbidden("A user may read only their own usage")
     report = await services.usage.report(user_id, days=days)
-    today = DayUsageBody.of(report.today)
+    today = DayUsageBody.of_day(report.today)
     return UserUsage(
         user_id=user_id,
-        days=[DayUsageBody.of(day) for day in report.days],
+        days=[DayUsageBody.of_day(day) for day in report.days],
         today=today,
         quota=QuotaBody(
             daily_tokens=report.quota,

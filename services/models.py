@@ -305,8 +305,21 @@ class TemplateCounts:
         )
 
 
+class _Counted:
+    """Counters of spent tokens (``UsageTotals``, ``DayUsage``)."""
+
+    __slots__ = ()
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+
 @dataclass(frozen=True, slots=True)
-class UsageTotals:
+class UsageTotals(_Counted):
     """Tokens a session spent: its turns' and its background calls' (titles, memory)."""
 
     prompt_tokens: int = 0
@@ -314,14 +327,9 @@ class UsageTotals:
     turns: int = 0
     calls: int = 0
 
-    @property
-    def total_tokens(self) -> int:
-        """Prompt and completion tokens together."""
-        return self.prompt_tokens + self.completion_tokens
-
 
 @dataclass(frozen=True, slots=True)
-class DayUsage:
+class DayUsage(_Counted):
     """What a user spent on one UTC day (``YYYY-MM-DD``): turns, and background calls."""
 
     day: str
@@ -329,11 +337,6 @@ class DayUsage:
     completion_tokens: int = 0
     turns: int = 0
     calls: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        """Prompt and completion tokens together."""
-        return self.prompt_tokens + self.completion_tokens
 
 
 def utc_day(at: str) -> str:
