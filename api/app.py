@@ -33,10 +33,12 @@ from api.middleware import (
     redact_credentials_in_logs,
 )
 from api.openapi import install_openapi, operation_id
+from services.background import Tasks
 from services.bus import LocalBus
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
+from services.llm import LLMClient
 from services.memory import Memory
 from services.models import Clock, utc_now
 from services.providers import build_llm
@@ -51,6 +53,8 @@ from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.tokens import TokenCounter
+from services.tools.loop import ToolLimits, ToolLoop
+from services.tools.mcp import McpServers
 from services.turns import TurnPipeline
 from services.usage import BackgroundCalls, UsageService
 from services.user_data import UserData
@@ -121,6 +125,26 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 
+async def _start_tools(
+    settings: Settings, llm: LLMClient, stack: AsyncExitStack
+) -> ToolLoop | None:
+    """The MCP servers, connected in the background (a slow one never delays the start)."""
+    if not settings.mcp_servers:
+        return None
+    servers = McpServers(settings.mcp_servers)
+    stack.push_async_callback(servers.close)  # after the turns drained
+    warming = Tasks()
+    warming.start(servers.warm())
+    stack.push_async_callback(warming.close)
+    limits = ToolLimits(
+        max_rounds=settings.tool_max_rounds,
+        call_timeout=settings.tool_timeout_seconds,
+        turn_deadline=settings.tool_turn_deadline_seconds,
+        result_max_chars=settings.tool_result_max_chars,
+    )
+    return ToolLoop(llm, servers, limits)
+
+
 async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Services:
     if settings.auth_mode == "none" and settings.host not in LOOPBACK_HOSTS:
         logger.warning(
@@ -140,6 +164,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
 
     llm = build_llm(settings)
     stack.push_async_callback(llm.close)
+    tools = await _start_tools(settings, llm, stack)
     stats = TemplateStats(store, clock=clock)
     stack.push_async_callback(stats.flush)  # runs after the turns drained (callbacks unwind)
     previews = Previews(templates, llm)
@@ -186,6 +211,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         bus=bus,
         log_content=settings.log_message_content,
         usage=quotas,
+        tools=tools,
     )
     stack.push_async_callback(turns.drain)
     session_service = SessionService(

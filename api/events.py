@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas import ErrorInfo, MessageBody, MessageResponse, UsageBody
+from api.schemas import (
+    ErrorInfo,
+    MessageBody,
+    MessageResponse,
+    ToolCallBody,
+    ToolUseBody,
+    UsageBody,
+)
 
 
 class StreamStart(BaseModel):
@@ -21,6 +28,20 @@ class StreamDelta(BaseModel):
     """SSE `delta`: more of the reply's text."""
 
     content: str
+
+
+class ToolCallFrame(ToolCallBody):
+    """The model called a tool (before it runs)."""
+
+    type: Literal["tool_call"]
+    client_message_id: str | None
+
+
+class ToolResultFrame(ToolUseBody):
+    """A tool's result, as the model was given it."""
+
+    type: Literal["tool_result"]
+    client_message_id: str | None
 
 
 class ClientMessageFrame(BaseModel):
@@ -114,6 +135,8 @@ SSE_EVENT_SCHEMA = {
 SSE_EVENTS: dict[str, type[BaseModel]] = {
     "start": StreamStart,
     "delta": StreamDelta,
+    "tool_call": ToolCallBody,
+    "tool_result": ToolUseBody,
     "done": MessageResponse,
     "error": ErrorInfo,
 }
@@ -121,6 +144,8 @@ WS_CLIENT_FRAMES: dict[str, type[BaseModel]] = {"user_message": ClientMessageFra
 WS_SERVER_FRAMES: dict[str, type[BaseModel]] = {
     "chat_history": ChatHistoryFrame,
     "ai_response_delta": DeltaFrame,
+    "tool_call": ToolCallFrame,
+    "tool_result": ToolResultFrame,
     "ai_response": ResponseFrame,
     "backend_status": BackendStatusFrame,
     "error": ErrorFrame,

@@ -11,6 +11,8 @@ from services.models import (
     DayUsage,
     SessionRecord,
     StoredMessage,
+    ToolCall,
+    ToolUse,
     TurnResult,
     Usage,
     UsageTotals,
@@ -94,6 +96,54 @@ class UsageBody(BaseModel):
         return cls(**usage.as_dict()) if usage else None
 
 
+class ToolCallBody(BaseModel):
+    """A tool call the model made (SSE `tool_call`, WebSocket `tool_call`)."""
+
+    id: str = Field(description="The model's id for the call; its result carries the same")
+    name: str = Field(description="`server/tool`, as templates name tools")
+    server: str = Field(description="The MCP server (MCP_SERVERS)")
+    tool: str
+    arguments: dict[str, Any] = Field(description="As the model sent them")
+    round: int = Field(description="Which model call of the turn made it, from 1")
+
+    @classmethod
+    def of(cls, call: ToolCall) -> ToolCallBody:
+        """From a call."""
+        return cls(
+            id=call.id,
+            name=call.name,
+            server=call.server,
+            tool=call.tool,
+            arguments=call.arguments,
+            round=call.round,
+        )
+
+
+class ToolUseBody(ToolCallBody):
+    """A tool call and its result (SSE `tool_result`; a reply's `tools`)."""
+
+    result: str = Field(description="What the model was given (an error's message, if one)")
+    is_error: bool = Field(description="The tool failed, timed out or was called wrongly")
+    images: list[str] | None = Field(None, description="Image URLs the tool made (images tool)")
+
+    @classmethod
+    def of_use(cls, use: ToolUse) -> ToolUseBody:
+        """From a call and its result."""
+        return cls(
+            **ToolCallBody.of(use.call).model_dump(),
+            result=use.result,
+            is_error=use.is_error,
+            images=list(use.images) or None,
+        )
+
+
+def tool_data(item: ToolCall | ToolUse) -> dict[str, Any]:
+    """A tool event's JSON: the call (``tool_call``) or the call with its result."""
+    if isinstance(item, ToolCall):
+        return ToolCallBody.of(item).model_dump()
+    return ToolUseBody.of_use(item).model_dump(exclude_none=True)
+
+
 class MessageBody(BaseModel):
     seq: int = Field(description="Position in the session, from 0")
     role: Literal["user", "assistant"]
@@ -104,6 +154,9 @@ class MessageBody(BaseModel):
         None, description="Replies: the provider that wrote it (`default`: OPENAI_*)"
     )
     model: str | None = Field(None, description="Replies: the model that wrote it")
+    tools: list[ToolUseBody] | None = Field(
+        None, description="Replies that called tools: each call and its result, in order"
+    )
 
     @classmethod
     def of(cls, message: StoredMessage) -> MessageBody:
@@ -116,6 +169,7 @@ class MessageBody(BaseModel):
             client_message_id=message.client_message_id,
             provider=message.provider,
             model=message.model,
+            tools=[ToolUseBody.of_use(use) for use in message.tools] or None,
         )
 
 

@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 
 from api.deps import ServicesDep, TurnSessionDep
 from api.errors import documented
-from api.schemas import MessageResponse, SendMessageRequest, checked_message
+from api.schemas import MessageResponse, SendMessageRequest, checked_message, tool_data
 from services.quotas import StreamSlot
 from services.settings import Settings
 from services.turns import Turn, TurnEvent
@@ -98,6 +98,8 @@ def event_data(turn: Turn, event: TurnEvent) -> dict[str, Any]:
         return {"session_id": turn.session_id, "turn": event.turn}
     if event.kind == "delta":
         return {"content": event.content}
+    if event.tool is not None:  # tool_call, tool_result
+        return tool_data(event.tool)
     if event.kind == "done":
         assert event.result is not None
         return MessageResponse.of(event.result).model_dump()

@@ -29,6 +29,7 @@ from api.deps import CallerDep, ServicesDep, ValidSessionDep, admit_turn
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
+from services.models import ToolCall, ToolUse
 from services.quotas import StreamSlot
 from services.turns import Turn, TurnEvent
 
@@ -147,6 +148,20 @@ async def _parts(turn: Turn, slot: StreamSlot) -> AsyncIterator[ServerSentEvent]
         slot.release()
 
 
+def _tool_part(item: ToolCall | ToolUse) -> dict[str, Any]:
+    """A tool event as the AI SDK's dynamic tool parts: the server ran it, the client only
+    shows it (``dynamic``: the client declares no such tool)."""
+    if isinstance(item, ToolCall):
+        return {"type": "tool-input-available", "toolCallId": item.id, "toolName": item.name,
+                "input": item.arguments, "providerExecuted": True, "dynamic": True}  # fmt: skip
+    if item.is_error:
+        return {"type": "tool-output-error", "toolCallId": item.call.id,
+                "errorText": item.result, "providerExecuted": True, "dynamic": True}  # fmt: skip
+    output: Any = {"text": item.result, "images": list(item.images)} if item.images else item.result
+    return {"type": "tool-output-available", "toolCallId": item.call.id, "output": output,
+            "providerExecuted": True, "dynamic": True}  # fmt: skip
+
+
 def ui_parts(turn: Turn, event: TurnEvent) -> list[dict[str, Any]]:
     """The UI message stream parts of one turn event."""
     if event.kind == "start":
@@ -154,6 +169,8 @@ def ui_parts(turn: Turn, event: TurnEvent) -> list[dict[str, Any]]:
         return [{"type": "start", "messageId": message_id}, {"type": "text-start", "id": _TEXT_ID}]
     if event.kind == "delta":
         return [{"type": "text-delta", "id": _TEXT_ID, "delta": event.content}]
+    if event.tool is not None:
+        return [_tool_part(event.tool)]
     if event.kind == "done" and event.result is not None:
         result = event.result
         metadata = {

@@ -15,7 +15,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
 
 from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath, owned
-from api.schemas import MessageBody, MessageResponse, message_problem
+from api.schemas import MessageBody, MessageResponse, message_problem, tool_data
 from services.bus import Overflowed, SessionEvent, Subscription
 from services.errors import (
     ChatifyError,
@@ -128,6 +128,8 @@ def session_frames(event: SessionEvent) -> list[dict[str, Any]]:
         return [{"type": "turn_started", "turn": event.turn, "message": event.text, **answers}]
     if event.kind == "delta":
         return [{"type": "ai_response_delta", "content": event.text, **answers}]
+    if event.tool is not None:  # tool_call, tool_result
+        return [{"type": event.kind, **tool_data(event.tool), **answers}]
     if event.kind == "reply" and event.result is not None:
         return _reply_frames(event.result, answers)
     if event.kind == "turn_error" and event.error is not None:
@@ -220,6 +222,8 @@ async def _forward(websocket: WebSocket, turn: Turn) -> bool:
             await websocket.send_json(
                 {"type": "ai_response_delta", "content": event.content, **answers}
             )
+        elif event.tool is not None:  # tool_call, tool_result
+            await websocket.send_json({"type": event.kind, **tool_data(event.tool), **answers})
         elif event.kind == "done" and event.result is not None:
             for frame in _reply_frames(event.result, answers):
                 await websocket.send_json(frame)

@@ -1,5 +1,5 @@
-"""``python -m bench``: every benchmark of docs/performance.md, docs/tokens.md and
-docs/memory.md, one command.
+"""``python -m bench``: every benchmark of docs/performance.md, docs/tokens.md,
+docs/memory.md and docs/tools.md, one command.
 
 Each scenario starts its own service (``python -m api``), mock LLM and, for Firebase, the
 Realtime Database test server, all on 127.0.0.1; measures going direct to the mock and going
@@ -12,7 +12,7 @@ import argparse
 import logging
 from typing import Any
 
-from bench import conversation, memory, roundtrips, store_bytes, tokens
+from bench import conversation, memory, roundtrips, store_bytes, tokens, tools
 from bench.harness import running, start_mock_llm, start_rtdb, start_service
 from bench.load import Phase, bench_settings, measure, summary_table
 
@@ -81,7 +81,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        help="memory, bytes, streams1000, roundtrips, tokens, conversation",
+        help="memory, bytes, streams1000, roundtrips, tokens, conversation, tools",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -145,6 +145,8 @@ def main() -> None:
         tokens.main(["--conversations", str(n(20))])
     if "conversation" not in args.skip:
         conversation.main(["--turns", str(n(500)), "--show-turn", str(n(300))])
+    if "tools" not in args.skip:
+        tools.main(["--turns", str(n(400)), "--tool-turns", str(n(60))])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ tests push ``Reply`` objects that say what the next request gets (an error statu
 dropped connection, a 429 with ``Retry-After``, chunked streaming); with nothing scripted it
 answers ``Echo: <last user message>`` after ``latency`` seconds.
 
+Tools: when a request offers ``tools`` and the user's message says
+``[[call <function> <JSON arguments>]]`` (once or more), the answer calls those functions; once
+the tools answered, it replies ``Tool said: <results>``. ``[[loop <function> <JSON>]]`` calls
+again on every request that offers tools (to reach the round limit).
+
 Run alone: ``python -m bench.mock_llm --port 9100 --latency-ms 200 --chunks 8``.
 """
 
@@ -18,6 +23,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -60,6 +66,8 @@ class Reply:
     gate: threading.Event | None = None
     arrived: threading.Event | None = None
     raw_body: bytes | None = None
+    # Tool calls to answer with: ``{"name": <function>, "arguments": <dict or JSON text>}``.
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -245,11 +253,58 @@ class MockLLM:
         if reply.raw_body is not None:
             await _send_raw(writer, 200, reply.raw_body)
             return True
+        calls = _tool_calls(body) if reply.tool_calls is None else reply.tool_calls
+        if calls:
+            await self._send_calls(writer, body, calls)
+            return True
         content = reply.content if reply.content is not None else self._echo(body)
         if body.get("stream"):
             return await self._stream(writer, body, reply, content)
         await _send(writer, 200, _completion(body, content, reply.usage))
         return True
+
+    async def _send_calls(
+        self, writer: asyncio.StreamWriter, body: dict[str, Any], calls: list[dict[str, Any]]
+    ) -> None:
+        """A reply that only calls tools, streamed in pieces or whole."""
+        wire = [
+            {
+                "id": f"call_{len(self.requests)}_{index}",
+                "type": "function",
+                "function": {"name": call["name"], "arguments": _json_text(call["arguments"])},
+            }
+            for index, call in enumerate(calls)
+        ]
+        usage = _usage(body, json.dumps(wire))
+        if not body.get("stream"):
+            result = _completion(body, "", True)
+            result["choices"][0]["message"] = {"role": "assistant", "content": None}
+            result["choices"][0]["message"]["tool_calls"] = wire
+            result["choices"][0]["finish_reason"] = "tool_calls"
+            result["usage"] = usage
+            await _send(writer, 200, result)
+            return
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            "transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+        )
+        writer.write(head.encode())
+        for index, call in enumerate(wire):
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            first = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
+            for piece in (first, *(
+                {"index": index, "function": {"arguments": part}}
+                for part in (arguments[:half], arguments[half:])
+            )):  # fmt: skip
+                _write_chunk(writer, _sse(_chunk(body, {"tool_calls": [piece]}, None)))
+        _write_chunk(writer, _sse(_chunk(body, {}, "tool_calls")))
+        final = _chunk(body, None, None)
+        final["choices"], final["usage"] = [], usage
+        _write_chunk(writer, _sse(final))
+        _write_chunk(writer, b"data: [DONE]\n\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
     async def _stream(
         self, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply, content: str
@@ -287,7 +342,42 @@ class MockLLM:
             return _memory_of(str(messages[-1].get("content", "")))
         if self.fixed_reply is not None:
             return self.fixed_reply
+        if messages[-1].get("role") == "tool":
+            results = [m.get("content", "") for m in _trailing_tool_messages(messages)]
+            return "Tool said: " + " | ".join(results)
         return f"{self.config.reply_prefix}{messages[-1].get('content', '')}"
+
+
+_DIRECTIVE = re.compile(r"\[\[(call|loop) (\S+) (\{.*?\})\]\]")
+
+
+def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The calls the user's message asks for (see the module docstring), if tools are offered."""
+    if not body.get("tools"):
+        return []
+    messages = body.get("messages") or []
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users:
+        return []
+    answered = messages[-1].get("role") == "tool"
+    return [
+        {"name": name, "arguments": arguments}
+        for kind, name, arguments in _DIRECTIVE.findall(str(users[-1].get("content", "")))
+        if kind == "loop" or not answered
+    ]
+
+
+def _trailing_tool_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    trailing = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        trailing.append(message)
+    return trailing[::-1]
+
+
+def _json_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 def _memory_of(request: str) -> str:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from services.errors import ChatifyError
-from services.models import TurnResult
+from services.models import ToolCall, ToolUse, TurnResult
 
 logger = logging.getLogger(__name__)
-EventKind = Literal["turn_started", "delta", "reply", "turn_error", "title", "ended"]
+EventKind = Literal[
+    "turn_started", "delta", "tool_call", "tool_result", "reply", "turn_error", "title", "ended"
+]
 QUEUE_LIMIT = 1000  # events a subscriber may fall behind before it is cut off
 
 
@@ -34,6 +36,7 @@ class SessionEvent:
     error: ChatifyError | None = None
     status: str = ""  # ended: "ended", "expired" or "deleted"
     origin: str | None = None  # the connection that sent the turn (it follows it itself)
+    tool: ToolCall | ToolUse | None = None  # tool_call: the call; tool_result: its result
 
 
 class Overflowed(Exception):

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,25 +20,37 @@ import httpx2
 import openai
 
 from services.errors import ContextTooLong, LLMError, LLMTimeout, LLMUnavailable
-from services.models import Sampling, Usage
+from services.models import Sampling, ToolUse, Usage
 from services.provider_config import DEFAULT_PROVIDER
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ChatMessage = dict[str, str]
+ChatMessage = dict[str, Any]  # role and content; tool calls and results carry more
 DeltaSink = Callable[[str], None]
+ToolDefinitions = Sequence[dict[str, Any]]  # chat-completions ``tools`` entries
+
+
+@dataclass(frozen=True, slots=True)
+class LLMToolCall:
+    """A function call the model asked for, as it sent it (arguments are JSON text)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A finished reply."""
+    """A finished reply (or, with ``tool_calls``, a request to call tools first)."""
 
     content: str
     usage: Usage
     model: str
     usage_reported: bool = True  # False: the provider sent none, ``usage`` is an estimate
     provider: str = DEFAULT_PROVIDER  # the provider that answered
+    tool_calls: tuple[LLMToolCall, ...] = ()  # the model's calls, when it made some
+    tool_uses: tuple[ToolUse, ...] = ()  # the tool loop's calls and results, in order
 
 
 class LLMClient(Protocol):
@@ -46,11 +58,18 @@ class LLMClient(Protocol):
 
     provider: str
 
-    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
+    async def complete(
+        self, messages: list[ChatMessage], sampling: Sampling, *, tools: ToolDefinitions = ()
+    ) -> Completion:
         """One chat completion; raises ``LLMError``/``LLMTimeout``/``LLMUnavailable``."""
 
     async def stream(
-        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+        self,
+        messages: list[ChatMessage],
+        sampling: Sampling,
+        *,
+        on_delta: DeltaSink,
+        tools: ToolDefinitions = (),
     ) -> Completion:
         """The same, handing each piece of text to ``on_delta`` as it arrives."""
 
@@ -110,9 +129,11 @@ class OpenAIChat:
         """Close the HTTP connection pool."""
         await self._client.close()
 
-    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
+    async def complete(
+        self, messages: list[ChatMessage], sampling: Sampling, *, tools: ToolDefinitions = ()
+    ) -> Completion:
         """Ask for one reply within ``LLM_TIMEOUT_SECONDS``, retries included."""
-        body = request_body(messages, sampling)
+        body = request_body(messages, sampling, tools)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline):
@@ -127,13 +148,19 @@ class OpenAIChat:
         return parse_completion(data, messages, sampling.model)
 
     async def stream(
-        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+        self,
+        messages: list[ChatMessage],
+        sampling: Sampling,
+        *,
+        on_delta: DeltaSink,
+        tools: ToolDefinitions = (),
     ) -> Completion:
         """Stream the reply; usage comes from ``stream_options.include_usage`` when served."""
-        body = request_body(messages, sampling)
+        body = request_body(messages, sampling, tools)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         parts: list[str] = []
+        calls = _StreamedCalls()
         usage: Usage | None = None
         model = sampling.model
         started = time.monotonic()
@@ -153,14 +180,16 @@ class OpenAIChat:
                         for piece in _delta_texts(chunk):
                             parts.append(piece)
                             on_delta(piece)
+                        calls.add(chunk)
         except (TimeoutError, openai.APIError) as exc:
             raise self._failure(exc, started) from exc
-        reply = "".join(parts)
-        if not reply.strip():
+        reply, tool_calls = "".join(parts), calls.finished()
+        if not reply.strip() and not tool_calls:
             raise LLMError("The language model sent an empty reply")
         if usage is None:
-            return Completion(reply, estimate_usage(messages, reply), model, usage_reported=False)
-        return Completion(reply, usage, model)
+            usage = estimate_usage(messages, reply)
+            return Completion(reply, usage, model, usage_reported=False, tool_calls=tool_calls)
+        return Completion(reply, usage, model, tool_calls=tool_calls)
 
     def _failure(
         self, exc: Exception, started: float
@@ -193,9 +222,35 @@ def _delta_texts(chunk: Any) -> list[str]:
     return texts
 
 
-def request_body(messages: list[ChatMessage], sampling: Sampling) -> dict[str, Any]:
+class _StreamedCalls:
+    """Tool calls arriving in pieces across stream chunks, by index."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or []:
+            for piece in ((choice or {}).get("delta") or {}).get("tool_calls") or []:
+                call = self._calls.setdefault(
+                    int(piece.get("index") or 0), {"id": "", "name": "", "arguments": ""}
+                )
+                function = piece.get("function") or {}
+                call["id"] = piece.get("id") or call["id"]
+                call["name"] += function.get("name") or ""
+                call["arguments"] += function.get("arguments") or ""
+
+    def finished(self) -> tuple[LLMToolCall, ...]:
+        return tuple(
+            LLMToolCall(call["id"] or f"call_{index}", call["name"], call["arguments"])
+            for index, call in sorted(self._calls.items())
+        )
+
+
+def request_body(
+    messages: list[ChatMessage], sampling: Sampling, tools: ToolDefinitions = ()
+) -> dict[str, Any]:
     """The chat-completions request for one turn."""
-    return {
+    body: dict[str, Any] = {
         "model": sampling.model,
         "messages": messages,
         "temperature": sampling.temperature,
@@ -203,6 +258,17 @@ def request_body(messages: list[ChatMessage], sampling: Sampling) -> dict[str, A
         "presence_penalty": sampling.presence_penalty,
         "frequency_penalty": sampling.frequency_penalty,
     }
+    if tools:
+        body["tools"] = list(tools)
+    return body
+
+
+def message_text(message: ChatMessage) -> str:
+    """What a message says, for counting: its content, and any tool calls it makes."""
+    text = message.get("content") or ""
+    if message.get("tool_calls"):
+        text += json.dumps(message["tool_calls"], ensure_ascii=False)
+    return text
 
 
 # How providers say a prompt is too long: OpenAI's error code, and the wording of others
@@ -257,17 +323,33 @@ def _retry_after(response: httpx2.Response) -> float | None:
 def parse_completion(data: Any, messages: list[ChatMessage], model: str) -> Completion:
     """Read a chat-completions response; an unusable one is ``LLMError``."""
     try:
-        content = data["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError) as exc:
+        message = data["choices"][0]["message"]
+        content = message.get("content") or ""
+        tool_calls = _message_calls(message.get("tool_calls"))
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise LLMError("The language model sent a reply without a message") from exc
-    if not isinstance(content, str) or not content.strip():
+    if not isinstance(content, str) or (not content.strip() and not tool_calls):
         raise LLMError("The language model sent an empty reply")
     usage = _usage(data.get("usage"))
+    model = str(data.get("model") or model)
     if usage is None:
-        return Completion(
-            content, estimate_usage(messages, content), str(data.get("model") or model), False
+        usage = estimate_usage(messages, content)
+        return Completion(content, usage, model, usage_reported=False, tool_calls=tool_calls)
+    return Completion(content, usage, model, tool_calls=tool_calls)
+
+
+def _message_calls(raw: Any) -> tuple[LLMToolCall, ...]:
+    calls = []
+    for index, call in enumerate(raw or []):
+        function = call.get("function") or {}
+        calls.append(
+            LLMToolCall(
+                str(call.get("id") or f"call_{index}"),
+                str(function.get("name") or ""),
+                str(function.get("arguments") or ""),
+            )
         )
-    return Completion(content, usage, str(data.get("model") or model))
+    return tuple(calls)
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -282,7 +364,7 @@ def _usage(raw: Any) -> Usage | None:
 
 def estimate_usage(messages: list[ChatMessage], reply: str) -> Usage:
     """About four characters a token, for servers that report no usage."""
-    prompt = sum(len(m["content"]) for m in messages) // 4 + 4 * len(messages)
+    prompt = sum(len(message_text(m)) for m in messages) // 4 + 4 * len(messages)
     completion = max(1, len(reply) // 4)
     return Usage(prompt, completion, prompt + completion)
 
@@ -292,8 +374,10 @@ class OfflineResponder:
 
     provider = "offline"
 
-    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
-        """A deterministic reply that says how to configure a real model."""
+    async def complete(
+        self, messages: list[ChatMessage], sampling: Sampling, *, tools: ToolDefinitions = ()
+    ) -> Completion:
+        """A deterministic reply that says how to configure a real model (it calls no tools)."""
         said = messages[-1]["content"]
         if len(said) > 200:
             said = said[:200] + "…"
@@ -305,7 +389,12 @@ class OfflineResponder:
         return Completion(content, estimate_usage(messages, content), "offline", False)
 
     async def stream(
-        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+        self,
+        messages: list[ChatMessage],
+        sampling: Sampling,
+        *,
+        on_delta: DeltaSink,
+        tools: ToolDefinitions = (),
     ) -> Completion:
         """The offline reply, a few words at a time."""
         completion = await self.complete(messages, sampling)

@@ -53,13 +53,14 @@ class Sampling:
     frequency_penalty: float
     provider: str = DEFAULT_PROVIDER
     fallbacks: tuple[Target, ...] = ()  # tried in order when the provider fails
+    tools: tuple[str, ...] = ()  # the MCP tools it may call: "server/tool" or "server/*"
 
 
 def background_sampling(
     session: Sampling, model: str | None, temperature: float, max_tokens: int
 ) -> Sampling:
     """A background call's sampling (a title, a memory): the session's provider and fallbacks,
-    its model unless ``model`` names another, no penalties."""
+    its model unless ``model`` names another, no penalties, no tools."""
     return dataclasses.replace(
         session,
         model=model or session.model,
@@ -67,7 +68,66 @@ def background_sampling(
         max_tokens=max_tokens,
         presence_penalty=0.0,
         frequency_penalty=0.0,
+        tools=(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call the model made: which tool of which MCP server, with what arguments."""
+
+    id: str  # the model's id for the call, which its result answers
+    server: str
+    tool: str
+    arguments: dict[str, Any]
+    round: int = 1  # the model call of the turn that made it, from 1
+
+    @property
+    def name(self) -> str:
+        """``server/tool``, as templates name tools."""
+        return f"{self.server}/{self.tool}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """A tool call and its result (text for the model; an error is a result too)."""
+
+    call: ToolCall
+    result: str
+    is_error: bool = False
+    images: tuple[str, ...] = ()  # image URLs the tool returned (the image tool)
+
+    def as_dict(self) -> dict[str, Any]:
+        """As stored with the reply and shown in history (docs/data.md)."""
+        c = self.call
+        doc: dict[str, Any] = {
+            "id": c.id, "server": c.server, "tool": c.tool, "arguments": c.arguments,
+            "round": c.round, "result": self.result, "is_error": self.is_error,
+        }  # fmt: skip
+        if self.images:
+            doc["images"] = list(self.images)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ToolUse:
+        """From the stored form."""
+        arguments = doc.get("arguments") or {}
+        if isinstance(arguments, str):  # Firebase keeps them as JSON text
+            arguments = json.loads(arguments)
+        call = ToolCall(
+            str(doc["id"]), str(doc["server"]), str(doc["tool"]), dict(arguments),
+            int(doc.get("round") or 1),
+        )  # fmt: skip
+        images = tuple(str(url) for url in doc.get("images") or ())
+        return cls(call, str(doc.get("result") or ""), bool(doc.get("is_error")), images)
+
+
+def tool_uses(raw: Any) -> tuple[ToolUse, ...]:
+    """Stored tool uses: a list of dicts (SQLite keeps it as JSON text), in call order."""
+    items = json.loads(raw) if isinstance(raw, str) else raw or ()
+    if isinstance(items, Mapping):  # Firebase may hand a list back as a dict by index
+        items = [items[key] for key in sorted(items, key=int)]
+    return tuple(ToolUse.from_dict(item) for item in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +204,7 @@ class SessionRecord:
                 frequency_penalty=float(fields["frequency_penalty"]),
                 provider=fields.get("provider") or DEFAULT_PROVIDER,
                 fallbacks=_targets(fields.get("fallbacks")),
+                tools=_tool_patterns(fields.get("tools")),
             ),
             context_messages=int(fields["context_messages"]),
             title=fields.get("title"),
@@ -160,6 +221,12 @@ def _targets(raw: Any) -> tuple[Target, ...]:
     """Stored fallbacks: a list of ``{provider, model}`` (SQLite keeps it as JSON text)."""
     items = json.loads(raw) if isinstance(raw, str) else raw or ()
     return tuple((str(item["provider"]), str(item["model"])) for item in items)
+
+
+def _tool_patterns(raw: Any) -> tuple[str, ...]:
+    """Stored tool patterns: a list (SQLite keeps it as JSON text)."""
+    items = json.loads(raw) if isinstance(raw, str) else raw or ()
+    return tuple(str(item) for item in items)
 
 
 def _memory_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,6 +250,7 @@ class StoredMessage:
     usage: Usage | None = None
     provider: str | None = None  # replies: the provider and model that wrote it
     model: str | None = None
+    tools: tuple[ToolUse, ...] = ()  # replies: the tools it called first, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +265,7 @@ class NewTurn:
     usage: Usage | None
     provider: str | None = None
     model: str | None = None
+    tools: tuple[ToolUse, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@
    few lines by ``services.memory``. Never a ``user`` message, so it cannot pass for the user.
 3. The window: the most recent stored messages not yet in the memory, oldest first; at most
    ``context_messages`` of them and, when the session has a ``context_tokens`` budget, only as
-   many as fit in it. A message is sent whole or not at all.
+   many as fit in it. A message is sent whole or not at all; a reply that called tools is sent
+   with its calls and their results (``services.tools.messages``).
 4. ``user``: the new message, whole.
 """
 
@@ -16,6 +17,7 @@ from typing import Protocol
 
 from services.llm import ChatMessage
 from services.models import SessionRecord, StoredMessage
+from services.tools.messages import replayed_reply
 
 MEMORY_PREFIX = (
     "Memory of this conversation so far (your own notes on earlier messages, which are no "
@@ -52,7 +54,7 @@ def history_window(
     model = record.sampling.model
     kept = 0
     for count, message in enumerate(reversed(recent)):
-        cost = counter.count_message(model, _chat(message))
+        cost = sum(counter.count_message(model, chat) for chat in _chat(message))
         if cost > budget:
             break
         budget -= cost
@@ -85,10 +87,15 @@ def build_prompt(
     from_the_start = window[0].seq == 0 if window else record.message_count == 0
     if record.welcome_message and from_the_start and record.summary_seq == 0:
         messages.append({"role": "assistant", "content": record.welcome_message})
-    messages.extend(_chat(m) for m in window)
+    for message in window:
+        messages += _chat(message)
     messages.append({"role": "user", "content": user_text})
     return messages
 
 
-def _chat(message: StoredMessage) -> ChatMessage:
-    return {"role": message.role, "content": message.content}
+def _chat(message: StoredMessage) -> list[ChatMessage]:
+    """A stored message as the model is sent it: a reply that called tools brings its calls
+    and their results, before its text, so the model sees what it learned from them."""
+    if message.tools:
+        return replayed_reply(message.tools, message.content)
+    return [{"role": message.role, "content": message.content}]

@@ -19,7 +19,15 @@ import time
 from collections.abc import Callable
 
 from services.errors import LLMError, LLMTimeout, LLMUnavailable
-from services.llm import ChatMessage, Completion, DeltaSink, LLMClient, OpenAIChat, default_client
+from services.llm import (
+    ChatMessage,
+    Completion,
+    DeltaSink,
+    LLMClient,
+    OpenAIChat,
+    ToolDefinitions,
+    default_client,
+)
 from services.models import Sampling
 from services.provider_config import DEFAULT_PROVIDER, Target
 from services.settings import Settings
@@ -82,15 +90,22 @@ class Router:
         client = self._clients.get(provider)
         return client.provider if client is not None else "unknown"
 
-    async def complete(self, messages: list[ChatMessage], sampling: Sampling) -> Completion:
+    async def complete(
+        self, messages: list[ChatMessage], sampling: Sampling, *, tools: ToolDefinitions = ()
+    ) -> Completion:
         """A reply from the first target that gives one."""
-        return await self._route(messages, sampling, None)
+        return await self._route(messages, sampling, None, tools)
 
     async def stream(
-        self, messages: list[ChatMessage], sampling: Sampling, *, on_delta: DeltaSink
+        self,
+        messages: list[ChatMessage],
+        sampling: Sampling,
+        *,
+        on_delta: DeltaSink,
+        tools: ToolDefinitions = (),
     ) -> Completion:
         """The same, streamed; no fallback once a delta was handed on."""
-        return await self._route(messages, sampling, on_delta)
+        return await self._route(messages, sampling, on_delta, tools)
 
     async def close(self) -> None:
         """Close every provider's connections."""
@@ -103,7 +118,11 @@ class Router:
         return list(dict.fromkeys(ordered))
 
     async def _route(
-        self, messages: list[ChatMessage], sampling: Sampling, on_delta: DeltaSink | None
+        self,
+        messages: list[ChatMessage],
+        sampling: Sampling,
+        on_delta: DeltaSink | None,
+        tools: ToolDefinitions,
     ) -> Completion:
         failure: LLMError | LLMTimeout | LLMUnavailable | None = None
         targets = self.targets(sampling)
@@ -125,9 +144,9 @@ class Router:
             asked = dataclasses.replace(sampling, provider=provider, model=model)
             try:
                 if on_delta is None:
-                    completion = await client.complete(messages, asked)
+                    completion = await client.complete(messages, asked, tools=tools)
                 else:
-                    completion = await client.stream(messages, asked, on_delta=sink)
+                    completion = await client.stream(messages, asked, on_delta=sink, tools=tools)
             except (LLMError, LLMTimeout, LLMUnavailable) as error:
                 if not retryable(error):
                     raise

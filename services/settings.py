@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.provider_config import DEFAULT_PROVIDER, ProviderConfig, TargetConfig
+from services.tools.config import SERVER_NAME_PATTERN, McpServerConfig, demo_servers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,15 @@ class Settings(BaseSettings):
     llm_fallbacks: list[TargetConfig] = []  # JSON; tried after a personality's own fallbacks
     provider_failures_to_cool: int = Field(3, ge=1)  # failures in a row before a cooldown
     provider_cooldown_seconds: float = Field(30, gt=0)  # how long a failing provider is skipped
+
+    # Tools (MCP servers a personality's ``tools`` name)
+    mcp_servers: dict[str, McpServerConfig] = Field(
+        default_factory=lambda: demo_servers(REPO_ROOT)  # JSON; {}: no tools
+    )
+    tool_max_rounds: int = Field(4, ge=1, le=20)  # rounds of tool calls in one turn
+    tool_timeout_seconds: float = Field(10, gt=0)  # one tool call
+    tool_turn_deadline_seconds: float = Field(60, gt=0)  # all of a turn's tool calls
+    tool_result_max_chars: int = Field(8000, ge=100)  # longer results are cut for the model
 
     # Sampling defaults, used where a template does not set its own
     default_model: str = "gpt-4o-mini"
@@ -146,6 +156,17 @@ class Settings(BaseSettings):
         unknown = {t.provider for t in self.llm_fallbacks} - {DEFAULT_PROVIDER, *names}
         if unknown:
             raise ValueError(f"LLM_FALLBACKS names unknown providers: {sorted(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_mcp_servers(self) -> Settings:
+        for name, config in self.mcp_servers.items():
+            if not re.match(SERVER_NAME_PATTERN, name):
+                raise ValueError(
+                    f"MCP_SERVERS: {name!r} is not a valid name ({SERVER_NAME_PATTERN})"
+                )
+            config.environment(name)  # named variables must be set: fail at start, not per call
+            config.all_headers(name)
         return self
 
     @property

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +22,7 @@ from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSession, ActiveSessions
 from services.errors import ChatifyError, ContextTooLong, IdempotencyConflict, SessionEnded
 from services.gate import Ticket, TurnGate
-from services.llm import ChatMessage, Completion, DeltaSink, LLMClient
+from services.llm import ChatMessage, Completion, LLMClient
 from services.memory import Memory
 from services.models import (
     Clock,
@@ -30,6 +30,8 @@ from services.models import (
     Sampling,
     SessionRecord,
     StoredTurn,
+    ToolCall,
+    ToolUse,
     TurnClaim,
     TurnResult,
     isoformat,
@@ -38,10 +40,11 @@ from services.prompt import PromptCounter, build_prompt, history_window, smaller
 from services.store.base import Store
 from services.templates.stats import TemplateStats
 from services.titles import Titles
+from services.tools.loop import ToolLoop
 from services.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
-EventKind = Literal["start", "delta", "done", "error"]
+EventKind = Literal["start", "delta", "tool_call", "tool_result", "done", "error"]
 _STEPS_BEFORE_CLAIM = 3  # loop steps the model call gets before the claim starts
 
 
@@ -55,6 +58,7 @@ class TurnEvent:
     content: str = ""
     result: TurnResult | None = None
     error: ChatifyError | None = None
+    tool: ToolCall | ToolUse | None = None  # tool_call: the call; tool_result: its result
 
 
 class Turn:
@@ -119,8 +123,10 @@ class TurnPipeline:
         bus: SessionBus | None = None,
         log_content: bool = False,
         usage: UsageMeter | None = None,
+        tools: ToolLoop | None = None,
     ) -> None:
         self._usage = usage
+        self._tools = tools
         self._stats = stats
         self._titles = titles
         self._tokens = tokens
@@ -220,6 +226,8 @@ class TurnPipeline:
                 announced = True
             if event.kind == "delta":
                 bus.publish(SessionEvent("delta", sid, cid, text=event.content, origin=origin))
+            elif event.kind in ("tool_call", "tool_result"):
+                bus.publish(SessionEvent(event.kind, sid, cid, tool=event.tool, origin=origin))
             elif event.kind == "done":
                 bus.publish(SessionEvent("reply", sid, cid, result=event.result, origin=origin))
             elif event.kind == "error":
@@ -326,6 +334,7 @@ class TurnPipeline:
             usage=completion.usage,
             provider=completion.provider,
             model=completion.model,
+            tools=completion.tool_uses,
         )
         try:
             stored = await self._store.write_turn(record, claim, new)
@@ -378,7 +387,13 @@ class TurnPipeline:
         ``client_message_id`` is new, deltas are held back, so a client never sees text of a
         reply that turns out to be a replay; the model is stopped as soon as it is one."""
         held = _HeldDeltas(turn, holding=turn.client_message_id is not None)
-        asking = asyncio.create_task(self._ask(prompts, sampling, stream, held.add))
+
+        async def before_tools() -> None:
+            """Tools run only for a turn the claim found new: a replay never reruns them."""
+            if isinstance(await asyncio.shield(claiming), StoredTurn):
+                await asyncio.Future()  # the turn is a replay; this task is cancelled
+
+        asking = asyncio.create_task(self._ask(prompts, sampling, stream, held, before_tools))
         try:
             done, _ = await asyncio.wait({asking, claiming}, return_when=asyncio.FIRST_COMPLETED)
             if claiming in done:
@@ -427,46 +442,70 @@ class TurnPipeline:
         prompts: list[list[ChatMessage]],
         sampling: Sampling,
         stream: bool,
-        on_delta: DeltaSink,
+        held: _HeldDeltas,
+        before_tools: Callable[[], Awaitable[None]],
     ) -> Completion:
         """The reply to the first prompt the provider accepts: one with less history (the
         memory kept) when it refuses the full one as too long. Such a refusal comes before
         any delta, so nothing of the first attempt reached a client."""
         for attempt, messages in enumerate(prompts, start=1):
             try:
-                if stream:
-                    completion = await self._llm.stream(messages, sampling, on_delta=on_delta)
+                if sampling.tools and self._tools is not None:
+                    completion = await self._tools.run(
+                        messages,
+                        sampling,
+                        stream=stream,
+                        on_delta=held.add,
+                        on_tool=held.tool,
+                        before_tools=before_tools,
+                    )
+                elif stream:
+                    completion = await self._llm.stream(messages, sampling, on_delta=held.add)
                 else:
                     completion = await self._llm.complete(messages, sampling)
-                    on_delta(completion.content)
+                    held.add(completion.content)
             except ContextTooLong:
                 if attempt == len(prompts):
                     raise
                 logger.info("prompt too long for %s; retrying with less history", sampling.model)
                 continue
-            if completion.usage_reported:
+            if completion.usage_reported and not completion.tool_uses:
                 self._tokens.observe(sampling.model, messages, completion.usage.prompt_tokens)
             return completion
         raise AssertionError("no prompt to send")  # prompts is never empty
 
 
 class _HeldDeltas:
-    """Deltas passed on at once, or held until ``release`` (then passed on at once)."""
+    """Deltas and tool events passed on at once, or held until ``release`` (then passed on at
+    once, in order)."""
 
     def __init__(self, turn: Turn, *, holding: bool) -> None:
         self._turn = turn
-        self._held: list[str] | None = [] if holding else None
+        self._held: list[str | ToolCall | ToolUse] | None = [] if holding else None
 
     def add(self, piece: str) -> None:
+        self._pass(piece)
+
+    def tool(self, item: ToolCall | ToolUse) -> None:
+        self._pass(item)
+
+    def _pass(self, item: str | ToolCall | ToolUse) -> None:
         if self._held is None:
-            self._turn.emit("delta", content=piece)
+            _emit(self._turn, item)
         else:
-            self._held.append(piece)
+            self._held.append(item)
 
     def release(self) -> None:
         held, self._held = self._held, None
-        for piece in held or ():
-            self._turn.emit("delta", content=piece)
+        for item in held or ():
+            _emit(self._turn, item)
+
+
+def _emit(turn: Turn, item: str | ToolCall | ToolUse) -> None:
+    if isinstance(item, str):
+        turn.emit("delta", content=item)
+    else:
+        turn.emit("tool_call" if isinstance(item, ToolCall) else "tool_result", tool=item)
 
 
 def _replay(
@@ -477,6 +516,9 @@ def _replay(
     result = _result(record, stored, replayed=True)
     if not started:
         turn.emit("start", turn=result.message_count)
+    for use in stored.assistant.tools:
+        turn.emit("tool_call", tool=use.call)
+        turn.emit("tool_result", tool=use)
     turn.emit("delta", content=result.reply)
     turn.emit("done", result=result)
     return result

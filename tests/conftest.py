@@ -171,6 +171,8 @@ def make_settings(
             # Titles and memories are extra LLM calls; their own tests turn them on.
             "session_titles": False,
             "session_memory": False,
+            # Tool servers are processes; the tool tests start their own.
+            "mcp_servers": {},
             **overrides,
         }
         return Settings(_env_file=None, **values)

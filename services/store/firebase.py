@@ -494,6 +494,7 @@ def _session_doc(s: SessionRecord) -> dict[str, Any]:
         "memory_mode": s.memory_mode,
         "provider": p.provider,
         "fallbacks": [{"provider": t[0], "model": t[1]} for t in p.fallbacks] or None,
+        "tools": list(p.tools) or None,
     }
     return {key: value for key, value in doc.items() if value is not None}
 

@@ -12,6 +12,7 @@ not held here, or one that others wrote to at length).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -34,6 +35,7 @@ from services.models import (
     TurnClaim,
     Usage,
     preview_of,
+    tool_uses,
 )
 from services.store.firebase_usage_nodes import usage_updates
 from services.store.rtdb_keys import decode_key, encode_key, message_key
@@ -178,7 +180,7 @@ class FirebaseTurns:
         user = StoredMessage(seq, "user", turn.user_text, turn.user_at, cid)
         reply = StoredMessage(
             seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage, turn.provider,
-            turn.model,
+            turn.model, turn.tools,
         )  # fmt: skip
         try:
             self._ref("/").update(turn_updates(session, user, reply))
@@ -275,6 +277,11 @@ def message_doc(m: StoredMessage) -> dict[str, Any]:
         doc["usage"] = m.usage.as_dict()
     if m.provider is not None:
         doc["provider"], doc["model"] = m.provider, m.model
+    if m.tools:
+        # Arguments as JSON text: their keys are the model's, and may be no valid RTDB key.
+        doc["tools"] = [
+            {**use.as_dict(), "arguments": json.dumps(use.call.arguments)} for use in m.tools
+        ]
     return doc
 
 
@@ -293,6 +300,7 @@ def messages_of(data: Any) -> list[StoredMessage]:
             usage=Usage.from_dict(doc.get("usage")),
             provider=doc.get("provider"),
             model=doc.get("model"),
+            tools=tool_uses(doc.get("tools")),
         )
         for doc in items
         if isinstance(doc, dict)

@@ -32,6 +32,7 @@ from services.models import (
     TurnClaim,
     Usage,
     preview_of,
+    tool_uses,
 )
 from services.store import sqlite_usage
 from services.templates.versions import (
@@ -74,7 +75,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     memory_mode TEXT,
     summary_seq INTEGER NOT NULL DEFAULT 0,
     provider TEXT,
-    fallbacks TEXT
+    fallbacks TEXT,
+    tools TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at);
 CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (status, last_activity);
@@ -88,6 +90,7 @@ CREATE TABLE IF NOT EXISTS messages (
     usage TEXT,
     provider TEXT,
     model TEXT,
+    tools TEXT,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
@@ -116,7 +119,7 @@ _SESSION_COLUMNS = (
     "session_id, user_id, template_id, status, created_at, last_activity, ended_at, "
     "message_count, system_prompt, model, temperature, max_tokens, presence_penalty, "
     "frequency_penalty, context_messages, title, summary, template_version, preview, "
-    "welcome_message, context_tokens, memory_mode, summary_seq, provider, fallbacks"
+    "welcome_message, context_tokens, memory_mode, summary_seq, provider, fallbacks, tools"
 )
 # Columns added after the first release, for files created before them.
 _ADDED_COLUMNS = {
@@ -130,8 +133,9 @@ _ADDED_COLUMNS = {
         **sqlite_usage.USAGE_COLUMNS,
         "provider": "TEXT",
         "fallbacks": "TEXT",
+        "tools": "TEXT",
     },
-    "messages": {"provider": "TEXT", "model": "TEXT"},
+    "messages": {"provider": "TEXT", "model": "TEXT", "tools": "TEXT"},
 }
 # Created after the added columns exist (an older file gains them first).
 _ADDED_INDEXES = (
@@ -140,7 +144,7 @@ _ADDED_INDEXES = (
 )
 # Where each kind of versioned document lives: table and key column.
 _DOC_TABLES = {"template": ("templates", "template_id"), "rules": ("settings", "key")}
-_MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage, provider, model"
+_MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage, provider, model, tools"
 _MESSAGE_MARKS = ", ".join("?" * (_MESSAGE_COLUMNS.count(",") + 2))  # and session_id
 
 
@@ -239,6 +243,7 @@ class SQLiteStore:
             p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
             s.template_version, s.preview, s.welcome_message, s.context_tokens, s.memory_mode,
             s.summary_seq, p.provider, _fallbacks_json(p.fallbacks),
+            json.dumps(list(p.tools)) if p.tools else None,
         )  # fmt: skip
         sql = f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
 
@@ -311,7 +316,7 @@ class SQLiteStore:
                 )  # fmt: skip
                 reply = StoredMessage(
                     user.seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage,
-                    turn.provider, turn.model,
+                    turn.provider, turn.model, turn.tools,
                 )  # fmt: skip
                 conn.executemany(
                     f"INSERT INTO messages (session_id, {_MESSAGE_COLUMNS}) "
@@ -682,13 +687,14 @@ def _message(row: sqlite3.Row) -> StoredMessage:
     usage = Usage.from_dict(json.loads(row["usage"])) if row["usage"] else None
     return StoredMessage(
         row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"], usage,
-        row["provider"], row["model"],
+        row["provider"], row["model"], tool_uses(row["tools"]),
     )  # fmt: skip
 
 
 def _message_row(session_id: str, message: StoredMessage) -> tuple[Any, ...]:
     usage = json.dumps(message.usage.as_dict()) if message.usage else None
+    tools = json.dumps([use.as_dict() for use in message.tools]) if message.tools else None
     return (
         session_id, message.seq, message.role, message.content, message.timestamp,
-        message.client_message_id, usage, message.provider, message.model,
+        message.client_message_id, usage, message.provider, message.model, tools,
     )  # fmt: skip

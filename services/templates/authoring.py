@@ -61,7 +61,7 @@ class Authoring:
     def validate(self, draft: Any) -> list[Problem]:
         """What is wrong with a draft (located under ``body``, like a 422's detail)."""
         draft = _editable(draft)
-        problems = template_problems(draft, strict=True) + self._templates.provider_problems(draft)
+        problems = template_problems(draft, strict=True) + self._templates.reference_problems(draft)
         return with_prefix(problems, "body")
 
     async def create(self, draft: Mapping[str, Any]) -> tuple[str, DocWrite]:
@@ -100,7 +100,7 @@ class Authoring:
             merged.update(_editable(changes))
             merged = {k: v for k, v in merged.items() if v is not None}
             stamped = {**merged, "createdAt": current.get("createdAt"), "updatedAt": now}
-            providers = with_prefix(self._templates.provider_problems(stamped), "body")
+            providers = with_prefix(self._templates.reference_problems(stamped), "body")
             return _checked(stamped, also=[*unknown, *providers])
 
         return await self._write(DocRef("template", template_id), update, if_match, "api")

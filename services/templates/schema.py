@@ -17,6 +17,7 @@ from services.errors import InvalidInput
 from services.provider_config import NAME_PATTERN as PROVIDER_NAME_PATTERN
 from services.provider_config import TargetConfig
 from services.templates.variables import BUILT_INS, placeholders
+from services.tools.config import TOOL_PATTERN, TOOLS_MAX
 
 # Limits, named once; the docs (docs/authoring.md) list the same numbers.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -113,6 +114,12 @@ class Template(BaseModel):
     fallbacks: list[TargetConfig] = Field(
         [], max_length=FALLBACKS_MAX, description="Tried in order when the provider fails"
     )
+    tools: list[Annotated[str, StringConstraints(pattern=TOOL_PATTERN)]] = Field(
+        [],
+        max_length=TOOLS_MAX,
+        description='MCP tools it may call: "server/tool", or "server/*" for all of a server\'s '
+        "(servers are MCP_SERVERS)",
+    )
     tags: list[Tag] = Field([], max_length=TAGS_MAX)
     is_public: bool = Field(True, alias="isPublic")
     is_default: bool = Field(False, alias="isDefault")
@@ -183,6 +190,25 @@ def provider_problems(doc: Any, known: frozenset[str]) -> list[Problem]:
         }
         for loc, name in named
         if isinstance(name, str) and name not in known
+    ]
+
+
+def tool_problems(doc: Any, known: frozenset[str]) -> list[Problem]:
+    """The MCP servers a template's ``tools`` name that are not configured (``MCP_SERVERS``)."""
+    tools = doc.get("tools") if isinstance(doc, dict) else None
+    if not isinstance(tools, list):
+        return []
+    return [
+        {
+            "type": "unknown_tool_server",
+            "loc": ["tools", index],
+            "msg": f"No MCP server named {server!r} is configured; known: "
+            f"{', '.join(sorted(known)) or 'none'}",
+        }
+        for index, pattern in enumerate(tools)
+        if isinstance(pattern, str)
+        and "/" in pattern
+        and (server := pattern.split("/", 1)[0]) not in known
     ]
 
 

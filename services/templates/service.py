@@ -22,6 +22,7 @@ from services.templates.schema import (
     provider_problems,
     rules_problems,
     template_problems,
+    tool_problems,
 )
 from services.templates.variables import built_in_values, clean_value, render, zone
 
@@ -86,6 +87,13 @@ class TemplateService:
     def provider_problems(self, doc: Any) -> list[Problem]:
         """The providers a template names that this service does not have."""
         return provider_problems(doc, self._settings.provider_names)
+
+    def reference_problems(self, doc: Any) -> list[Problem]:
+        """The providers and MCP servers a template names that this service does not have
+        (checked when a template is written; a stored one whose server went away keeps
+        working, without that server's tools)."""
+        servers = frozenset(self._settings.mcp_servers)
+        return self.provider_problems(doc) + tool_problems(doc, servers)
 
     def budget_models(self) -> set[str]:
         """Models of the personalities with a token budget (their tokenizer is loaded early)."""
@@ -176,6 +184,7 @@ class TemplateService:
             frequency_penalty=_pick(template.frequency_penalty, s.default_frequency_penalty),
             provider=template.provider or DEFAULT_PROVIDER,
             fallbacks=tuple(target.target() for target in template.fallbacks),
+            tools=tuple(template.tools),
         )
         values = self._values(template_id, template, sampling.model, variables or {}, timezone)
         welcome = template.welcome_message

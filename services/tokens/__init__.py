@@ -23,7 +23,7 @@ from typing import Literal
 import tiktoken
 from cachetools import LRUCache
 
-from services.llm import ChatMessage
+from services.llm import ChatMessage, message_text
 from services.tokens.encodings import ENCODINGS, EncodingIntegrityError, EncodingName
 
 __all__ = ["ChatMessage", "EncodingIntegrityError", "TokenCounter", "encoding_for_model"]
@@ -96,7 +96,8 @@ class TokenCounter:
         if encoding is None:
             return round(self._ratio(model) * _raw_message(message))
         tokens = TOKENS_PER_MESSAGE
-        tokens += self._exact(encoding, message["role"]) + self._exact(encoding, message["content"])
+        tokens += self._exact(encoding, message["role"])
+        tokens += self._exact(encoding, message_text(message))
         name = message.get("name")
         if name is not None:
             tokens += self._exact(encoding, name) + TOKENS_PER_NAME
@@ -156,7 +157,7 @@ def _raw_text(text: str) -> float:
 
 
 def _raw_message(message: ChatMessage) -> float:
-    tokens = TOKENS_PER_MESSAGE + _raw_text(message["content"])
+    tokens = TOKENS_PER_MESSAGE + _raw_text(message_text(message))
     name = message.get("name")
     if name is not None:
         tokens += _raw_text(name) + TOKENS_PER_NAME

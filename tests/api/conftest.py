@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from api.app import create_app
 from api.deps import Services
 from tests.conftest import FakeClock, SettingsFactory
 from tests.support.live import Event, live_server, read_events
+from tests.support.node_ai import node_script
 
 API = "/api/v1/chatbot"
 
@@ -61,6 +63,12 @@ async def serve(app: FastAPI) -> AsyncIterator[Live]:
     with live_server(app) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             yield Live(url, client, app.state.services)
+
+
+@pytest.fixture(scope="session")
+def node_ai() -> Path:
+    """The AI SDK's client script (tests/support/node_ai.py)."""
+    return node_script()
 
 
 @pytest.fixture

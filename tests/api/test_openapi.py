@@ -64,7 +64,7 @@ async def test_the_document_is_valid_and_reads_well_in_generated_clients(live: L
 
     stream = spec["paths"][f"{API}/session/{{session_id}}/message/stream"]["post"]
     events = stream["responses"]["200"]["content"]["text/event-stream"]["x-sse-events"]
-    assert set(events) == {"start", "delta", "done", "error"}
+    assert set(events) == {"start", "delta", "tool_call", "tool_result", "done", "error"}
     socket = spec["x-websocket"]
     assert set(socket["serverFrames"]) == set(WS_SERVER_FRAMES)
     for ref in [

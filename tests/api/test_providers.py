@@ -81,6 +81,7 @@ async def test_a_personality_is_served_by_its_provider_and_the_turn_says_which(
             "client_message_id": None,
             "provider": "backup",
             "model": "backup-model",
+            "tools": None,
         }
         assert (await history(chat, plain))[-1]["provider"] == "default"
 

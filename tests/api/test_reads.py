@@ -26,6 +26,7 @@ async def test_history_pages_walk_back_oldest_first(chat: RunningApp, llm: MockL
         "client_message_id": "id3",
         "provider": None,  # replies name the provider and model that wrote them
         "model": None,
+        "tools": None,  # and the tools they called
     }
     assert first["messages"][1]["provider"] == "default"
     assert first["messages"][1]["model"] == "gpt-test-pirate"  # the default personality's

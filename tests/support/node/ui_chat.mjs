@@ -26,5 +26,8 @@ if (stream === null) {
     console.log(JSON.stringify({ state: message.parts.map((p) => p.text ?? null) }));
   }
   const reply = last.parts.filter((p) => p.type === "text").map((p) => p.text).join("");
-  console.log(JSON.stringify({ done: { id: last.id, role: last.role, reply, metadata: last.metadata } }));
+  const tools = last.parts
+    .filter((p) => p.type === "dynamic-tool")
+    .map((p) => ({ name: p.toolName, state: p.state, input: p.input, output: p.output ?? null, errorText: p.errorText ?? null }));
+  console.log(JSON.stringify({ done: { id: last.id, role: last.role, reply, metadata: last.metadata, tools } }));
 }

@@ -1,0 +1,1 @@
+"""MCP servers that ship with Chatify: ``demo`` (time zones, unit conversion)."""

@@ -1,0 +1,1 @@
+"""Tools a personality may call: MCP servers (``mcp.py``), the tool loop (``loop.py``)."""
