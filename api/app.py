@@ -53,6 +53,7 @@ from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.tokens import TokenCounter
+from services.tools.images import ImageTool
 from services.tools.loop import ToolLimits, ToolLoop
 from services.tools.mcp import McpServers
 from services.turns import TurnPipeline
@@ -125,24 +126,28 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 
-async def _start_tools(
-    settings: Settings, llm: LLMClient, stack: AsyncExitStack
-) -> ToolLoop | None:
-    """The MCP servers, connected in the background (a slow one never delays the start)."""
-    if not settings.mcp_servers:
-        return None
+async def _start_tools(settings: Settings, llm: LLMClient, stack: AsyncExitStack) -> ToolLoop:
+    """The MCP servers, connected in the background (a slow one never delays the start), and
+    the built-in image tool."""
     servers = McpServers(settings.mcp_servers)
     stack.push_async_callback(servers.close)  # after the turns drained
-    warming = Tasks()
-    warming.start(servers.warm())
-    stack.push_async_callback(warming.close)
+    if settings.mcp_servers:
+        warming = Tasks()
+        warming.start(servers.warm())
+        stack.push_async_callback(warming.close)
     limits = ToolLimits(
         max_rounds=settings.tool_max_rounds,
         call_timeout=settings.tool_timeout_seconds,
         turn_deadline=settings.tool_turn_deadline_seconds,
         result_max_chars=settings.tool_result_max_chars,
     )
-    return ToolLoop(llm, servers, limits)
+    image_tool = ImageTool(
+        llm,
+        model=settings.image_model,
+        size=settings.image_size,
+        max_bytes=settings.image_max_bytes,
+    )
+    return ToolLoop(llm, servers, limits, image_tool=image_tool)
 
 
 async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Services:

@@ -157,6 +157,11 @@ class MessageBody(BaseModel):
     tools: list[ToolUseBody] | None = Field(
         None, description="Replies that called tools: each call and its result, in order"
     )
+    images: list[str] | None = Field(
+        None,
+        description="Replies: images the image tool made, to show with the text (URLs or "
+        "`data:` URLs)",
+    )
 
     @classmethod
     def of(cls, message: StoredMessage) -> MessageBody:
@@ -170,6 +175,7 @@ class MessageBody(BaseModel):
             provider=message.provider,
             model=message.model,
             tools=[ToolUseBody.of_use(use) for use in message.tools] or None,
+            images=[url for use in message.tools for url in use.images] or None,
         )
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services import memory
+from services.tools.placeholder import placeholder_b64
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,9 @@ class MockLLM:
         body = json.loads(raw) if raw else None
         if self.config.record:
             self.requests.append(RecordedRequest(method, path, headers, body))
+        if path.rstrip("/").endswith("/images/generations"):
+            await self._image(writer, body or {})
+            return True
         if not path.rstrip("/").endswith("/chat/completions"):
             await _send(writer, 404, {"error": {"message": "not found", "type": "invalid_request"}})
             return True
@@ -209,6 +213,20 @@ class MockLLM:
         if reply == Reply() and _prompt_chars(body or {}) > self.config.context_chars > 0:
             reply = Reply(status=400, error_body=_too_long(self.config.context_chars))
         return await self._respond(reader, writer, body or {}, reply)
+
+    async def _image(self, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+        """``/images/generations``: a small image drawn from the prompt, as ``b64_json`` (or a
+        scripted error)."""
+        reply = self._script.popleft() if self._script else Reply()
+        if reply.status != 200:
+            error = {"error": {"message": f"mock error {reply.status}", "type": "server_error"}}
+            await _send(writer, reply.status, error)
+            return
+        if reply.raw_body is not None:
+            await _send_raw(writer, 200, reply.raw_body)
+            return
+        image = {"b64_json": placeholder_b64(str(body.get("prompt", "")))}
+        await _send(writer, 200, {"created": int(time.time()), "data": [image]})
 
     def _default_reply(self) -> Reply:
         """A normal reply, or a random fault at the configured rates."""

@@ -23,6 +23,7 @@ from services.errors import ContextTooLong, LLMError, LLMTimeout, LLMUnavailable
 from services.models import Sampling, ToolUse, Usage
 from services.provider_config import DEFAULT_PROVIDER
 from services.settings import Settings
+from services.tools.placeholder import placeholder_b64
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,21 @@ class Completion:
     tool_uses: tuple[ToolUse, ...] = ()  # the tool loop's calls and results, in order
 
 
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """What an images endpoint returned: a URL, or the image's bytes (base64)."""
+
+    url: str | None = None
+    b64: str | None = None
+    mime: str = "image/png"
+
+    def reference(self) -> str:
+        """A URL a client can show: the provider's, or a ``data:`` URL."""
+        if self.url:
+            return self.url
+        return f"data:{self.mime};base64,{self.b64}"
+
+
 class LLMClient(Protocol):
     """What the turn pipeline needs from a model."""
 
@@ -72,6 +88,11 @@ class LLMClient(Protocol):
         tools: ToolDefinitions = (),
     ) -> Completion:
         """The same, handing each piece of text to ``on_delta`` as it arrives."""
+
+    async def generate_image(
+        self, prompt: str, sampling: Sampling, *, model: str, size: str
+    ) -> GeneratedImage:
+        """One image from ``/images/generations`` (the image tool)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -190,6 +211,28 @@ class OpenAIChat:
             usage = estimate_usage(messages, reply)
             return Completion(reply, usage, model, usage_reported=False, tool_calls=tool_calls)
         return Completion(reply, usage, model, tool_calls=tool_calls)
+
+    async def generate_image(
+        self, prompt: str, sampling: Sampling, *, model: str, size: str
+    ) -> GeneratedImage:
+        """One image, within ``LLM_TIMEOUT_SECONDS``: a URL, or base64 if that is what the
+        server sends (``gpt-image-1`` always does)."""
+        body = {"model": model, "prompt": prompt, "size": size, "n": 1}
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._deadline):
+                response = await self._client.post(
+                    "/images/generations", body=body, cast_to=httpx2.Response
+                )
+            data = json.loads(response.content)["data"][0]
+        except (TimeoutError, openai.APIError) as exc:
+            raise self._failure(exc, started) from exc
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LLMError("The images endpoint sent a reply without an image") from exc
+        url, b64 = data.get("url"), data.get("b64_json")
+        if not (isinstance(url, str) and url) and not (isinstance(b64, str) and b64):
+            raise LLMError("The images endpoint sent a reply without an image")
+        return GeneratedImage(url=url or None, b64=b64 or None)
 
     def _failure(
         self, exc: Exception, started: float
@@ -403,6 +446,12 @@ class OfflineResponder:
             on_delta(" ".join(words[start : start + 4]) + (" " if start + 4 < len(words) else ""))
             await asyncio.sleep(0)
         return completion
+
+    async def generate_image(
+        self, prompt: str, sampling: Sampling, *, model: str, size: str
+    ) -> GeneratedImage:
+        """A small placeholder image drawn from the prompt."""
+        return GeneratedImage(b64=placeholder_b64(prompt))
 
     async def close(self) -> None:
         """Nothing to release."""

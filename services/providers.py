@@ -23,6 +23,7 @@ from services.llm import (
     ChatMessage,
     Completion,
     DeltaSink,
+    GeneratedImage,
     LLMClient,
     OpenAIChat,
     ToolDefinitions,
@@ -106,6 +107,16 @@ class Router:
     ) -> Completion:
         """The same, streamed; no fallback once a delta was handed on."""
         return await self._route(messages, sampling, on_delta, tools)
+
+    async def generate_image(
+        self, prompt: str, sampling: Sampling, *, model: str, size: str
+    ) -> GeneratedImage:
+        """An image from the session's provider (images do not fall back: another provider's
+        image model is another product)."""
+        client = self._clients.get(sampling.provider)
+        if client is None:
+            raise LLMError(f"No model provider named {sampling.provider!r} is configured")
+        return await client.generate_image(prompt, sampling, model=model, size=size)
 
     async def close(self) -> None:
         """Close every provider's connections."""

@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.provider_config import DEFAULT_PROVIDER, ProviderConfig, TargetConfig
-from services.tools.config import SERVER_NAME_PATTERN, McpServerConfig, demo_servers
+from services.tools.config import IMAGES_SERVER, SERVER_NAME_PATTERN, McpServerConfig, demo_servers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     tool_timeout_seconds: float = Field(10, gt=0)  # one tool call
     tool_turn_deadline_seconds: float = Field(60, gt=0)  # all of a turn's tool calls
     tool_result_max_chars: int = Field(8000, ge=100)  # longer results are cut for the model
+    image_model: str = "gpt-image-1"  # the image tool's model (templates list "images/generate")
+    image_size: Literal["256x256", "512x512", "1024x1024", "1024x1536", "1536x1024"] = "1024x1024"
+    image_max_bytes: int = Field(2_000_000, ge=1024)  # largest image stored as a data: URL
 
     # Sampling defaults, used where a template does not set its own
     default_model: str = "gpt-4o-mini"
@@ -161,6 +164,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_mcp_servers(self) -> Settings:
         for name, config in self.mcp_servers.items():
+            if name == IMAGES_SERVER:
+                raise ValueError(
+                    f"MCP_SERVERS: {IMAGES_SERVER!r} is the built-in image tool's name"
+                )
             if not re.match(SERVER_NAME_PATTERN, name):
                 raise ValueError(
                     f"MCP_SERVERS: {name!r} is not a valid name ({SERVER_NAME_PATTERN})"

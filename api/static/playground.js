@@ -21,6 +21,17 @@ function status(text, isError) {
   $("status").className = isError ? "error" : "";
 }
 
+function showImages(reply, urls) {
+  for (const url of urls) {
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = "an image the personality made";
+    img.className = "generated";
+    reply.appendChild(document.createElement("br"));
+    reply.appendChild(img);
+  }
+}
+
 async function api(method, path, body) {
   const response = await fetch(API + path, {
     method,
@@ -70,13 +81,22 @@ async function send(text) {
     throw new Error(data.error.code + ": " + data.error.message);
   }
   let first = null;
+  const calls = {};
   for await (const event of readEvents(response)) {
     const data = JSON.parse(event.data);
     if (event.event === "delta") {
       first = first || performance.now();
       reply.textContent += data.content;
       $("log").scrollTop = $("log").scrollHeight;
+    } else if (event.event === "tool_call") {
+      calls[data.id] = bubble("tool", "⚙ " + data.name + " " + JSON.stringify(data.arguments));
+      $("log").insertBefore(calls[data.id], reply);
+    } else if (event.event === "tool_result") {
+      const note = calls[data.id] || bubble("tool", data.name);
+      const result = data.result.length > 200 ? data.result.slice(0, 200) + "…" : data.result;
+      note.textContent += (data.is_error ? " ✗ " : " → ") + result;
     } else if (event.event === "done") {
+      showImages(reply, data.assistant_message.images || []);
       const total = Math.round(performance.now() - started);
       const ttft = first ? Math.round(first - started) : total;
       status("turn " + data.message_count + " · first text after " + ttft + " ms · done in " +

@@ -17,7 +17,7 @@ from services.errors import InvalidInput
 from services.provider_config import NAME_PATTERN as PROVIDER_NAME_PATTERN
 from services.provider_config import TargetConfig
 from services.templates.variables import BUILT_INS, placeholders
-from services.tools.config import TOOL_PATTERN, TOOLS_MAX
+from services.tools.config import IMAGES_SERVER, TOOL_PATTERN, TOOLS_MAX
 
 # Limits, named once; the docs (docs/authoring.md) list the same numbers.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -194,22 +194,26 @@ def provider_problems(doc: Any, known: frozenset[str]) -> list[Problem]:
 
 
 def tool_problems(doc: Any, known: frozenset[str]) -> list[Problem]:
-    """The MCP servers a template's ``tools`` name that are not configured (``MCP_SERVERS``)."""
+    """The tools a template names that this service does not have: an MCP server that is not
+    configured (``MCP_SERVERS``), or a built-in image tool other than ``images/generate``."""
     tools = doc.get("tools") if isinstance(doc, dict) else None
     if not isinstance(tools, list):
         return []
-    return [
-        {
-            "type": "unknown_tool_server",
-            "loc": ["tools", index],
-            "msg": f"No MCP server named {server!r} is configured; known: "
-            f"{', '.join(sorted(known)) or 'none'}",
-        }
-        for index, pattern in enumerate(tools)
-        if isinstance(pattern, str)
-        and "/" in pattern
-        and (server := pattern.split("/", 1)[0]) not in known
-    ]
+    problems: list[Problem] = []
+    for index, pattern in enumerate(tools):
+        if not isinstance(pattern, str) or "/" not in pattern:
+            continue
+        server, tool = pattern.split("/", 1)
+        if server == IMAGES_SERVER and tool not in ("generate", "*"):
+            message, kind = f"The built-in {IMAGES_SERVER!r} tool is: generate", "unknown_tool"
+        elif server != IMAGES_SERVER and server not in known:
+            names = ", ".join(sorted(known)) or "none"
+            message = f"No MCP server named {server!r} is configured; known: {names}"
+            kind = "unknown_tool_server"
+        else:
+            continue
+        problems.append({"type": kind, "loc": ["tools", index], "msg": message})
+    return problems
 
 
 def parse_template(doc: Any, *, strict: bool = False) -> Template:

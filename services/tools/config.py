@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+IMAGES_SERVER = "images"  # the built-in image tool: "images/generate" (services/tools/images.py)
 # What a template lists: one tool of a server, or all of them ("demo/*").
 TOOL_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}/(\*|[A-Za-z0-9_.-]{1,64})$"
 TOOLS_MAX = 20  # patterns per template

@@ -21,6 +21,9 @@ from typing import Any
 
 from services.llm import ChatMessage, Completion, DeltaSink, LLMClient, LLMToolCall, ToolDefinitions
 from services.models import Sampling, ToolCall, ToolUse, Usage
+from services.tools import images
+from services.tools.config import allowed
+from services.tools.images import ImageTool
 from services.tools.mcp import McpServers, ToolOutcome, ToolSpec
 from services.tools.messages import exchange
 
@@ -48,10 +51,12 @@ class ToolLoop:
         servers: McpServers,
         limits: ToolLimits,
         *,
+        image_tool: ImageTool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._llm = llm
         self._servers = servers
+        self._images = image_tool
         self._limits = limits
         self._clock = clock
 
@@ -67,7 +72,10 @@ class ToolLoop:
     ) -> Completion:
         """The turn's reply; ``before_tools`` is awaited before the first tool runs (the
         turn's claim: a replayed turn never runs its tools again)."""
-        specs = {spec.function: spec for spec in await self._servers.specs(sampling.tools)}
+        listed = await self._servers.specs(sampling.tools)
+        if allowed(sampling.tools, images.SPEC.server, images.SPEC.tool):
+            listed.append(images.SPEC)
+        specs = {spec.function: spec for spec in listed}
         definitions = [spec.definition() for spec in specs.values()]
         ends = self._clock() + self._limits.turn_deadline
         prompt, done = list(messages), _Turn()
@@ -81,7 +89,9 @@ class ToolLoop:
             calls = [_call(raw, specs, round_number) for raw in completion.tool_calls]
             for call, _ in calls:
                 on_tool(call)
-            uses = await asyncio.gather(*(self._use(call, spec, ends) for call, spec in calls))
+            uses = await asyncio.gather(
+                *(self._use(call, spec, ends, sampling) for call, spec in calls)
+            )
             for use in uses:
                 on_tool(use)
             done.uses += uses
@@ -106,7 +116,9 @@ class ToolLoop:
             on_delta(completion.content)
         return completion
 
-    async def _use(self, call: ToolCall, spec: ToolSpec | str, ends: float) -> ToolUse:
+    async def _use(
+        self, call: ToolCall, spec: ToolSpec | str, ends: float, sampling: Sampling
+    ) -> ToolUse:
         if isinstance(spec, str):  # why the call cannot run
             return ToolUse(call, spec, is_error=True)
         timeout = min(self._limits.call_timeout, ends - self._clock())
@@ -114,7 +126,7 @@ class ToolLoop:
             outcome = ToolOutcome("The turn ran out of time for tools", True)
         else:
             started = self._clock()
-            outcome = await self._servers.call(spec, call.arguments, within=timeout)
+            outcome = await self._run(spec, call.arguments, timeout, sampling)
             logger.info(
                 "tool %s: %s in %.0f ms",
                 call.name,
@@ -124,7 +136,18 @@ class ToolLoop:
         text = outcome.text
         if len(text) > self._limits.result_max_chars:
             text = text[: self._limits.result_max_chars] + "… [truncated]"
-        return ToolUse(call, text, outcome.is_error)
+        return ToolUse(call, text, outcome.is_error, outcome.images)
+
+    async def _run(
+        self, spec: ToolSpec, arguments: dict[str, Any], within: float, sampling: Sampling
+    ) -> ToolOutcome:
+        if spec is not images.SPEC:
+            return await self._servers.call(spec, arguments, within=within)
+        try:
+            async with asyncio.timeout(within):
+                return await self._images.call(arguments, sampling)
+        except TimeoutError:
+            return ToolOutcome(f"The tool did not answer within {within:g} s", True)
 
 
 class _Turn:

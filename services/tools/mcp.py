@@ -40,6 +40,11 @@ class ToolSpec:
     input_schema: dict[str, Any]
 
     @property
+    def name(self) -> str:
+        """``server/tool``, as templates name tools."""
+        return f"{self.server}/{self.tool}"
+
+    @property
     def function(self) -> str:
         """The name the model calls it by."""
         return function_name(self.server, self.tool)
@@ -69,10 +74,11 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ToolOutcome:
-    """What a call returned: text for the model, and whether it is an error."""
+    """What a call returned: text for the model, whether it is an error, and any images."""
 
     text: str
     is_error: bool = False
+    images: tuple[str, ...] = ()
 
 
 class McpServers:

@@ -82,6 +82,7 @@ async def test_a_personality_is_served_by_its_provider_and_the_turn_says_which(
             "provider": "backup",
             "model": "backup-model",
             "tools": None,
+            "images": None,
         }
         assert (await history(chat, plain))[-1]["provider"] == "default"
 

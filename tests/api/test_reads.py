@@ -27,6 +27,7 @@ async def test_history_pages_walk_back_oldest_first(chat: RunningApp, llm: MockL
         "provider": None,  # replies name the provider and model that wrote them
         "model": None,
         "tools": None,  # and the tools they called
+        "images": None,
     }
     assert first["messages"][1]["provider"] == "default"
     assert first["messages"][1]["model"] == "gpt-test-pirate"  # the default personality's
