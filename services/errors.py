@@ -60,6 +60,11 @@ class ContextTooLong(ChatifyError):
     code, status = "context_too_long", 422
 
 
+class ToolResultsTooLong(ContextTooLong):
+    """Too long only once tool results were added: the turn's tools have run and clients saw
+    them, so it is not retried with less history (that would run them again)."""
+
+
 class LLMTimeout(ChatifyError):
     code, status = "llm_timeout", 504
 

@@ -20,7 +20,13 @@ from typing import Literal
 
 from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSession, ActiveSessions
-from services.errors import ChatifyError, ContextTooLong, IdempotencyConflict, SessionEnded
+from services.errors import (
+    ChatifyError,
+    ContextTooLong,
+    IdempotencyConflict,
+    SessionEnded,
+    ToolResultsTooLong,
+)
 from services.gate import Ticket, TurnGate
 from services.llm import ChatMessage, Completion, LLMClient
 from services.memory import Memory
@@ -464,8 +470,8 @@ class TurnPipeline:
                 else:
                     completion = await self._llm.complete(messages, sampling)
                     held.add(completion.content)
-            except ContextTooLong:
-                if attempt == len(prompts):
+            except ContextTooLong as error:
+                if attempt == len(prompts) or isinstance(error, ToolResultsTooLong):
                     raise
                 logger.info("prompt too long for %s; retrying with less history", sampling.model)
                 continue

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.errors import ContextTooLong, ToolResultsTooLong
 from services.llm import ChatMessage, Completion, DeltaSink, LLMClient, LLMToolCall, ToolDefinitions
 from services.models import Sampling, ToolCall, ToolUse, Usage
 from services.tools import images
@@ -81,7 +82,15 @@ class ToolLoop:
         prompt, done = list(messages), _Turn()
         for round_number in range(1, self._limits.max_rounds + 2):
             offered = definitions if self._offers(round_number, ends) else []
-            completion = await self._ask(prompt, sampling, stream, on_delta, offered)
+            try:
+                completion = await self._ask(prompt, sampling, stream, on_delta, offered)
+            except ContextTooLong as error:
+                if round_number == 1:
+                    raise  # the turn may retry with less history: nothing has run yet
+                raise ToolResultsTooLong(
+                    "The tool results made the conversation too long for the model; lower "
+                    "TOOL_RESULT_MAX_CHARS or start a new session"
+                ) from error
             done.add(completion)
             if not completion.tool_calls or not offered:
                 break

@@ -339,3 +339,21 @@ async def test_the_ai_sdk_reader_shows_the_tool_parts(
         }
     ]
     assert done["reply"] == "Tool said: 5 km = 3.10686 mi"
+
+
+async def test_tool_results_too_long_for_the_model_fail_the_turn_without_rerunning_tools(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    llm.config.context_chars = 3000  # the question fits; with the tool's 5,000 characters, not
+    settings = make_settings(mcp_servers={"faulty": stdio("tests.support.mcp_faulty")})
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("faulty")
+        await chat.send(session_id, "An earlier turn, so there is history to drop.")
+        llm.reset()
+        reply = await chat.send(session_id, '[[call faulty__huge {"chars": 5000}]]')
+        stored = await history(chat, session_id)
+
+    assert reply.status_code == 422 and reply.json()["error"]["code"] == "context_too_long"
+    assert "tool results" in reply.json()["error"]["message"]
+    assert len(llm.chat_requests()) == 2  # no second attempt with less history: tools ran once
+    assert len(stored) == 2  # nothing of the failed turn is stored
