@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import (
     admin,
+    metrics,
     ops,
     personalities,
     playground,
@@ -40,6 +41,7 @@ from services.gate import TurnGate
 from services.identity import build_authenticator
 from services.llm import LLMClient
 from services.memory import Memory
+from services.metrics import Metrics
 from services.models import Clock, utc_now
 from services.providers import build_llm
 from services.quotas import Quotas
@@ -47,6 +49,7 @@ from services.scheduler import build_scheduler
 from services.sessions import SessionService
 from services.settings import Settings
 from services.store import build_store
+from services.store.metered import metered
 from services.templates.authoring import Authoring
 from services.templates.preview import Previews
 from services.templates.service import TemplateService
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(ops.router)
+    app.include_router(metrics.router)
     app.include_router(playground.router)
     app.include_router(studio.router)
     app.include_router(sessions.router, prefix=API_PREFIX)
@@ -159,7 +163,8 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         )
     auth = build_authenticator(settings)
     stack.push_async_callback(auth.close)
-    store = build_store(settings)
+    meters = Metrics()
+    store = metered(build_store(settings), meters)
     await store.open()
     stack.push_async_callback(store.close)
 
@@ -167,7 +172,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     await templates.seed_if_empty()
     await templates.refresh()
 
-    llm = build_llm(settings)
+    llm = build_llm(settings, observer=meters)
     stack.push_async_callback(llm.close)
     tools = await _start_tools(settings, llm, stack)
     stats = TemplateStats(store, clock=clock)
@@ -203,10 +208,11 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         calls=calls,
     )
     stack.push_async_callback(memory.close)  # after the turns drained: none starts later
+    gate = TurnGate(settings.session_queue_limit)
     turns = TurnPipeline(
         store=store,
         sessions=cache,
-        gate=TurnGate(settings.session_queue_limit),
+        gate=gate,
         llm=llm,
         clock=clock,
         stats=stats,
@@ -217,8 +223,14 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         log_content=settings.log_message_content,
         usage=quotas,
         tools=tools,
+        observer=meters,
     )
     stack.push_async_callback(turns.drain)
+    meters.watch(
+        sessions_cached=cache.__len__,
+        turns_in_flight=lambda: turns.in_flight_count,
+        turns_queued=lambda: gate.queued_count,
+    )
     session_service = SessionService(
         store=store,
         templates=templates,
@@ -251,4 +263,5 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         bus=bus,
         calls=calls,
         usage=UsageService(store=store, clock=clock, quota=settings.user_daily_token_quota or None),
+        metrics=meters,
     )

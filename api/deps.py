@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
@@ -14,6 +14,7 @@ from services.errors import ChatifyError, SessionEnded, SessionNotFound
 from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
 from services.memory import Memory
+from services.metrics import Metrics
 from services.models import SessionRecord
 from services.quotas import Quotas
 from services.sessions import SessionService
@@ -50,6 +51,13 @@ class Services:
     bus: LocalBus
     usage: UsageService
     calls: BackgroundCalls
+    metrics: Metrics
+
+
+def metrics_of(app: Any) -> Metrics | None:
+    """An app's metrics, once its lifespan has built them (None before: nothing to count)."""
+    services: Services | None = getattr(app.state, "services", None)
+    return services.metrics if services is not None else None
 
 
 async def get_services(conn: HTTPConnection) -> Services:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.deps import metrics_of
 from api.schemas import ErrorBody
 from services.errors import ChatifyError, InvalidInput
 
@@ -93,8 +94,16 @@ def error_response(
     return AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
+def count_error(app: Any, code: str) -> None:
+    """Count an HTTP error response in the app's ``chatify_errors_total``."""
+    metrics = metrics_of(app)
+    if metrics is not None:
+        metrics.error(code)
+
+
 async def _chatify_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatifyError)
+    count_error(request.app, exc.code)
     if exc.status >= 500:
         logger.warning("%s %s -> %s %s", request.method, request.url.path, exc.status, exc.code)
     detail = exc.problems if isinstance(exc, InvalidInput) else None
@@ -114,6 +123,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     message = (
         f"Invalid request: {where}: {first.get('msg', 'invalid')}" if where else "Invalid request"
     )
+    count_error(request.app, "validation_error")
     return error_response(422, "validation_error", message, detail=errors)
 
 
@@ -123,10 +133,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's answer to a body it cannot decode (not UTF-8, nested too deep): to clients
         # that is one more invalid request.
         problem = {"type": "json_invalid", "loc": ["body"], "msg": str(exc.detail)}
+        count_error(request.app, "validation_error")
         return error_response(
             422, "validation_error", f"Invalid request: {exc.detail}", detail=[problem]
         )
     code = _HTTP_CODES.get(exc.status_code, "http_error")
+    count_error(request.app, code)
     response = error_response(exc.status_code, code, str(exc.detail))
     response.headers.update(exc.headers or {})  # e.g. Allow on 405
     return response
@@ -134,6 +146,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    count_error(request.app, "internal_error")
     return error_response(500, "internal_error", "Internal server error")
 
 

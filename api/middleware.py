@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: request ids with one log line per request, the body size limit, and
-paths that answer with or without a trailing slash."""
+"""Pure ASGI middleware: request ids with one log line and one metric count per request, the
+body size limit, and paths that answer with or without a trailing slash."""
 
 from __future__ import annotations
 
@@ -9,50 +9,96 @@ import re
 import time
 import uuid
 
+from fastapi.routing import iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge, error_response
+from api.deps import metrics_of
+from api.errors import PayloadTooLarge, count_error, error_response
 
 logger = logging.getLogger("chatify.requests")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class RequestLogMiddleware:
-    """Tags each request with an id (``X-Request-ID``, kept from the client when sane) and logs
-    method, path, status and latency when it ends. Never logs bodies or headers."""
+    """Tags each request with an id (``X-Request-ID``, kept from the client when sane), logs
+    method, path, status and latency when it ends, and counts it in the app's metrics by route
+    template and status. Never logs bodies or headers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._routes = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or _next_id()
+        rid = _incoming_id(scope) or _next_id()
         started = time.perf_counter()
         status = 0
+        headers_after: float | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, headers_after
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers_after = time.perf_counter() - started
                 message["headers"] = [
                     *message.get("headers", ()),
-                    (b"x-request-id", request_id.encode()),
+                    (b"x-request-id", rid.encode()),
                 ]
+            elif message["type"] in _WEBSOCKET_STATUS and not status:
+                status = message.get("status", _WEBSOCKET_STATUS[message["type"]])
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            status = status or 500  # the server answers 500 for what escaped the app
+            raise
         finally:
-            logger.info(
-                "%s %s %s %.1fms rid=%s",
-                scope.get("method", "WS"),
-                scope["path"],
-                status or "-",
-                (time.perf_counter() - started) * 1000,
-                request_id,
-            )
+            self._record(scope, rid, status, started, headers_after)
+
+    def _record(
+        self, scope: Scope, rid: str, status: int, started: float, headers_after: float | None
+    ) -> None:
+        method = scope.get("method", "WS")
+        route = self._routes.of(scope)
+        latency_ms = (time.perf_counter() - started) * 1000
+        metrics = metrics_of(scope["app"])
+        if metrics is not None:
+            metrics.request(method=method, route=route, status=status, seconds=headers_after)
+        logger.info("%s %s %s %.1fms rid=%s", method, scope["path"], status or "-", latency_ms, rid)
+
+
+# What a WebSocket's first answer says about it, as the HTTP status of its handshake.
+_WEBSOCKET_STATUS = {
+    "websocket.accept": 101,
+    "websocket.close": 403,  # closed before it was accepted: the server refuses with 403
+    "websocket.http.response.start": 0,  # the status is in the message
+}
+UNMATCHED = "unmatched"
+
+
+class RouteTemplates:
+    """The path template of the route that served a request, as the OpenAPI document names
+    it (``/api/v1/chatbot/session/{session_id}``), never the raw path: a metric label must
+    not take a value per session. ``unmatched`` when no route served it (an unknown path, a
+    CORS preflight)."""
+
+    def __init__(self) -> None:
+        self._paths: dict[int, str] | None = None
+
+    def of(self, scope: Scope) -> str:
+        """The template of ``scope``'s route, once the app has routed it."""
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED
+        if self._paths is None:
+            # FastAPI puts the route as its router declared it in the scope, without the
+            # prefix it was included with; the app's route contexts know the full path.
+            contexts = iter_route_contexts(scope["app"].routes)
+            self._paths = {id(c.original_route): c.path for c in contexts if c.path}
+        return self._paths.get(id(route)) or str(getattr(route, "path", UNMATCHED))
 
 
 _PROCESS_TAG = uuid.uuid4().hex[:12]
@@ -108,6 +154,7 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"Request body larger than {self.max_bytes} bytes"
+        count_error(scope["app"], PayloadTooLarge.code)
         await error_response(413, PayloadTooLarge.code, message)(scope, receive, send)
 
 

@@ -31,6 +31,11 @@ class TurnGate:
         lane = self._lanes.get(session_id)
         return max(0, lane.holders - 1) if lane else 0
 
+    @property
+    def queued_count(self) -> int:
+        """Turns of every session waiting behind a running one (for metrics)."""
+        return sum(lane.holders - 1 for lane in self._lanes.values())
+
     def reserve(self, session_id: str) -> Ticket:
         """A place in the session's queue; ``SessionBusy`` when too many already wait."""
         lane = self._lanes.get(session_id)

@@ -114,6 +114,11 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def key_matches(presented: str, key: str) -> bool:
+    """Whether ``presented`` is ``key`` (raw or ``sha256:<hex>``), compared in constant time."""
+    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), _digest(key))
+
+
 class ApiKeyAuthenticator:
     """``Authorization: Bearer <key>`` or ``X-API-Key``, checked in constant time."""
 

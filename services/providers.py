@@ -13,12 +13,13 @@ breaker alone.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
-from services.errors import LLMError, LLMTimeout, LLMUnavailable
+from services.errors import ChatifyError, LLMError, LLMTimeout, LLMUnavailable
 from services.llm import (
     ChatMessage,
     Completion,
@@ -29,6 +30,7 @@ from services.llm import (
     ToolDefinitions,
     default_client,
 )
+from services.metrics import LLMObserver
 from services.models import Sampling
 from services.provider_config import DEFAULT_PROVIDER, Target
 from services.settings import Settings
@@ -75,10 +77,12 @@ class Router:
         *,
         fallbacks: tuple[Target, ...],
         breaker: Breaker,
+        observer: LLMObserver | None = None,
     ) -> None:
         self._clients = clients
         self._fallbacks = fallbacks
         self._breaker = breaker
+        self._observer = observer
         self.provider: str = clients[DEFAULT_PROVIDER].provider  # the default's kind
 
     @property
@@ -154,10 +158,9 @@ class Router:
 
             asked = dataclasses.replace(sampling, provider=provider, model=model)
             try:
-                if on_delta is None:
-                    completion = await client.complete(messages, asked, tools=tools)
-                else:
-                    completion = await client.stream(messages, asked, on_delta=sink, tools=tools)
+                completion = await self._call(
+                    client, messages, asked, None if on_delta is None else sink, tools
+                )
             except (LLMError, LLMTimeout, LLMUnavailable) as error:
                 if not retryable(error):
                     raise
@@ -172,6 +175,37 @@ class Router:
         assert failure is not None  # targets() is never empty
         raise failure
 
+    async def _call(
+        self,
+        client: LLMClient,
+        messages: list[ChatMessage],
+        asked: Sampling,
+        on_delta: DeltaSink | None,
+        tools: ToolDefinitions,
+    ) -> Completion:
+        """One provider's answer, its time and outcome told to the observer."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            if on_delta is None:
+                return await client.complete(messages, asked, tools=tools)
+            return await client.stream(messages, asked, on_delta=on_delta, tools=tools)
+        except ChatifyError as error:
+            outcome = error.code
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # a replay was found meanwhile, or the service is stopping
+            raise
+        except Exception:
+            outcome = "internal_error"
+            raise
+        finally:
+            if self._observer is not None:
+                seconds = time.perf_counter() - started
+                self._observer.llm_call(
+                    provider=asked.provider, model=asked.model, seconds=seconds, outcome=outcome
+                )
+
 
 def retryable(error: LLMError | LLMTimeout | LLMUnavailable) -> bool:
     """Whether another provider may succeed: no connection, a timeout, 429 or a 5xx."""
@@ -180,8 +214,9 @@ def retryable(error: LLMError | LLMTimeout | LLMUnavailable) -> bool:
     return True
 
 
-def build_llm(settings: Settings) -> Router:
-    """The ``default`` provider and every one of ``LLM_PROVIDERS``, behind one router."""
+def build_llm(settings: Settings, *, observer: LLMObserver | None = None) -> Router:
+    """The ``default`` provider and every one of ``LLM_PROVIDERS``, behind one router; each
+    call is told to ``observer``."""
     clients: dict[str, LLMClient] = {DEFAULT_PROVIDER: default_client(settings)}
     for config in settings.llm_providers:
         clients[config.name] = OpenAIChat(
@@ -196,4 +231,4 @@ def build_llm(settings: Settings) -> Router:
         failures=settings.provider_failures_to_cool, cooldown=settings.provider_cooldown_seconds
     )
     fallbacks = tuple(target.target() for target in settings.llm_fallbacks)
-    return Router(clients, fallbacks=fallbacks, breaker=breaker)
+    return Router(clients, fallbacks=fallbacks, breaker=breaker, observer=observer)

@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(4, ge=1)
     max_active_sessions_per_user: int = Field(20, ge=1)
     log_message_content: bool = False
+    metrics_token: SecretStr | None = None  # a bearer token that may read GET /metrics
     user_daily_token_quota: int = Field(0, ge=0)  # prompt + completion tokens a UTC day; 0: none
 
     # Firebase Realtime Database (STORE=firebase)
@@ -134,6 +135,7 @@ class Settings(BaseSettings):
         "firebase_database_emulator_host",
         "firebase_project_id",
         "firebase_auth_emulator_host",
+        "metrics_token",
         mode="before",
     )
     @classmethod
@@ -227,7 +229,8 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "USER_API_KEYS entries are user_id=key (user_id: A-Z a-z 0-9 _.:@-)"
                 )
-        for entry in [*self.api_keys, *self.admin_api_keys, *self.user_api_keys]:
+        metrics = [self.metrics_token.get_secret_value()] if self.metrics_token else []
+        for entry in [*self.api_keys, *self.admin_api_keys, *self.user_api_keys, *metrics]:
             key = entry.partition("=")[2] if entry in self.user_api_keys else entry
             if key.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", key):
                 raise ValueError("API keys given as sha256: need 64 hex digits after the prefix")

@@ -30,6 +30,7 @@ from services.errors import (
 from services.gate import Ticket, TurnGate
 from services.llm import ChatMessage, Completion, LLMClient
 from services.memory import Memory
+from services.metrics import TurnObserver
 from services.models import (
     Clock,
     NewTurn,
@@ -83,11 +84,14 @@ class Turn:
         self.client_message_id = client_message_id
         self.events: list[TurnEvent] = []
         self.joiners = 0  # requests that joined it by client_message_id
+        self.first_delta_at: float | None = None  # perf_counter() of its first delta event
         self._grown = asyncio.Event()
         self.task: asyncio.Task[TurnResult] | None = None
 
     def emit(self, kind: EventKind, **fields: object) -> None:
         """Append an event and wake every follower."""
+        if kind == "delta" and self.first_delta_at is None:
+            self.first_delta_at = time.perf_counter()
         self.events.append(TurnEvent(len(self.events), kind, **fields))  # type: ignore[arg-type]
         self._grown.set()
         self._grown = asyncio.Event()
@@ -130,9 +134,11 @@ class TurnPipeline:
         log_content: bool = False,
         usage: UsageMeter | None = None,
         tools: ToolLoop | None = None,
+        observer: TurnObserver | None = None,
     ) -> None:
         self._usage = usage
         self._tools = tools
+        self._observer = observer
         self._stats = stats
         self._titles = titles
         self._tokens = tokens
@@ -286,10 +292,14 @@ class TurnPipeline:
                 return await self._complete(turn, active, stream)
         except ChatifyError as error:
             turn.emit("error", error=error)
+            if self._observer is not None:
+                self._observer.turn_failed(error.code)
             raise
         except Exception:
             # A bug: its followers (a stream, a socket) still get an end, not silence.
             turn.emit("error", error=ChatifyError("The turn failed unexpectedly"))
+            if self._observer is not None:
+                self._observer.turn_failed(ChatifyError.code)
             raise
         finally:
             ticket.discard()
@@ -368,7 +378,20 @@ class TurnPipeline:
             # Stored elsewhere than expected (another instance appended): the context is stale.
             self._sessions.forget(record.session_id)
             result = _result(record, stored, replayed=False, completion=completion)
-        result = dataclasses.replace(result, latency_ms=(time.perf_counter() - started) * 1000)
+        seconds = time.perf_counter() - started
+        result = dataclasses.replace(result, latency_ms=seconds * 1000)
+        if stored.created and self._observer is not None:
+            first_delta = turn.first_delta_at
+            self._observer.turn_stored(
+                template=record.template_id,
+                provider=completion.provider,
+                model=completion.model,
+                usage=stored.assistant.usage,
+                seconds=seconds,
+                first_delta_seconds=(
+                    first_delta - started if stream and first_delta is not None else None
+                ),
+            )
         if self._log_content:  # LOG_MESSAGE_CONTENT=true only: message bodies are private
             logger.info(
                 "turn %s #%d: %r -> %r",

@@ -55,6 +55,7 @@ POLICY: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/chatbot/chat/{session_id}/stream"): "owner",
     ("DELETE", SESSION): "owner",
     ("GET", "/api/v1/admin/stats"): "admin",
+    ("GET", "/metrics"): "admin",
     ("GET", "/studio"): "public",
     ("GET", "/studio/app.js"): "public",
     ("GET", "/api/v1/personalities"): "admin",
