@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import logging
+import logging.config
 from typing import Any
 
 import uvicorn
 
 from api.app import create_app
-from api.middleware import redact_credentials_in_logs
+from api.logs import logging_config
 from services.settings import Settings
+
+WORKER_HEALTHCHECK_SECONDS = 30
 
 
 def main() -> None:
     """Configure logging and run uvicorn."""
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    redact_credentials_in_logs(*logging.getLogger().handlers)
-    # APScheduler logs every job run at INFO; our jobs log what they did themselves.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    log_config = logging_config(settings)
+    logging.config.dictConfig(log_config)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "log_config": None,
+        # uvicorn applies it again in each worker process (WEB_CONCURRENCY > 1), which
+        # starts with logging unconfigured.
+        "log_config": log_config,
         "access_log": False,
         "timeout_graceful_shutdown": int(settings.llm_timeout_seconds) + 5,
         # Longer than the idle timeout of clients' pools and load balancers (60 s is common),
@@ -36,8 +36,17 @@ def main() -> None:
     }
     if settings.web_concurrency > 1:
         # Each worker process builds its own app (and reads the same settings) from the
-        # factory; both stores are safe for several processes on one machine.
-        uvicorn.run("api.app:create_app", factory=True, workers=settings.web_concurrency, **options)
+        # factory; both stores are safe for several processes on one machine. A worker
+        # answers the parent's health check only once its imports are done (3.5 s of CPU,
+        # measured): uvicorn's 5 s default killed and restarted workers in a loop on a busy
+        # 2-core machine.
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            workers=settings.web_concurrency,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+            **options,
+        )
     else:
         uvicorn.run(create_app(settings), **options)
 

@@ -14,15 +14,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import metrics_of
 from api.errors import PayloadTooLarge, count_error, error_response
+from api.logs import request_id
 
 logger = logging.getLogger("chatify.requests")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class RequestLogMiddleware:
-    """Tags each request with an id (``X-Request-ID``, kept from the client when sane), logs
-    method, path, status and latency when it ends, and counts it in the app's metrics by route
-    template and status. Never logs bodies or headers."""
+    """Tags each request with an id (``X-Request-ID``, kept from the client when sane, and in
+    ``api.logs.request_id`` for every line logged meanwhile), logs method, path, route, status
+    and latency when it ends, and counts it in the app's metrics by route template and status.
+    Never logs bodies or headers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,6 +35,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         rid = _incoming_id(scope) or _next_id()
+        bound = request_id.set(rid)
         started = time.perf_counter()
         status = 0
         headers_after: float | None = None
@@ -56,10 +59,11 @@ class RequestLogMiddleware:
             status = status or 500  # the server answers 500 for what escaped the app
             raise
         finally:
-            self._record(scope, rid, status, started, headers_after)
+            self._record(scope, status, started, headers_after)
+            request_id.reset(bound)
 
     def _record(
-        self, scope: Scope, rid: str, status: int, started: float, headers_after: float | None
+        self, scope: Scope, status: int, started: float, headers_after: float | None
     ) -> None:
         method = scope.get("method", "WS")
         route = self._routes.of(scope)
@@ -67,7 +71,16 @@ class RequestLogMiddleware:
         metrics = metrics_of(scope["app"])
         if metrics is not None:
             metrics.request(method=method, route=route, status=status, seconds=headers_after)
-        logger.info("%s %s %s %.1fms rid=%s", method, scope["path"], status or "-", latency_ms, rid)
+        fields = {"method": method, "path": scope["path"], "route": route, "status": status}
+        logger.info(
+            "%s %s %s %.1fms rid=%s",
+            method,
+            scope["path"],
+            status or "-",
+            latency_ms,
+            request_id.get(),
+            extra={**fields, "latency_ms": round(latency_ms, 1)},
+        )
 
 
 # What a WebSocket's first answer says about it, as the HTTP status of its handshake.

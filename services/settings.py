@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     web_concurrency: int = Field(1, ge=1, le=64)  # worker processes (one per core)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     cors_origins: Annotated[list[str], NoDecode] = []
     max_request_bytes: int = Field(65536, ge=1024)
     http_keepalive_seconds: float = Field(75, gt=0)

@@ -392,16 +392,36 @@ class TurnPipeline:
                     first_delta - started if stream and first_delta is not None else None
                 ),
             )
-        if self._log_content:  # LOG_MESSAGE_CONTENT=true only: message bodies are private
-            logger.info(
-                "turn %s #%d: %r -> %r",
-                turn.session_id,
-                result.message_count,
-                turn.text,
-                result.reply,
-            )
+        self._log_turn(turn, record, result, completion)
         turn.emit("done", result=result)
         return result
+
+    def _log_turn(
+        self, turn: Turn, record: SessionRecord, result: TurnResult, completion: Completion
+    ) -> None:
+        """One line per stored turn, its fields also as the record's attributes (JSON logs);
+        the text of the messages only with LOG_MESSAGE_CONTENT=true (they are private)."""
+        usage = result.usage
+        fields: dict[str, object] = {
+            "session_id": turn.session_id,
+            "turn": result.message_count,
+            "template": record.template_id,
+            "provider": completion.provider,
+            "model": completion.model,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "latency_ms": round(result.latency_ms, 1),
+        }
+        line = (
+            "turn %(session_id)s #%(turn)d stored: template=%(template)s provider=%(provider)s "
+            "model=%(model)s tokens=%(prompt_tokens)s+%(completion_tokens)s "
+            "latency=%(latency_ms).1fms"
+        )
+        if self._log_content:
+            texts = {"message": turn.text, "reply": result.reply}
+            logger.info(line + ": %(message)r -> %(reply)r", {**fields, **texts}, extra=fields)
+        else:
+            logger.info(line, fields, extra=fields)
 
     async def _ask_while_claiming(
         self,

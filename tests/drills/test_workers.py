@@ -3,6 +3,7 @@ starts it forks that many workers on one port, and turns spread over them lose n
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,8 @@ def children(pid: int) -> list[int]:
 async def test_two_workers_share_one_port_and_one_store(tmp_path: Path, llm: MockLLM) -> None:
     settings = {
         "web_concurrency": 2,
+        "log_format": "json",  # configured in every worker, not only in the parent
+        "log_level": "INFO",
         "sqlite_path": tmp_path / "chatify.db",
         "openai_base_url": llm.url,
         "openai_api_key": "sk-test",
@@ -53,3 +56,9 @@ async def test_two_workers_share_one_port_and_one_store(tmp_path: Path, llm: Moc
     assert all(r.status_code == 200 for r in replies)
     assert [m["seq"] for m in history["messages"]] == list(range(40))
     assert [m["content"] for m in history["messages"][::2]] == [f"turn {n}" for n in range(20)]
+    # Every line is JSON, from each worker (each logs its start) and for every turn.
+    lines = [json.loads(line) for line in service.log_text().splitlines() if line]
+    started = [line for line in lines if line["message"].startswith("Started server process")]
+    assert len(started) >= 2
+    turns = [line for line in lines if line["logger"] == "services.turns"]
+    assert sorted(line["turn"] for line in turns) == list(range(1, 21))
