@@ -21,7 +21,7 @@ import openai
 
 from services.errors import ContextTooLong, LLMError, LLMTimeout, LLMUnavailable
 from services.models import Sampling, ToolUse, Usage
-from services.provider_config import DEFAULT_PROVIDER
+from services.provider_config import DEFAULT_PROVIDER, Target
 from services.settings import Settings
 from services.tools.placeholder import placeholder_b64
 
@@ -52,6 +52,14 @@ class Completion:
     provider: str = DEFAULT_PROVIDER  # the provider that answered
     tool_calls: tuple[LLMToolCall, ...] = ()  # the model's calls, when it made some
     tool_uses: tuple[ToolUse, ...] = ()  # the tool loop's calls and results, in order
+    # The model it was asked for. ``model`` is the name the reply gave (a dated snapshot, a
+    # router's pick); usage is counted under this one, which configuration bounds.
+    asked_model: str | None = None
+
+    @property
+    def served_by(self) -> Target:
+        """The route target that answered: the provider and the model it was asked for."""
+        return (self.provider, self.asked_model or self.model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +215,11 @@ class OpenAIChat:
         reply, tool_calls = "".join(parts), calls.finished()
         if not reply.strip() and not tool_calls:
             raise LLMError("The language model sent an empty reply")
-        if usage is None:
-            usage = estimate_usage(messages, reply)
-            return Completion(reply, usage, model, usage_reported=False, tool_calls=tool_calls)
-        return Completion(reply, usage, model, tool_calls=tool_calls)
+        spent = usage or estimate_usage(messages, reply)
+        asked = sampling.model
+        return Completion(
+            reply, spent, model, usage is not None, tool_calls=tool_calls, asked_model=asked
+        )
 
     async def generate_image(
         self, prompt: str, sampling: Sampling, *, model: str, size: str
@@ -374,11 +383,11 @@ def parse_completion(data: Any, messages: list[ChatMessage], model: str) -> Comp
     if not isinstance(content, str) or (not content.strip() and not tool_calls):
         raise LLMError("The language model sent an empty reply")
     usage = _usage(data.get("usage"))
-    model = str(data.get("model") or model)
-    if usage is None:
-        usage = estimate_usage(messages, content)
-        return Completion(content, usage, model, usage_reported=False, tool_calls=tool_calls)
-    return Completion(content, usage, model, tool_calls=tool_calls)
+    named = str(data.get("model") or model)
+    spent = usage or estimate_usage(messages, content)
+    return Completion(
+        content, spent, named, usage is not None, tool_calls=tool_calls, asked_model=model
+    )
 
 
 def _message_calls(raw: Any) -> tuple[LLMToolCall, ...]:

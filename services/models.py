@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -264,8 +264,16 @@ class NewTurn:
     reply_at: str
     usage: Usage | None
     provider: str | None = None
-    model: str | None = None
+    model: str | None = None  # as the provider named it in its reply
     tools: tuple[ToolUse, ...] = ()
+    asked_model: str | None = None  # the model the provider was asked for (the route's)
+
+    @property
+    def served_by(self) -> Target | None:
+        """The route target its usage is counted under (None: unknown, totals only)."""
+        if self.provider is None:
+            return None
+        return (self.provider, self.asked_model or self.model or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +396,24 @@ class _Counted:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelUsage(_Counted):
+    """The share of a session's totals or a user's day that one route target served: a
+    provider and the model it was asked for."""
+
+    provider: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    turns: int = 0
+    calls: int = 0
+
+
+def by_target(shares: Iterable[ModelUsage]) -> tuple[ModelUsage, ...]:
+    """Shares in a stable order: by provider, then model."""
+    return tuple(sorted(shares, key=lambda share: (share.provider, share.model)))
+
+
+@dataclass(frozen=True, slots=True)
 class UsageTotals(_Counted):
     """Tokens a session spent: its turns' and its background calls' (titles, memory)."""
 
@@ -395,6 +421,8 @@ class UsageTotals(_Counted):
     completion_tokens: int = 0
     turns: int = 0
     calls: int = 0
+    # The same, per route target (``by_target`` order).
+    by_model: tuple[ModelUsage, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +434,8 @@ class DayUsage(_Counted):
     completion_tokens: int = 0
     turns: int = 0
     calls: int = 0
+    # The same, per route target; read only when asked for (``load_usage``).
+    by_model: tuple[ModelUsage, ...] = field(default=(), kw_only=True)
 
 
 def utc_day(at: str) -> str:

@@ -49,3 +49,15 @@ class TargetConfig(BaseModel):
     def target(self) -> Target:
         """As a tuple."""
         return (self.provider, self.model)
+
+
+def target_key(target: Target) -> str:
+    """A provider and model as one name, ``provider/model`` (the key of a ``by_model``
+    breakdown). A provider's name holds no ``/``, so the first one splits it again."""
+    return f"{target[0]}/{target[1]}"
+
+
+def target_of_key(key: str) -> Target:
+    """Inverse of ``target_key``."""
+    provider, _, model = key.partition("/")
+    return (provider, model)

@@ -351,6 +351,7 @@ class TurnPipeline:
             provider=completion.provider,
             model=completion.model,
             tools=completion.tool_uses,
+            asked_model=completion.asked_model,
         )
         try:
             stored = await self._store.write_turn(record, claim, new)

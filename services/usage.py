@@ -80,7 +80,9 @@ class UsageService:
         """The last ``days`` UTC days (today included) of a user, newest first."""
         now = self._clock()
         window = [day_of(now - timedelta(days=back)) for back in range(days)]
-        stored = await self._store.load_usage(user_id, since_day=window[-1], until_day=window[0])
+        stored = await self._store.load_usage(
+            user_id, since_day=window[-1], until_day=window[0], by_model=True
+        )
         by_day = {entry.day: entry for entry in stored}
         return UsageReport(
             user_id=user_id,

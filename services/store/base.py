@@ -22,6 +22,7 @@ from services.models import (
     TurnClaim,
     Usage,
 )
+from services.provider_config import Target
 from services.templates.versions import Change, DocRef, DocVersion, DocWrite, Source
 
 
@@ -162,14 +163,28 @@ class Store(Protocol):
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every personality's stored totals."""
 
-    async def add_usage(self, user_id: str, session_id: str, usage: Usage, *, at: str) -> None:
+    async def add_usage(
+        self,
+        user_id: str,
+        session_id: str,
+        usage: Usage,
+        *,
+        at: str,
+        target: Target | None = None,
+    ) -> None:
         """Count a background call (a title, a memory summary) in one write: its tokens and
-        one call, on the user's day of ``at`` (UTC) and on the session's totals. A turn's
-        usage is counted by the turn's own write (``append_turn``/``write_turn``).
+        one call, on the user's day of ``at`` (UTC) and on the session's totals, and on
+        ``target``'s share of both (the provider and the model it was asked for). A turn's
+        usage is counted by the turn's own write (``append_turn``/``write_turn``), under its
+        ``NewTurn.served_by``.
 
         Raises ``StoreUnavailable`` only when nothing was counted, so a retry cannot count
         twice; a write whose outcome the backend cannot know is logged and not raised."""
 
-    async def load_usage(self, user_id: str, *, since_day: str, until_day: str) -> list[DayUsage]:
+    async def load_usage(
+        self, user_id: str, *, since_day: str, until_day: str, by_model: bool = False
+    ) -> list[DayUsage]:
         """The user's usage on each day from ``since_day`` to ``until_day`` (both included,
-        ``YYYY-MM-DD`` in UTC), oldest first; days without usage are left out."""
+        ``YYYY-MM-DD`` in UTC), oldest first; days without usage are left out. With
+        ``by_model``, each day has its shares by target (a read more on some backends, so the
+        quota's reads go without)."""

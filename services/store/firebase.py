@@ -55,7 +55,7 @@ from services.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
 from services.store.firebase_turns import FirebaseTurns, messages_of, short
 from services.store.firebase_usage import FirebaseUsage
-from services.store.firebase_usage_nodes import totals_of
+from services.store.firebase_usage_nodes import SESSION_SHARES, totals_of
 from services.store.rtdb_keys import encode_key, message_key
 from services.store.seq_node import created_node
 
@@ -509,7 +509,7 @@ def _session(data: Any) -> SessionRecord | None:
     if not isinstance(data, dict) or "user_id" not in data:
         return None
     record = SessionRecord.from_fields(data)
-    record.usage_totals = totals_of(data.get("usage_totals"))
+    record.usage_totals = totals_of(data.get("usage_totals"), data.get(SESSION_SHARES))
     return record
 
 

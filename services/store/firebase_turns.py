@@ -37,6 +37,7 @@ from services.models import (
     preview_of,
     tool_uses,
 )
+from services.provider_config import Target
 from services.store.firebase_usage_nodes import usage_updates
 from services.store.rtdb_keys import decode_key, encode_key, message_key
 from services.store.seq_node import SeqNode
@@ -183,7 +184,7 @@ class FirebaseTurns:
             turn.model, turn.tools,
         )  # fmt: skip
         try:
-            self._ref("/").update(turn_updates(session, user, reply))
+            self._ref("/").update(turn_updates(session, user, reply, served_by=turn.served_by))
         except _FIREBASE_ERRORS as exc:
             if self._landed(sid, user):  # the answer was lost, not the write
                 return StoredTurn(user, reply)
@@ -241,9 +242,14 @@ class FirebaseTurns:
 
 
 def turn_updates(
-    session: SessionRecord, user: StoredMessage, reply: StoredMessage
+    session: SessionRecord,
+    user: StoredMessage,
+    reply: StoredMessage,
+    *,
+    served_by: Target | None = None,
 ) -> dict[str, Any]:
-    """One turn as one multi-path update; its size does not depend on the history's length."""
+    """One turn as one multi-path update; its size does not depend on the history's length.
+    Its usage is counted under ``served_by`` too (the route target that answered)."""
     sid = session.session_id
     base, index = f"userSessions/{sid}", f"userSessionIndex/{encode_key(session.user_id)}/{sid}"
     increment = {".sv": {"increment": 1}}
@@ -259,7 +265,10 @@ def turn_updates(
     }
     if user.client_message_id is not None:
         updates[f"{base}/{IDS}/{encode_key(user.client_message_id)}"] = user.seq
-    updates.update(usage_updates(session.user_id, sid, reply.usage, at=reply.timestamp, turns=1))
+    counted = usage_updates(
+        session.user_id, sid, reply.usage, at=reply.timestamp, turns=1, target=served_by
+    )
+    updates.update(counted)
     return updates
 
 

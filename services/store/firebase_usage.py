@@ -9,6 +9,7 @@ not at all. One the database refused raises ``StoreUnavailable`` for the caller 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -17,8 +18,9 @@ from firebase_admin import db
 
 from services.errors import StoreUnavailable
 from services.models import DayUsage, Usage
+from services.provider_config import Target
 from services.store.firebase_turns import refused
-from services.store.firebase_usage_nodes import day_of_node, usage_updates
+from services.store.firebase_usage_nodes import DAY_SHARES, day_of_node, usage_updates
 from services.store.rtdb_keys import encode_key
 
 logger = logging.getLogger(__name__)
@@ -30,9 +32,18 @@ class FirebaseUsage:
     _ref: Callable[[str], db.Reference]
     _run: Callable[[Callable[[], Any]], Coroutine[Any, Any, Any]]
 
-    async def add_usage(self, user_id: str, session_id: str, usage: Usage, *, at: str) -> None:
-        """One multi-path update of increments: the tokens and one call."""
-        updates = usage_updates(user_id, session_id, usage, at=at, calls=1)
+    async def add_usage(
+        self,
+        user_id: str,
+        session_id: str,
+        usage: Usage,
+        *,
+        at: str,
+        target: Target | None = None,
+    ) -> None:
+        """One multi-path update of increments: the tokens and one call (and ``target``'s
+        share of them)."""
+        updates = usage_updates(user_id, session_id, usage, at=at, calls=1, target=target)
         try:
             await self._run(lambda: self._ref("/").update(updates))
         except StoreUnavailable as error:
@@ -43,14 +54,25 @@ class FirebaseUsage:
                 "a usage write of session %s may not have landed; not repeated", session_id
             )
 
-    async def load_usage(self, user_id: str, *, since_day: str, until_day: str) -> list[DayUsage]:
-        """One key-range read of the user's days, oldest first."""
-
-        def load() -> Any:
-            query = self._ref(f"userUsage/{encode_key(user_id)}").order_by_key()
-            return query.start_at(since_day).end_at(until_day).get()
-
-        data = await self._run(load) or {}
+    async def load_usage(
+        self, user_id: str, *, since_day: str, until_day: str, by_model: bool = False
+    ) -> list[DayUsage]:
+        """One key-range read of the user's days, oldest first; with ``by_model``, one more of
+        their shares, side by side."""
+        reads = [self._days(f"userUsage/{encode_key(user_id)}", since_day, until_day)]
+        if by_model:
+            reads.append(self._days(f"{DAY_SHARES}/{encode_key(user_id)}", since_day, until_day))
+        days, *shares = await asyncio.gather(*reads)
+        by_day = shares[0] if shares else {}
         return [
-            day_of_node(day, node) for day, node in sorted(data.items()) if isinstance(node, dict)
+            day_of_node(day, node, by_day.get(day))
+            for day, node in sorted(days.items())
+            if isinstance(node, dict)
         ]
+
+    async def _days(self, path: str, since_day: str, until_day: str) -> dict[str, Any]:
+        def load() -> Any:
+            return self._ref(path).order_by_key().start_at(since_day).end_at(until_day).get()
+
+        data = await self._run(load)
+        return data if isinstance(data, dict) else {}

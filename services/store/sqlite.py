@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
 from services.models import (
     DayUsage,
+    ModelUsage,
     NewTurn,
     SeedReport,
     SessionCursor,
@@ -34,6 +35,7 @@ from services.models import (
     preview_of,
     tool_uses,
 )
+from services.provider_config import Target
 from services.store import sqlite_usage
 from services.templates.versions import (
     Change,
@@ -254,11 +256,17 @@ class SQLiteStore:
         await self._run(insert)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        """The session row (with its usage totals), or None."""
+        """The session row (with its usage totals and their shares by target), or None."""
         sql = f"SELECT {_SESSION_COLUMNS}, {sqlite_usage.SELECT_TOTALS} FROM sessions "
         sql += "WHERE session_id = ?"
-        row = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchone())
-        return _session(row) if row else None
+
+        def read(conn: sqlite3.Connection) -> SessionRecord | None:
+            row = conn.execute(sql, (session_id,)).fetchone()
+            if row is None:
+                return None
+            return _session(row, shares=sqlite_usage.session_shares(conn, session_id))
+
+        return await self._run(read)
 
     async def load_messages(
         self, session_id: str, *, limit: int, before: int | None = None
@@ -330,7 +338,7 @@ class SQLiteStore:
                 )
                 sqlite_usage.add(
                     conn, user_id=session.user_id, session_id=session_id, usage=turn.usage,
-                    at=turn.reply_at, turns=1,
+                    at=turn.reply_at, turns=1, target=turn.served_by,
                 )  # fmt: skip
                 return StoredTurn(user, reply)
 
@@ -461,6 +469,7 @@ class SQLiteStore:
                     targets = session_ids
                 for sid in targets:
                     conn.execute("DELETE FROM messages WHERE session_id = ?", (sid,))
+                    sqlite_usage.erase_session(conn, sid)
                 erased = sum(
                     conn.execute(
                         "DELETE FROM sessions WHERE session_id = ? AND user_id = ?", (sid, user_id)
@@ -613,21 +622,35 @@ class SQLiteStore:
 
     # -- usage -------------------------------------------------------------------------------
 
-    async def add_usage(self, user_id: str, session_id: str, usage: Usage, *, at: str) -> None:
-        """A background call's tokens and one call, on the user's day and the session, in one
-        transaction."""
+    async def add_usage(
+        self,
+        user_id: str,
+        session_id: str,
+        usage: Usage,
+        *,
+        at: str,
+        target: Target | None = None,
+    ) -> None:
+        """A background call's tokens and one call, on the user's day and the session (and
+        ``target``'s share of both), in one transaction."""
 
         def add(conn: sqlite3.Connection) -> None:
             with self._write(conn):
                 sqlite_usage.add(
-                    conn, user_id=user_id, session_id=session_id, usage=usage, at=at, calls=1
-                )
+                    conn, user_id=user_id, session_id=session_id, usage=usage, at=at, calls=1,
+                    target=target,
+                )  # fmt: skip
 
         await self._run(add)
 
-    async def load_usage(self, user_id: str, *, since_day: str, until_day: str) -> list[DayUsage]:
-        """The user's rows of ``usage_daily`` in the range, oldest first."""
-        return await self._run(lambda conn: sqlite_usage.load(conn, user_id, since_day, until_day))
+    async def load_usage(
+        self, user_id: str, *, since_day: str, until_day: str, by_model: bool = False
+    ) -> list[DayUsage]:
+        """The user's rows of ``usage_daily`` in the range, oldest first (and, with
+        ``by_model``, those of ``usage_daily_by_model``)."""
+        return await self._run(
+            lambda conn: sqlite_usage.load(conn, user_id, since_day, until_day, by_model=by_model)
+        )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -672,10 +695,10 @@ def _find_turn(
     return StoredTurn(_message(rows[0]), _message(rows[1]), created=False)
 
 
-def _session(row: sqlite3.Row) -> SessionRecord:
+def _session(row: sqlite3.Row, *, shares: tuple[ModelUsage, ...] = ()) -> SessionRecord:
     fields = dict(zip(row.keys(), row, strict=True))
     record = SessionRecord.from_fields(fields)
-    record.usage_totals = sqlite_usage.totals_of(fields)
+    record.usage_totals = sqlite_usage.totals_of(fields, shares)
     return record
 
 

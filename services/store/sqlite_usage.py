@@ -1,6 +1,9 @@
 """The SQLite store's usage counters: totals on each session row and one row per user and UTC
 day, both added to inside the transaction that stores the turn (or the background call), so a
 total never disagrees with the messages it counts and never costs a turn a second commit.
+
+The share each route target (a provider and the model it was asked for) served is kept beside
+them, in ``session_usage_by_model`` and ``usage_daily_by_model``, by the same transaction.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from services.models import DayUsage, Usage, UsageTotals, utc_day
+from services.models import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
+from services.provider_config import Target
 
 # Added to ``sessions`` (for new and older files alike, by the store's add-column migration).
 USAGE_COLUMNS = {
@@ -29,7 +33,43 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     calls INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, day)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS session_usage_by_model (
+    session_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    turns INTEGER NOT NULL DEFAULT 0,
+    calls INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, provider, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_daily_by_model (
+    user_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    turns INTEGER NOT NULL DEFAULT 0,
+    calls INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, day, provider, model)
+) WITHOUT ROWID;
 """
+_COUNTS = ("prompt_tokens", "completion_tokens", "turns", "calls")
+
+
+def _add_to(table: str, keys: tuple[str, ...]) -> str:
+    """An upsert adding the counts to the row of ``keys``."""
+    names = (*keys, *_COUNTS)
+    added = ", ".join(f"{name} = {name} + excluded.{name}" for name in _COUNTS)
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}"
+    )
+
+
+_ADD_SESSION_SHARE = _add_to("session_usage_by_model", ("session_id", "provider", "model"))
+_ADD_DAY_SHARE = _add_to("usage_daily_by_model", ("user_id", "day", "provider", "model"))
 
 
 def add(
@@ -41,39 +81,81 @@ def add(
     at: str,
     turns: int = 0,
     calls: int = 0,
+    target: Target | None = None,
 ) -> None:
-    """Add to the session's totals and the user's day, inside the caller's transaction."""
+    """Add to the session's totals and the user's day, and to ``target``'s share of both,
+    inside the caller's transaction."""
     prompt = usage.prompt_tokens if usage else 0
     completion = usage.completion_tokens if usage else 0
-    conn.execute(
+    counts = (prompt, completion, turns, calls)
+    updated = conn.execute(
         "UPDATE sessions SET usage_prompt_tokens = usage_prompt_tokens + ?, "
         "usage_completion_tokens = usage_completion_tokens + ?, "
         "usage_turns = usage_turns + ?, usage_calls = usage_calls + ? WHERE session_id = ?",
-        (prompt, completion, turns, calls, session_id),
+        (*counts, session_id),
     )
+    day = utc_day(at)
     conn.execute(
         "INSERT INTO usage_daily VALUES (?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (user_id, day) DO UPDATE SET "
         "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
         "completion_tokens = completion_tokens + excluded.completion_tokens, "
         "turns = turns + excluded.turns, calls = calls + excluded.calls",
-        (user_id, utc_day(at), prompt, completion, turns, calls),
+        (user_id, day, *counts),
     )
+    if target is None:
+        return
+    if updated.rowcount:  # never a share row for an erased session (a late background call)
+        conn.execute(_ADD_SESSION_SHARE, (session_id, *target, *counts))
+    conn.execute(_ADD_DAY_SHARE, (user_id, day, *target, *counts))
 
 
-def load(conn: sqlite3.Connection, user_id: str, since_day: str, until_day: str) -> list[DayUsage]:
-    """The user's days in the range, oldest first."""
+def load(
+    conn: sqlite3.Connection, user_id: str, since_day: str, until_day: str, *, by_model: bool
+) -> list[DayUsage]:
+    """The user's days in the range, oldest first; with ``by_model``, each target's share."""
     rows = conn.execute(
         "SELECT day, prompt_tokens, completion_tokens, turns, calls FROM usage_daily "
         "WHERE user_id = ? AND day >= ? AND day <= ? ORDER BY day",
         (user_id, since_day, until_day),
     ).fetchall()
-    return [DayUsage(*row) for row in rows]
+    shares = _day_shares(conn, user_id, since_day, until_day) if by_model else {}
+    return [DayUsage(*row, by_model=by_target(shares.get(row[0], ()))) for row in rows]
 
 
-def totals_of(fields: Mapping[str, Any]) -> UsageTotals | None:
+def _day_shares(
+    conn: sqlite3.Connection, user_id: str, since_day: str, until_day: str
+) -> dict[str, list[ModelUsage]]:
+    rows = conn.execute(
+        f"SELECT day, provider, model, {', '.join(_COUNTS)} FROM usage_daily_by_model "
+        "WHERE user_id = ? AND day >= ? AND day <= ?",
+        (user_id, since_day, until_day),
+    ).fetchall()
+    shares: dict[str, list[ModelUsage]] = {}
+    for day, *share in rows:
+        shares.setdefault(day, []).append(ModelUsage(*share))
+    return shares
+
+
+def session_shares(conn: sqlite3.Connection, session_id: str) -> tuple[ModelUsage, ...]:
+    """Each target's share of a session's totals."""
+    rows = conn.execute(
+        f"SELECT provider, model, {', '.join(_COUNTS)} FROM session_usage_by_model "
+        "WHERE session_id = ?",
+        (session_id,),
+    ).fetchall()
+    return by_target(ModelUsage(*row) for row in rows)
+
+
+def erase_session(conn: sqlite3.Connection, session_id: str) -> None:
+    """Erase a session's shares with it (a user's days are kept, as ``usage_daily`` is)."""
+    conn.execute("DELETE FROM session_usage_by_model WHERE session_id = ?", (session_id,))
+
+
+def totals_of(fields: Mapping[str, Any], shares: tuple[ModelUsage, ...] = ()) -> UsageTotals | None:
     """A session row's totals, when the query read them and anything was counted."""
     if "usage_turns" not in fields:
         return None
-    totals = UsageTotals(*(int(fields[name] or 0) for name in USAGE_COLUMNS))
+    counts = (int(fields[name] or 0) for name in USAGE_COLUMNS)
+    totals = UsageTotals(*counts, by_model=shares)
     return totals if totals != UsageTotals() else None

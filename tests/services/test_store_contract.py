@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from services.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
 from services.models import (
     DayUsage,
+    ModelUsage,
     NewTurn,
     Sampling,
     SessionRecord,
@@ -367,3 +369,81 @@ async def test_usage_is_read_for_one_user_and_the_days_asked(store: Store) -> No
     dotted = await store.load_usage("alice.b", since_day="2026-01-02", until_day="2026-01-09")
     assert [d.day for d in dotted] == ["2026-01-02", "2026-01-03"]
     assert await store.load_usage("carol", since_day="2026-01-01", until_day="2026-01-03") == []
+
+
+MAIN, BACKUP = ("default", "main-model"), ("backup", "openrouter/gpt-4o.mini")  # a key to escape
+
+
+def served_turn(
+    day: str, n: int, usage: Usage, target: tuple[str, str] | None, cid: str | None = None
+) -> NewTurn:
+    """Turn ``n`` answered by ``target``, whose reply names a dated model of its own."""
+    turn = turn_on(day, n, usage, cid)
+    if target is None:
+        return turn
+    provider, model = target
+    return dataclasses.replace(turn, provider=provider, model=f"{model}-2026", asked_model=model)
+
+
+async def test_usage_is_shared_out_by_the_route_target_that_served_it(store: Store) -> None:
+    session = make_session("alice")
+    await store.create_session(session)
+    sid = session.session_id
+    await store.append_turn(session, served_turn("2026-01-01", 0, Usage(10, 3, 13), MAIN, "a"))
+    await store.append_turn(session, served_turn("2026-01-01", 1, Usage(20, 5, 25), BACKUP))
+    await store.append_turn(session, served_turn("2026-01-01", 2, Usage(9, 9, 18), MAIN, "a"))
+    await store.append_turn(session, served_turn("2026-01-01", 3, Usage(1, 1, 2), None))
+    claim = await store.claim_turn(session, "b", known_below=0)
+    assert isinstance(claim, TurnClaim)
+    await store.write_turn(
+        session, claim, served_turn("2026-01-02", 4, Usage(30, 7, 37), BACKUP, "b")
+    )
+    await store.add_usage("alice", sid, Usage(4, 1, 5), at=T0, target=("default", "titler"))
+    await store.add_usage("alice", sid, Usage(2, 2, 4), at=T0)  # no target: totals only
+
+    record = await store.get_session(sid)
+    assert record is not None and record.usage_totals == UsageTotals(
+        67, 19, 4, 2,
+        by_model=(
+            ModelUsage("backup", "openrouter/gpt-4o.mini", 50, 12, 2, 0),
+            ModelUsage("default", "main-model", 10, 3, 1, 0),  # the replay counted nothing
+            ModelUsage("default", "titler", 4, 1, 0, 1),
+        ),
+    )  # fmt: skip
+    days = await store.load_usage("alice", since_day="2026-01-01", until_day="2026-01-02")
+    assert [day.by_model for day in days] == [(), ()], "shares are read only when asked for"
+    days = await store.load_usage(
+        "alice", since_day="2026-01-01", until_day="2026-01-02", by_model=True
+    )
+    assert days == [
+        DayUsage(
+            "2026-01-01", 37, 12, 3, 2,
+            by_model=(
+                ModelUsage("backup", "openrouter/gpt-4o.mini", 20, 5, 1, 0),
+                ModelUsage("default", "main-model", 10, 3, 1, 0),
+                ModelUsage("default", "titler", 4, 1, 0, 1),
+            ),
+        ),
+        DayUsage(
+            "2026-01-02", 30, 7, 1, 0,
+            by_model=(ModelUsage("backup", "openrouter/gpt-4o.mini", 30, 7, 1, 0),),
+        ),
+    ]  # fmt: skip
+
+
+async def test_erasing_a_session_erases_its_shares_and_keeps_the_users_days(store: Store) -> None:
+    session = make_session("alice")
+    await store.create_session(session)
+    sid = session.session_id
+    await store.append_turn(session, served_turn("2026-01-01", 0, Usage(10, 3, 13), MAIN))
+    assert await store.delete_sessions("alice", [sid]) == 1
+    # A background call answered after the erase still counts on the user's day...
+    await store.add_usage("alice", sid, Usage(4, 1, 5), at=T0, target=MAIN)
+    (day,) = await store.load_usage(
+        "alice", since_day="2026-01-01", until_day="2026-01-01", by_model=True
+    )
+    assert day.by_model == (ModelUsage("default", "main-model", 14, 4, 1, 1),)
+    # ...and leaves no share of the erased session behind (its id starts afresh).
+    await store.create_session(session)
+    record = await store.get_session(sid)
+    assert record is not None and (record.usage_totals is None or not record.usage_totals.by_model)
