@@ -176,7 +176,7 @@ class Memory:
         sampling = background_sampling(record.sampling, self._model, 0.2, self._max_tokens)
         completion = await self._llm.complete(prompt, sampling)
         if self._calls is not None:  # spent, whatever the answer is worth
-            self._calls.count(record, completion.usage, "memory")
+            self._calls.count(record, completion, "memory")
         return completion.content.strip()
 
 

@@ -104,7 +104,7 @@ class Titles:
             sampling = background_sampling(record.sampling, self._model, 0.3, 24)
             completion = await self._llm.complete(messages, sampling)
             if self._calls is not None:
-                self._calls.count(record, completion.usage, "title")
+                self._calls.count(record, completion, "title")
             title = clean_title(completion.content)
         if not title:
             raise EmptyTitle("The model answered no title")

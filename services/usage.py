@@ -17,6 +17,7 @@ from typing import Protocol
 
 from services.background import Tasks
 from services.errors import ChatifyError
+from services.llm import Completion
 from services.models import Clock, DayUsage, SessionRecord, Usage, isoformat
 from services.store.base import Store
 
@@ -109,23 +110,24 @@ class BackgroundCalls:
         """Counts not yet written."""
         return len(self._tasks)
 
-    def count(self, record: SessionRecord, usage: Usage, what: str) -> None:
-        """Count one answered call (its tokens are spent, whatever its answer was worth)."""
+    def count(self, record: SessionRecord, completion: Completion, what: str) -> None:
+        """Count one answered call (its tokens are spent, whatever its answer was worth),
+        under the provider and model that answered it."""
         at = isoformat(self._clock())
         if self._meter is not None:
-            self._meter.spent(record.user_id, usage, at=at)
-        self._tasks.start(self._add(record, usage, at, what))
+            self._meter.spent(record.user_id, completion.usage, at=at)
+        self._tasks.start(self._add(record, completion, at, what))
 
     async def close(self) -> None:
         """Stop (at shutdown): counts still being written are dropped."""
         await self._tasks.close()
 
-    async def _add(self, record: SessionRecord, usage: Usage, at: str, what: str) -> None:
-        sid = record.session_id
+    async def _add(self, record: SessionRecord, completion: Completion, at: str, what: str) -> None:
+        sid, usage, target = record.session_id, completion.usage, completion.served_by
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
             await asyncio.sleep(delay)
             try:
-                await self._store.add_usage(record.user_id, sid, usage, at=at)
+                await self._store.add_usage(record.user_id, sid, usage, at=at, target=target)
             except ChatifyError as error:
                 logger.warning(
                     "counting the %s call of session %s failed (attempt %d): %s",

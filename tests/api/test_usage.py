@@ -109,6 +109,28 @@ async def test_an_answered_title_call_counts_as_a_call_not_a_turn(
         assert {k: today[k] for k in usage} == usage
 
 
+async def test_a_background_call_counts_under_the_provider_and_model_that_answered(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    async with running_app(make_settings(session_titles=True, title_model="namer"), clock) as chat:
+        session_id = await chat.create_session("pirate")
+        turn = (await chat.send(session_id, "hi")).json()
+        await until(
+            lambda: chat.services.titles.pending == chat.services.calls.pending == 0,
+            "the title and its usage",
+        )
+        assert [r["model"] for r in llm.chat_requests()] == ["gpt-test-pirate", "namer"]
+        record = await chat.services.store.get_session(session_id)
+        assert record is not None and record.usage_totals is not None
+        spent = record.usage_totals.total_tokens - turn["usage"]["total_tokens"]
+        shares = {(s.provider, s.model): (s.total_tokens, s.turns, s.calls)
+                  for s in record.usage_totals.by_model}  # fmt: skip
+        assert shares == {
+            ("default", "gpt-test-pirate"): (turn["usage"]["total_tokens"], 1, 0),
+            ("default", "namer"): (spent, 0, 1),
+        }
+
+
 async def test_a_user_reads_only_their_own_usage(
     make_settings: SettingsFactory, clock: FakeClock
 ) -> None:
