@@ -14,7 +14,8 @@ from api.errors import documented
 from api.preview import router as previews
 from api.schemas import Personalities
 from services.errors import TemplateNotFound
-from services.models import TemplateCounts
+from services.models import ModelCounts, TemplateCounts
+from services.provider_config import Target, target_key
 from services.templates.schema import draft_json_schema, template_json_schema
 from services.templates.versions import DocRef, DocWrite, etag_of
 
@@ -328,6 +329,29 @@ async def rollback_personality(
     return await _one(services, template_id, written, 200)
 
 
+class ModelStats(BaseModel):
+    provider: str = Field(description="The provider that answered (`default`: OPENAI_*)")
+    model: str = Field(
+        description="The model it was asked for, as the personality's route names it "
+        "(a reply's own `model` in history may name a dated snapshot of it)"
+    )
+    turns: int = Field(description="Stored turns it answered")
+    reply_tokens: int = Field(alias="replyTokens", description="Completion tokens of those")
+    average_reply_tokens: float = Field(alias="averageReplyTokens")
+
+    @classmethod
+    def of(cls, target: Target, counts: ModelCounts) -> ModelStats:
+        """From one target's share of a personality's counters."""
+        average = round(counts.reply_tokens / counts.turns, 1) if counts.turns else 0
+        return cls(
+            provider=target[0],
+            model=target[1],
+            turns=counts.turns,
+            replyTokens=counts.reply_tokens,
+            averageReplyTokens=average,
+        )
+
+
 class PersonalityStats(BaseModel):
     success: Literal[True] = True
     id: str
@@ -337,6 +361,12 @@ class PersonalityStats(BaseModel):
     average_reply_tokens: float = Field(alias="averageReplyTokens")
     failed_turns: int = Field(alias="failedTurns")
     last_used: str | None = Field(alias="lastUsed")
+    by_model: dict[str, ModelStats] = Field(
+        alias="byModel",
+        description="The turns by the provider and model that answered them, keyed "
+        "`provider/model`. Turns stored before this was counted are in `turns` only. "
+        "Failed turns are not split (a failure may have tried several)",
+    )
 
 
 @authoring.get(
@@ -362,6 +392,10 @@ async def get_personality_stats(
         averageReplyTokens=round(counts.reply_tokens / counts.turns, 1) if counts.turns else 0,
         failedTurns=counts.failed_turns,
         lastUsed=counts.last_used,
+        byModel={
+            target_key(target): ModelStats.of(target, share)
+            for target, share in sorted(counts.by_model.items())
+        },
     )
 
 

@@ -342,6 +342,14 @@ class SeedReport:
 
 
 @dataclass(slots=True)
+class ModelCounts:
+    """A personality's turns and reply tokens that one route target served."""
+
+    turns: int = 0
+    reply_tokens: int = 0
+
+
+@dataclass(slots=True)
 class TemplateCounts:
     """Usage counters of one personality (totals, or a delta waiting to be flushed)."""
 
@@ -350,6 +358,7 @@ class TemplateCounts:
     reply_tokens: int = 0
     failed_turns: int = 0
     last_used: str | None = None
+    by_model: dict[Target, ModelCounts] = field(default_factory=dict)  # turns' share by target
 
     def add(self, other: TemplateCounts) -> None:
         """Add another set of counters to these."""
@@ -359,6 +368,14 @@ class TemplateCounts:
         self.failed_turns += other.failed_turns
         if other.last_used and (self.last_used is None or other.last_used > self.last_used):
             self.last_used = other.last_used
+        for target, counts in other.by_model.items():
+            self.served(target, turns=counts.turns, reply_tokens=counts.reply_tokens)
+
+    def served(self, target: Target, *, turns: int, reply_tokens: int) -> None:
+        """Add to one route target's share."""
+        share = self.by_model.setdefault(target, ModelCounts())
+        share.turns += turns
+        share.reply_tokens += reply_tokens
 
     def as_dict(self) -> dict[str, Any]:
         """As stored (Firebase node, SQLite row)."""

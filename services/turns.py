@@ -362,7 +362,9 @@ class TurnPipeline:
             self._stats.turn_failed(record.template_id)
             raise
         if stored.created:
-            self._stats.turn_done(record.template_id, reply_tokens=_reply_tokens(stored))
+            self._stats.turn_done(
+                record.template_id, reply_tokens=_reply_tokens(stored), served_by=new.served_by
+            )
             if self._usage is not None:
                 self._usage.spent(record.user_id, stored.assistant.usage, at=new.reply_at)
             if self._titles is not None:

@@ -365,6 +365,10 @@ async function loadStats() {
     "average turns per session: " + round(data.averageTurnsPerSession),
     "average reply tokens: " + round(data.averageReplyTokens),
     "last used: " + when(data.lastUsed),
+    ...Object.entries(data.byModel || {}).map(
+      ([name, share]) =>
+        "turns by " + name + ": " + share.turns + " (average reply tokens: " + round(share.averageReplyTokens) + ")",
+    ),
   ].join("\n");
 }
 

@@ -158,10 +158,11 @@ class Store(Protocol):
         """A document's history, oldest first (kept after the document is deleted)."""
 
     async def add_template_stats(self, deltas: Mapping[str, TemplateCounts]) -> None:
-        """Add counters to each personality's stored totals (one write for all)."""
+        """Add counters to each personality's stored totals, their shares by target
+        included (one write for all)."""
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
-        """Every personality's stored totals."""
+        """Every personality's stored totals, with their shares by target."""
 
     async def add_usage(
         self,

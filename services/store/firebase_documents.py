@@ -4,6 +4,7 @@
     /templateVersions/{id}/v{n:06d}                  {number, document, saved_at, source}
     /settingsVersions/universalRules/v{n:06d}        the same, for the universal rules
     /templateStats/{id}                              {sessions, turns, reply_tokens, ...}
+    /templateStatsByModel/{id}/{provider%2Fmodel}    {turns, reply_tokens}: a route target's share
 
 A write is a conditional PUT on the document (its ETag, so two authors or instances never
 overwrite each other unseen), then one update appending its history entries. If that second
@@ -12,6 +13,7 @@ request fails, the next write records the document as it then finds it, so histo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -19,6 +21,7 @@ from firebase_admin import db
 
 from services.errors import StoreUnavailable
 from services.models import TemplateCounts
+from services.provider_config import target_key, target_of_key
 from services.store.rtdb_keys import decode_key, encode_key
 from services.templates.versions import (
     Change,
@@ -33,6 +36,7 @@ from services.templates.versions import (
 
 T = TypeVar("T")
 _CAS_ATTEMPTS = 25
+_SHARES = "templateStatsByModel"
 
 
 class FirebaseDocuments:
@@ -93,7 +97,8 @@ class FirebaseDocuments:
         return sorted(entries, key=lambda entry: entry.number)
 
     async def add_template_stats(self, deltas: Mapping[str, TemplateCounts]) -> None:
-        """Server-side increments for every personality, in one multi-path update."""
+        """Server-side increments for every personality and its shares by target, in one
+        multi-path update."""
         updates: dict[str, Any] = {}
         for template_id, delta in deltas.items():
             base = f"templateStats/{encode_key(template_id)}"
@@ -102,18 +107,49 @@ class FirebaseDocuments:
                     if value:
                         updates[f"{base}/last_used"] = value
                 elif value:
-                    updates[f"{base}/{name}"] = {".sv": {"increment": value}}
+                    updates[f"{base}/{name}"] = _increment(value)
+            updates.update(_share_updates(template_id, delta))
         if updates:
             await self._run(lambda: self._ref("/").update(updates))
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
-        """Every personality's totals."""
-        data = await self._run(lambda: self._ref("templateStats").get()) or {}
-        return {
+        """Every personality's totals, and their shares by target (two reads side by side)."""
+        data, shares = await asyncio.gather(
+            self._run(lambda: self._ref("templateStats").get()),
+            self._run(lambda: self._ref(_SHARES).get()),
+        )
+        totals = {
             decode_key(key): TemplateCounts.from_dict(value)
-            for key, value in data.items()
+            for key, value in (data or {}).items()
             if isinstance(value, dict)
         }
+        for key, node in (shares or {}).items():
+            if isinstance(node, dict):
+                _add_shares(totals.setdefault(decode_key(key), TemplateCounts()), node)
+        return totals
+
+
+def _increment(value: int) -> dict[str, Any]:
+    return {".sv": {"increment": value}}
+
+
+def _share_updates(template_id: str, delta: TemplateCounts) -> dict[str, Any]:
+    """Increments of a personality's shares by target (zeros left out)."""
+    updates: dict[str, Any] = {}
+    for target, share in delta.by_model.items():
+        base = f"{_SHARES}/{encode_key(template_id)}/{encode_key(target_key(target))}"
+        for name, value in (("turns", share.turns), ("reply_tokens", share.reply_tokens)):
+            if value:
+                updates[f"{base}/{name}"] = _increment(value)
+    return updates
+
+
+def _add_shares(counts: TemplateCounts, node: dict[str, Any]) -> None:
+    """A ``templateStatsByModel/{id}`` node's shares, added to ``counts``."""
+    for key, share in node.items():
+        if isinstance(share, dict):
+            turns, tokens = (int(share.get(name) or 0) for name in ("turns", "reply_tokens"))
+            counts.served(target_of_key(decode_key(key)), turns=turns, reply_tokens=tokens)
 
 
 def _append(versions: db.Reference, entries: list[DocVersion]) -> None:

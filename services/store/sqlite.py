@@ -115,6 +115,14 @@ CREATE TABLE IF NOT EXISTS template_stats (
     failed_turns INTEGER NOT NULL DEFAULT 0,
     last_used TEXT
 );
+CREATE TABLE IF NOT EXISTS template_stats_by_model (
+    template_id TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    turns INTEGER NOT NULL DEFAULT 0,
+    reply_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (template_id, provider, model)
+) WITHOUT ROWID;
 """
 
 _SESSION_COLUMNS = (
@@ -594,10 +602,16 @@ class SQLiteStore:
         return [DocVersion.from_dict(json.loads(row[0])) for row in rows]
 
     async def add_template_stats(self, deltas: Mapping[str, TemplateCounts]) -> None:
-        """Upsert-add every personality's counters in one transaction."""
+        """Upsert-add every personality's counters, and their shares by target, in one
+        transaction."""
         rows = [
             (key, d.sessions, d.turns, d.reply_tokens, d.failed_turns, d.last_used)
             for key, d in deltas.items()
+        ]
+        shares = [
+            (key, *target, share.turns, share.reply_tokens)
+            for key, d in deltas.items()
+            for target, share in d.by_model.items()
         ]
 
         def add(conn: sqlite3.Connection) -> None:
@@ -612,13 +626,19 @@ class SQLiteStore:
                     "coalesce(excluded.last_used, '')), '')",
                     rows,
                 )
+                conn.executemany(
+                    "INSERT INTO template_stats_by_model VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (template_id, provider, model) DO UPDATE SET "
+                    "turns = turns + excluded.turns, "
+                    "reply_tokens = reply_tokens + excluded.reply_tokens",
+                    shares,
+                )
 
         await self._run(add)
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
-        """Every row of the stats table."""
-        rows = await self._run(lambda conn: conn.execute("SELECT * FROM template_stats").fetchall())
-        return {row["template_id"]: TemplateCounts.from_dict(dict(row)) for row in rows}
+        """Every row of the stats table, with the personality's shares by target."""
+        return await self._run(_load_template_stats)
 
     # -- usage -------------------------------------------------------------------------------
 
@@ -700,6 +720,16 @@ def _session(row: sqlite3.Row, *, shares: tuple[ModelUsage, ...] = ()) -> Sessio
     record = SessionRecord.from_fields(fields)
     record.usage_totals = sqlite_usage.totals_of(fields, shares)
     return record
+
+
+def _load_template_stats(conn: sqlite3.Connection) -> dict[str, TemplateCounts]:
+    rows = conn.execute("SELECT * FROM template_stats").fetchall()
+    totals = {row["template_id"]: TemplateCounts.from_dict(dict(row)) for row in rows}
+    for row in conn.execute("SELECT * FROM template_stats_by_model").fetchall():
+        counts = totals.setdefault(row["template_id"], TemplateCounts())
+        target = (row["provider"], row["model"])
+        counts.served(target, turns=row["turns"], reply_tokens=row["reply_tokens"])
+    return totals
 
 
 def _fallbacks_json(fallbacks: tuple[tuple[str, str], ...]) -> str | None:

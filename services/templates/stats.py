@@ -1,4 +1,5 @@
-"""Per-personality usage counters for authors, counted in memory and flushed in the background.
+"""Per-personality usage counters for authors (with each route target's share of the turns),
+counted in memory and flushed in the background.
 
 A turn never waits on them: counting is a few additions, and a scheduled job adds what was
 counted to the stored totals in one write (server-side increments on Firebase, so several
@@ -12,6 +13,7 @@ import logging
 from collections import defaultdict
 
 from services.models import Clock, TemplateCounts, isoformat
+from services.provider_config import Target
 from services.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -31,12 +33,17 @@ class TemplateStats:
         counts.sessions += 1
         counts.last_used = isoformat(self._clock())
 
-    def turn_done(self, template_id: str, *, reply_tokens: int) -> None:
-        """A turn was stored."""
+    def turn_done(
+        self, template_id: str, *, reply_tokens: int, served_by: Target | None = None
+    ) -> None:
+        """A turn was stored; ``served_by`` (the provider and the model it was asked for)
+        answered it."""
         counts = self._pending[template_id]
         counts.turns += 1
         counts.reply_tokens += reply_tokens
         counts.last_used = isoformat(self._clock())
+        if served_by is not None:
+            counts.served(served_by, turns=1, reply_tokens=reply_tokens)
 
     def turn_failed(self, template_id: str) -> None:
         """A turn failed (the model or the store), so nothing was stored."""

@@ -432,6 +432,15 @@ async def test_stats_count_concurrent_turns_without_a_store_round_trip(
         "averageReplyTokens": round(tokens / 12, 1),
         "failedTurns": 1,
         "lastUsed": "2026-01-01T12:00:00.000Z",
+        "byModel": {  # every stored turn, none of the failed one
+            "default/gpt-4o-mini": {
+                "provider": "default",
+                "model": "gpt-4o-mini",
+                "turns": 12,
+                "replyTokens": tokens,
+                "averageReplyTokens": round(tokens / 12, 1),
+            }
+        },
     }
     assert stats == expected
     await chat.services.stats.flush()  # what the scheduler does every STATS_FLUSH_SECONDS

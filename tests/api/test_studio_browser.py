@@ -85,6 +85,9 @@ async def test_author_drafts_previews_publishes_and_rolls_back(
             f"{API}/session", json={"user_id": "u1", "template_id": "test-bot"}, headers=SERVICE
         )
         assert session.status_code == 201, session.text
+        turn = f"{API}/session/{session.json()['session_id']}/message"
+        sent = await live.client.post(turn, json={"message": "hi"}, headers=SERVICE)
+        assert sent.status_code == 200, sent.text
 
         await page.fill("#f-personalityPrompt", SECOND_PROMPT)
         await expect(page.locator("#diff")).to_contain_text("+ Answer in one line.")
@@ -97,6 +100,7 @@ async def test_author_drafts_previews_publishes_and_rolls_back(
         await expect(page.locator("#form-title")).to_contain_text("test-bot (version 3)")
         await expect(page.locator("#f-personalityPrompt")).to_have_value(FIRST_PROMPT)
         await expect(page.locator("#stats")).to_contain_text("sessions: 1")
+        await expect(page.locator("#stats")).to_contain_text("turns by default/")
         stored = await live.client.get("/api/v1/personalities/test-bot", headers=ADMIN)
         assert stored.json()["personalityPrompt"] == FIRST_PROMPT
         assert stored.json()["version"] == 3

@@ -13,6 +13,7 @@ import pytest
 from services.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
 from services.models import (
     DayUsage,
+    ModelCounts,
     ModelUsage,
     NewTurn,
     Sampling,
@@ -447,3 +448,20 @@ async def test_erasing_a_session_erases_its_shares_and_keeps_the_users_days(stor
     await store.create_session(session)
     record = await store.get_session(sid)
     assert record is not None and (record.usage_totals is None or not record.usage_totals.by_model)
+
+
+async def test_template_stats_add_up_by_route_target(store: Store) -> None:
+    first = TemplateCounts(1, 2, 30, 0, T0)
+    first.served(MAIN, turns=1, reply_tokens=10)
+    first.served(BACKUP, turns=1, reply_tokens=20)
+    await store.add_template_stats({"a/b": first})
+    again = TemplateCounts(0, 1, 5, 0, T0)
+    again.served(BACKUP, turns=1, reply_tokens=5)
+    await store.add_template_stats({"a/b": again, "c": TemplateCounts(sessions=1)})
+    totals = await store.load_template_stats()
+    assert totals["a/b"].by_model == {
+        MAIN: ModelCounts(1, 10),
+        BACKUP: ModelCounts(2, 25),
+    }
+    assert (totals["a/b"].turns, totals["a/b"].reply_tokens) == (3, 35)
+    assert totals["c"].by_model == {}
