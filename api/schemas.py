@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.models import (
     DayUsage,
+    ModelUsage,
     SessionRecord,
     StoredMessage,
     ToolCall,
@@ -17,6 +18,7 @@ from services.models import (
     Usage,
     UsageTotals,
 )
+from services.provider_config import target_key
 from services.settings import Settings
 from services.titles import TITLE_MAX_CHARS
 
@@ -221,12 +223,45 @@ class SessionSummary(BaseModel):
         return {name: getattr(record, name) for name in SessionSummary.model_fields}
 
 
+class ModelUsageBody(BaseModel):
+    provider: str = Field(description="The provider that answered (`default`: OPENAI_*)")
+    model: str = Field(
+        description="The model it was asked for: the personality's, a fallback's, or the "
+        "title or memory model. A reply's own `model` in history may name a dated snapshot"
+    )
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens")
+    turns: int = Field(description="Stored turns it answered")
+    calls: int = Field(description="Background calls it answered (titles, memory summaries)")
+
+    @classmethod
+    def of(cls, share: ModelUsage) -> ModelUsageBody:
+        """From one target's share."""
+        return cls(
+            provider=share.provider,
+            model=share.model,
+            prompt_tokens=share.prompt_tokens,
+            completion_tokens=share.completion_tokens,
+            total_tokens=share.total_tokens,
+            turns=share.turns,
+            calls=share.calls,
+        )
+
+
 class SessionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int = Field(description="prompt_tokens + completion_tokens")
     turns: int = Field(description="Stored turns (each counted once, replays never)")
     calls: int = Field(description="Background model calls: session titles, memory summaries")
+    by_model: dict[str, ModelUsageBody] = Field(
+        description="The same counts split by the provider and model that served them, keyed "
+        "`provider/model`, ordered by provider, then model. Usage counted before this split "
+        "existed is in the totals only, so the parts may add up to less. Bounded by "
+        "configuration: the personality's provider and model, its fallbacks, the global "
+        "fallbacks, and the title and memory models"
+    )
 
     @classmethod
     def of(cls, totals: UsageTotals | DayUsage | None) -> SessionUsage:
@@ -238,6 +273,10 @@ class SessionUsage(BaseModel):
             total_tokens=totals.total_tokens,
             turns=totals.turns,
             calls=totals.calls,
+            by_model={
+                target_key((share.provider, share.model)): ModelUsageBody.of(share)
+                for share in totals.by_model
+            },
         )
 
 
@@ -252,7 +291,8 @@ class SessionDetail(SessionSummary):
     )
     conversation_history: list[MessageBody] = Field(description="The last 50 messages")
     usage: SessionUsage = Field(
-        description="Tokens the session spent: its turns and its background calls (titles)"
+        description="Tokens the session spent: its turns and its background calls (titles, "
+        "memory summaries), in all and by provider and model (`by_model`)"
     )
 
 

@@ -123,6 +123,81 @@ async def test_a_failure_before_the_first_delta_falls_back(
         assert (stored["content"], stored["provider"]) == ("Backup: hi", "backup")
 
 
+def snapshot_reply(content: str, model: str) -> Reply:
+    """A reply that names a model of its own (as OpenAI names a dated snapshot)."""
+    usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    message = {"role": "assistant", "content": content}
+    body = {"model": model, "choices": [{"index": 0, "message": message}], "usage": usage}
+    return Reply(raw_body=json.dumps(body).encode())
+
+
+def shares_of(replies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The by_model breakdown that these stored turns' bodies add up to."""
+    shares: dict[str, dict[str, Any]] = {}
+    for reply in replies:
+        provider, model = reply["assistant_message"]["provider"], reply["asked"]
+        share = shares.setdefault(
+            f"{provider}/{model}",
+            {"provider": provider, "model": model, "prompt_tokens": 0, "completion_tokens": 0,
+             "total_tokens": 0, "turns": 0, "calls": 0},
+        )  # fmt: skip
+        for name, value in reply["usage"].items():
+            share[name] += value
+        share["turns"] += 1
+    return shares
+
+
+async def test_usage_and_stats_show_which_provider_and_model_served_the_turns(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    async with running_app(with_backup(make_settings, backup), clock) as chat:
+        resilient = await chat.create_session("resilient")
+        routed = await chat.create_session("routed")
+        served: dict[str, list[dict[str, Any]]] = {resilient: [], routed: []}
+
+        async def turn(session_id: str, text: str, asked: str) -> dict[str, Any]:
+            response = await chat.send(session_id, text)
+            assert response.status_code == 200, response.text
+            served[session_id].append({**response.json(), "asked": asked})
+            return served[session_id][-1]
+
+        await turn(resilient, "one", "main-model")
+        llm.script(Reply(status=500))  # main fails before any delta: backup answers
+        assert (await turn(resilient, "two", "backup-model"))["response"] == "Backup: two"
+        llm.script(snapshot_reply("Three!", "main-model-2026-01-01"))
+        third = await turn(resilient, "three", "main-model")
+        # History names the model the reply named; usage counts it under the one asked for.
+        assert third["assistant_message"]["model"] == "main-model-2026-01-01"
+        await turn(routed, "four", "backup-model")
+        assert [r["model"] for r in llm.chat_requests()] == ["main-model"] * 3
+        assert [r["model"] for r in backup.chat_requests()] == ["backup-model"] * 2
+
+        for session_id, replies in served.items():
+            usage = (await chat.client.get(f"{API}/session/{session_id}")).json()["usage"]
+            assert usage["by_model"] == shares_of(replies), session_id
+        assert list(usage["by_model"]) == ["backup/backup-model"]  # the routed session's
+        split = (await chat.client.get(f"{API}/session/{resilient}")).json()["usage"]["by_model"]
+        assert list(split) == ["backup/backup-model", "default/main-model"]  # in a stable order
+
+        day = (await chat.client.get(f"{API}/users/user_1/usage", params={"days": 1})).json()
+        everything = shares_of(served[resilient] + served[routed])
+        assert day["today"]["by_model"] == everything
+        assert everything["backup/backup-model"]["turns"] == 2
+        assert (
+            sum(share["total_tokens"] for share in everything.values())
+            == (day["today"]["total_tokens"])
+        )
+
+        stats = (await chat.client.get("/api/v1/personalities/resilient/stats")).json()
+        assert {key: (s["turns"], s["replyTokens"]) for key, s in stats["byModel"].items()} == {
+            "backup/backup-model": (1, split["backup/backup-model"]["completion_tokens"]),
+            "default/main-model": (2, split["default/main-model"]["completion_tokens"]),
+        }
+        await chat.services.stats.flush()  # stored, and read back the same
+        again = (await chat.client.get("/api/v1/personalities/resilient/stats")).json()
+        assert again["byModel"] == stats["byModel"]
+
+
 async def test_no_fallback_once_a_delta_reached_the_client(
     make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
 ) -> None:

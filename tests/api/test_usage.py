@@ -59,11 +59,13 @@ async def test_totals_are_the_sum_of_the_stored_replies_usage(
 
     stored = await stored_reply_usage(chat, session_id)
     assert stored["turns"] == 4 and stored["prompt_tokens"] > 0
-    expected = {
+    counts = {
         **stored,
         "total_tokens": stored["prompt_tokens"] + stored["completion_tokens"],
         "calls": 0,
     }
+    served = {"provider": "default", "model": "gpt-4o-mini"}  # every turn, the replay not
+    expected = {**counts, "by_model": {"default/gpt-4o-mini": {**served, **counts}}}
     detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
     assert detail["usage"] == expected
     report = await usage_of(chat)
@@ -241,6 +243,10 @@ async def test_a_turn_stays_one_write_and_the_quota_reads_once_a_minute(
         }
         assert day == expected
         assert rtdb.get_data(ns, f"/userSessions/{session_id}/usage_totals") == expected
+        # The share of the one target that served them, beside the totals, by the same write.
+        shares = {"default%2Fgpt-test-pirate": expected}
+        assert rtdb.get_data(ns, f"/userSessions/{session_id}/usage_by_model") == shares
+        assert rtdb.get_data(ns, "/userUsageByModel/user_1/2026-01-01") == shares
 
 
 async def test_another_replicas_spending_is_seen_within_a_minute(

@@ -310,6 +310,8 @@ async def test_firebase_outage_answers_503_writes_nothing_and_recovers(
                     # to the session's usage. Turns are what must not move.
                     node.pop("title", None)
                     node["usage_totals"] = node.get("usage_totals", {}).get("turns")
+                    shares = node.get("usage_by_model", {})
+                    node["usage_by_model"] = {key: s.get("turns") for key, s in shares.items()}
                     if kind == "stall":  # a seq claim may land late; no message, count or id may
                         node.pop("next_seq")
                 assert after == before
