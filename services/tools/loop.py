@@ -185,6 +185,9 @@ class _Turn:
             usage_reported=all(p.usage_reported for p in self.parts),
             provider=last.provider,
             tool_uses=tuple(self.uses),
+            # The turn counts under the target of the call that wrote its reply (usage by
+            # model), as the reply names that call's provider and model.
+            asked_model=last.asked_model,
         )
 
 

@@ -17,9 +17,10 @@ import pytest
 import websockets
 
 from bench.harness import clean_env, free_port, running, start
-from bench.mock_llm import MockLLM
+from bench.mock_llm import MockLLM, Reply
 from services.settings import REPO_ROOT
 from tests.api.conftest import Live, LiveFactory, collect
+from tests.api.test_providers import snapshot_reply
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 from tests.support.node_ai import lines_of, run_node
 
@@ -126,6 +127,31 @@ async def test_a_tool_round_trip_through_the_example_server(
     [use] = reply.json()["assistant_message"]["tools"]
     assert use["name"] == "demo/current_time" and use["arguments"] == {"zone": "Europe/Lisbon"}
     assert use["is_error"] is False and use["round"] == 1 and use["id"]
+
+
+async def test_a_tool_turn_counts_all_its_model_calls_under_the_model_asked_for(
+    chat: RunningApp, llm: MockLLM
+) -> None:
+    # The call after the tool's result answers under a dated name of its model.
+    llm.script(Reply(), snapshot_reply("It is noon.", "tool-model-2026-01-01"))
+    session_id = await chat.create_session("clock")
+    reply = (await chat.send(session_id, f"What time is it? {TIME}")).json()
+    assert reply["assistant_message"]["model"] == "tool-model-2026-01-01"
+    assert len(reply["assistant_message"]["tools"]) == 1 and len(llm.chat_requests()) == 2
+
+    usage = (await chat.client.get(f"{API}/session/{session_id}")).json()["usage"]
+    spent = {name: reply["usage"][name] for name in ("prompt_tokens", "completion_tokens")}
+    assert usage["by_model"] == {
+        "default/tool-model": {
+            "provider": "default",
+            "model": "tool-model",
+            **spent,
+            "total_tokens": reply["usage"]["total_tokens"],
+            "turns": 1,
+            "calls": 0,
+        }
+    }
+    assert {name: usage[name] for name in spent} == spent  # both calls, once
 
 
 async def test_stored_calls_and_results_are_replayed_in_order_into_the_next_prompt(
