@@ -368,9 +368,11 @@ async def test_the_ai_sdk_reader_shows_the_tool_parts(
 
 
 async def test_tool_results_too_long_for_the_model_fail_the_turn_without_rerunning_tools(
-    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    llm.config.context_chars = 3000  # the question fits; with the tool's 5,000 characters, not
+    # The question fits; with the tool's 5,000 characters, not. (Undone after the test: the
+    # mock serves the whole run.)
+    monkeypatch.setattr(llm.config, "context_chars", 3000)
     settings = make_settings(mcp_servers={"faulty": stdio("tests.support.mcp_faulty")})
     async with running_app(settings, clock) as chat:
         session_id = await chat.create_session("faulty")
