@@ -41,6 +41,7 @@ from services.memory import Memory
 from services.models import Clock, utc_now
 from services.providers import build_llm
 from services.quotas import Quotas
+from services.redis.link import RedisLink
 from services.scheduler import build_scheduler
 from services.sessions import SessionService
 from services.settings import Settings
@@ -69,10 +70,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         async with AsyncExitStack() as stack:
             app.state.services = await _start_services(settings, clock, stack)
             logger.info(
-                "chatify ready: store=%s llm=%s templates=%d",
+                "chatify ready: store=%s llm=%s templates=%d redis=%s",
                 settings.store,
                 settings.llm_provider,
                 app.state.services.templates.count,
+                "on" if settings.redis_url else "off",
             )
             yield
 
@@ -145,8 +147,9 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     previews = Previews(templates, llm)
     stack.push_async_callback(previews.drain)
 
+    redis = await _start_redis(settings, stack)
     bus = LocalBus()
-    quotas = Quotas(settings, store=store, now=clock)
+    quotas = Quotas(settings, store=store, now=clock, redis=redis)
     stack.push_async_callback(quotas.close)
     calls = BackgroundCalls(store=store, clock=clock, meter=quotas)
     stack.push_async_callback(calls.close)  # after titles and memories stopped
@@ -220,4 +223,19 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         bus=bus,
         calls=calls,
         usage=UsageService(store=store, clock=clock, quota=settings.user_daily_token_quota or None),
+        redis=redis,
     )
+
+
+async def _start_redis(settings: Settings, stack: AsyncExitStack) -> RedisLink | None:
+    """With REDIS_URL: the client, closed last (exit callbacks unwind)."""
+    if not settings.redis_url:
+        return None
+    link = RedisLink(
+        settings.redis_url,
+        prefix=settings.redis_key_prefix,
+        timeout=settings.redis_timeout_seconds,
+    )
+    await link.start()
+    stack.push_async_callback(link.close)
+    return link

@@ -16,6 +16,7 @@ from services.llm import LLMClient
 from services.memory import Memory
 from services.models import SessionRecord
 from services.quotas import Quotas
+from services.redis.link import RedisLink
 from services.sessions import SessionService
 from services.settings import Settings
 from services.store.base import Store
@@ -50,6 +51,7 @@ class Services:
     bus: LocalBus
     usage: UsageService
     calls: BackgroundCalls
+    redis: RedisLink | None = None  # REDIS_URL set: shared limits
 
 
 async def get_services(conn: HTTPConnection) -> Services:

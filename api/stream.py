@@ -45,7 +45,7 @@ async def stream_message(
     `client_message_id`) to resume it, or to have it replayed once it is stored."""
     settings = services.settings
     text = checked_message(body, settings)
-    slot = services.quotas.open_stream(session.user_id)
+    slot = await services.quotas.open_stream(session.user_id)
     try:
         turn, joined = services.turns.submit(
             session.session_id, text=text, client_message_id=body.client_message_id, stream=True
