@@ -33,7 +33,7 @@ from api.middleware import (
     redact_credentials_in_logs,
 )
 from api.openapi import install_openapi, operation_id
-from services.bus import LocalBus
+from services.bus import LocalBus, SessionBus
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
@@ -41,7 +41,9 @@ from services.memory import Memory
 from services.models import Clock, utc_now
 from services.providers import build_llm
 from services.quotas import Quotas
+from services.redis.bus import RedisBus
 from services.redis.link import RedisLink
+from services.redis.turns import RedisTurns
 from services.scheduler import build_scheduler
 from services.sessions import SessionService
 from services.settings import Settings
@@ -147,8 +149,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     previews = Previews(templates, llm)
     stack.push_async_callback(previews.drain)
 
-    redis = await _start_redis(settings, stack)
-    bus = LocalBus()
+    redis, bus, relay = await _start_redis(settings, stack)
     quotas = Quotas(settings, store=store, now=clock, redis=redis)
     stack.push_async_callback(quotas.close)
     calls = BackgroundCalls(store=store, clock=clock, meter=quotas)
@@ -189,6 +190,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         bus=bus,
         log_content=settings.log_message_content,
         usage=quotas,
+        relay=relay,
     )
     stack.push_async_callback(turns.drain)
     session_service = SessionService(
@@ -224,13 +226,17 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         calls=calls,
         usage=UsageService(store=store, clock=clock, quota=settings.user_daily_token_quota or None),
         redis=redis,
+        relay=relay,
     )
 
 
-async def _start_redis(settings: Settings, stack: AsyncExitStack) -> RedisLink | None:
-    """With REDIS_URL: the client, closed last (exit callbacks unwind)."""
+async def _start_redis(
+    settings: Settings, stack: AsyncExitStack
+) -> tuple[RedisLink | None, SessionBus, RedisTurns | None]:
+    """With REDIS_URL: the client, the shared bus and the turn relay (closed after the turns
+    drained, since exit callbacks unwind); without it: the in-process bus alone."""
     if not settings.redis_url:
-        return None
+        return None, LocalBus(), None
     link = RedisLink(
         settings.redis_url,
         prefix=settings.redis_key_prefix,
@@ -238,4 +244,9 @@ async def _start_redis(settings: Settings, stack: AsyncExitStack) -> RedisLink |
     )
     await link.start()
     stack.push_async_callback(link.close)
-    return link
+    bus = RedisBus(link)
+    bus.start()
+    stack.push_async_callback(bus.close)
+    relay = RedisTurns(link)
+    stack.push_async_callback(relay.close)
+    return link, bus, relay

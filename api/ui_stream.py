@@ -106,6 +106,8 @@ async def resume_ui_chat(session: ValidSessionDep, services: ServicesDep) -> Res
     """The session's turn in flight from its start (`useChat({resume: true})`); 204 when
     there is none."""
     turn = services.turns.latest(session.session_id)
+    if turn is None and services.relay is not None:  # in flight on another replica
+        turn = await services.relay.latest(session.session_id)
     if turn is None:
         return Response(status_code=204)
     slot = await services.quotas.open_stream(session.user_id)

@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import pytest
 
-from services.errors import RateLimited
+from services.bus import SessionEvent
+from services.errors import LLMTimeout, QuotaExceeded, RateLimited
+from services.models import StoredMessage, TurnResult, Usage
 from services.quotas import Quotas
+from services.redis import codec
+from services.redis.bus import RedisBus
 from services.redis.limits import RedisStreams, RedisTokenBuckets
 from services.redis.link import PROBE_SECONDS, RedisDown, RedisLink
+from services.redis.turns import RedisTurns
 from services.settings import Settings
+from services.turns import Turn, TurnEvent
 from tests.support.redis_server import RedisServer, require_redis_server
 
 
@@ -36,6 +44,52 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     raise AssertionError("timed out")
 
 
+def result(reply: str = "Hello there") -> TurnResult:
+    usage = Usage(3, 4, 7)
+    return TurnResult(
+        session_id="s1",
+        reply=reply,
+        message_count=1,
+        replayed=False,
+        usage=usage,
+        model="m",
+        latency_ms=12.5,
+        user_message=StoredMessage(0, "user", "hi", "2026-01-01T00:00:00Z", "c1"),
+        assistant_message=StoredMessage(
+            1, "assistant", reply, "2026-01-01T00:00:01Z", None, usage, "default", "m"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A shape a future event kind may carry."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FutureEvent:
+    """An event with a kind and a field the codec has never seen."""
+
+    id: int
+    kind: Literal["tool_call"]
+    call: ToolCall | None = None
+    error: LLMTimeout | None = None
+
+
+def test_events_cross_as_json_field_by_field() -> None:
+    done = TurnEvent(4, "done", result=result())
+    assert codec.loads(TurnEvent, codec.dumps(done)) == done
+    failed = codec.loads(TurnEvent, codec.dumps(TurnEvent(2, "error", error=QuotaExceeded("x"))))
+    assert isinstance(failed.error, QuotaExceeded) and failed.error.status == 429
+    event = SessionEvent("reply", "s1", "c1", result=result(), origin="o")
+    assert codec.loads(SessionEvent, codec.dumps(event)) == event
+    future = FutureEvent(1, "tool_call", ToolCall("search", {"q": ["a", 1]}))
+    assert codec.loads(FutureEvent, codec.dumps(future)) == future
+
+
 async def test_a_rate_is_shared_by_replicas(links: list[RedisLink]) -> None:
     buckets = [RedisTokenBuckets(link, "turns", 5) for link in links]
     waits = [await buckets[n % 2].take("alice") for n in range(8)]
@@ -55,6 +109,65 @@ async def test_open_streams_are_capped_across_replicas(links: list[RedisLink]) -
     assert await streams[1].open("alice") is not None
     for stream in streams:
         await stream.close()
+
+
+async def test_a_session_event_reaches_every_replica_once(links: list[RedisLink]) -> None:
+    buses = [RedisBus(link) for link in links]
+    for bus in buses:
+        bus.start()
+    try:
+        with buses[0].subscribe("s1") as here, buses[1].subscribe("s1") as there:
+            await asyncio.sleep(0.1)  # the SUBSCRIBE reaches the server
+            buses[0].publish(SessionEvent("title", "s1", text="A title"))
+            buses[0].publish(SessionEvent("reply", "s1", "c1", result=result()))
+            assert (await asyncio.wait_for(there.next(), 5)).text == "A title"
+            assert (await asyncio.wait_for(there.next(), 5)).result == result()
+            assert (await here.next()).kind == "title"
+            assert (await here.next()).kind == "reply"
+            await asyncio.sleep(0.1)
+            assert here._queue.empty()  # not delivered a second time through Redis
+    finally:
+        for bus in buses:
+            await bus.close()
+
+
+async def test_a_turn_running_on_one_replica_is_relayed_on_another(
+    links: list[RedisLink],
+) -> None:
+    runner, follower = RedisTurns(links[0]), RedisTurns(links[1])
+    original = Turn("s1", "hi", "c1")
+    assert await runner.adopt(original) is None  # this replica runs it
+    original.emit("start", turn=1)
+    original.emit("delta", content="Hello ")
+    resend = Turn("s1", "hi", "c1")
+    following = asyncio.create_task(follower.adopt(resend))
+    await until(lambda: len(resend.events) == 2)
+    assert resend.relayed
+    original.emit("delta", content="there")
+    original.emit("done", result=result())
+    relayed = await asyncio.wait_for(following, 5)
+    assert relayed is not None and relayed.replayed and relayed.reply == "Hello there"
+    assert [(e.id, e.kind, e.content) for e in resend.events] == [
+        (e.id, e.kind, e.content) for e in original.events
+    ]
+    # A resend once it is done: replayed from its last event, as a stored turn is.
+    late = Turn("s1", "hi", "c1")
+    assert (await follower.adopt(late)) == relayed
+    assert [e.kind for e in late.events] == ["start", "delta", "done"] and not late.relayed
+    for relay in (runner, follower):
+        await relay.close()
+
+
+async def test_a_failed_turn_is_run_again_by_the_next_resend(links: list[RedisLink]) -> None:
+    runner, other = RedisTurns(links[0]), RedisTurns(links[1])
+    first = Turn("s1", "hi", "c1")
+    assert await runner.adopt(first) is None
+    first.emit("start", turn=1)
+    first.emit("error", error=LLMTimeout("slow"))
+    await until(lambda: not runner._tasks)
+    assert await other.adopt(Turn("s1", "hi", "c1")) is None  # it runs it anew
+    await other.close()
+    await runner.close()
 
 
 @pytest.fixture
