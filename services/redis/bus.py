@@ -29,6 +29,7 @@ from services.redis.link import RedisDown, RedisLink
 logger = logging.getLogger(__name__)
 OUTBOX_LIMIT = 10_000  # events waiting to be published; older ones are dropped past it
 READ_SECONDS = 1.0
+LINGER_SECONDS = 0.01  # events gathered per PUBLISH round trip
 
 
 class RedisBus:
@@ -56,9 +57,11 @@ class RedisBus:
 
     async def close(self) -> None:
         """Stop (at shutdown)."""
-        for task in [*self._tasks, *self._changes]:
+        tasks = {*self._tasks, *self._changes}
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._changes, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -113,6 +116,7 @@ class RedisBus:
     async def _publish_queued(self) -> None:
         while True:
             await self._queued.wait()
+            await asyncio.sleep(LINGER_SECONDS)
             self._queued.clear()
             batch = list(self._outbox)
             self._outbox.clear()

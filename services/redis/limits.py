@@ -156,7 +156,8 @@ class RedisStreams:
             self._renewing.cancel()
         for slot_id in list(self._held):
             self._release(slot_id)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
 
 
 # A user's tokens on a UTC day: HASH {t: tokens, r: when the store was last read}.
@@ -248,7 +249,8 @@ class RedisDailyTokens:
         """Stop the background work (at shutdown)."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
 
 
 async def _hmget(client: Redis, key: str) -> tuple[int | None, float | None]:

@@ -70,6 +70,7 @@ class RedisLink:
             async with asyncio.timeout(self.timeout):
                 await self.client.ping()
         except (RedisError, OSError, TimeoutError) as error:
+            reraise_cancellation(error)
             self._down(error)
         else:
             self._healthy = True
@@ -80,8 +81,7 @@ class RedisLink:
         self._started = False
         if self._probe is not None:
             self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+            await asyncio.wait({self._probe}, timeout=1.0)
         await self.client.aclose()
 
     async def call(
@@ -96,10 +96,13 @@ class RedisLink:
             raise RedisDown
         try:
             async with asyncio.timeout(self.timeout):
-                return await command(self.client, *args, **kwargs)
+                result = await command(self.client, *args, **kwargs)
         except (RedisError, OSError, TimeoutError) as error:
+            reraise_cancellation(error)
             self._down(error)
             raise RedisDown from error
+        reraise_cancellation(None)  # a pipeline may swallow a cancel whole (redis-py 8.1)
+        return result
 
     async def script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         """Run a Lua script (registered on ``client``): one round trip, atomic."""
@@ -116,7 +119,8 @@ class RedisLink:
         return True
 
     def failed(self, error: BaseException) -> None:
-        """A command issued outside ``call`` (a blocking read, a pub/sub connection) failed."""
+        """A command issued outside ``call`` (a pub/sub connection) failed."""
+        reraise_cancellation(error)
         self._down(error)
 
     def _down(self, error: BaseException) -> None:
@@ -139,13 +143,24 @@ class RedisLink:
             try:
                 async with asyncio.timeout(self.timeout):
                     await self.client.ping()
-            except (RedisError, OSError, TimeoutError):
+            except (RedisError, OSError, TimeoutError) as error:
+                reraise_cancellation(error)
                 continue
             self._healthy = True
             logger.info("redis available again: limits, stream resume and live events are shared")
             for listener in self._listeners:
                 listener()
             return
+
+
+def reraise_cancellation(error: BaseException | None) -> None:
+    """Raise ``CancelledError`` if the task was cancelled while it waited on Redis: the client
+    may turn a cancelled read into a connection error, or swallow the cancel of a pipeline and
+    return (and ``asyncio.timeout`` turns a cancel that meets its deadline into
+    ``TimeoutError``); the task must stop, not mark Redis down or go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
 
 
 async def _run_script(client: Redis, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:

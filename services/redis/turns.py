@@ -41,6 +41,7 @@ from services.turns import Turn, TurnEvent
 logger = logging.getLogger(__name__)
 RUNNING_MS = 15_000
 HEARTBEAT_SECONDS = 5.0
+LINGER_SECONDS = 0.02  # events gathered per send (the last one is sent at once)
 KEEP_MS = 60_000
 MAXLEN = 10_000
 _ENDS = ("done", "error")
@@ -76,7 +77,6 @@ class RedisTurns:
     def __init__(self, link: RedisLink) -> None:
         self._link = link
         self._claim = link.client.register_script(_CLAIM)
-        self._renew = link.client.register_script(_RENEW)
         self._block_ms = max(1, int(link.timeout * 600))  # a blocking read ends within a call
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -133,7 +133,8 @@ class RedisTurns:
             await asyncio.wait(self._tasks, timeout=2 * self._link.timeout)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
 
     def _start(self, work: Any) -> None:
         task = asyncio.create_task(work)
@@ -152,6 +153,11 @@ class RedisTurns:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HEARTBEAT_SECONDS):
                     await recording.arrived.wait()
+            if recording.arrived.is_set():
+                # A few events per round trip: a fast turn's start, reply and done go in one.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LINGER_SECONDS):
+                        await recording.ended.wait()
             batch = recording.take()
             ended = any(event.kind in _ENDS for event in batch)
             if not batch and turn.task is not None and turn.task.done():
@@ -182,7 +188,8 @@ class RedisTurns:
                 pipe.xadd(stream, fields, id=f"0-{event.id + 1}", maxlen=MAXLEN)
             pipe.pexpire(stream, ttl)
             state = "done" if ended else "running"
-            await self._renew(keys=keys, args=[mine, ttl, latest, state], client=pipe)
+            # EVAL, not EVALSHA: a pipeline would first ask whether the script is loaded.
+            pipe.eval(_RENEW, len(keys), *keys, mine, ttl, latest, state)
             await pipe.execute()
 
     # -- a replica that follows it ---------------------------------------------------------
@@ -245,11 +252,14 @@ class _Recording:
         self._turn = turn
         self._pending: list[TurnEvent] = []
         self.arrived = asyncio.Event()
+        self.ended = asyncio.Event()
         turn.taps.append(self._add)
 
     def _add(self, event: TurnEvent) -> None:
         self._pending.append(event)
         self.arrived.set()
+        if event.kind in _ENDS:
+            self.ended.set()
 
     def take(self) -> list[TurnEvent]:
         """The events not sent yet."""
