@@ -169,6 +169,10 @@ class RedisTurns:
             except RedisDown:
                 recording.stop()
                 return  # followers elsewhere find the marker gone and run the turn themselves
+            except TypeError:  # a field codec.py cannot write: a bug, but not the turn's end
+                logger.exception("a turn's events cannot be shared between replicas")
+                recording.stop()
+                return
 
     async def _send(
         self,

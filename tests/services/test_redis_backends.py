@@ -158,6 +158,20 @@ async def test_a_turn_running_on_one_replica_is_relayed_on_another(
         await relay.close()
 
 
+async def test_an_event_that_cannot_cross_stops_the_recording_not_the_turn(
+    links: list[RedisLink], caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = RedisTurns(links[0])
+    turn = Turn("s1", "hi", "c1")
+    assert await runner.adopt(turn) is None
+    turn.emit("start", turn=1)
+    turn.emit("delta", content=object())  # type: ignore[arg-type]
+    turn.emit("done", result=result())
+    await until(lambda: not runner._tasks)
+    assert not turn.taps and "cannot be shared" in caplog.text
+    await runner.close()
+
+
 async def test_a_failed_turn_is_run_again_by_the_next_resend(links: list[RedisLink]) -> None:
     runner, other = RedisTurns(links[0]), RedisTurns(links[1])
     first = Turn("s1", "hi", "c1")
