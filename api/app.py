@@ -35,7 +35,7 @@ from api.middleware import (
 )
 from api.openapi import install_openapi, operation_id
 from services.background import Tasks
-from services.bus import LocalBus
+from services.bus import LocalBus, SessionBus
 from services.cache import ActiveSessions
 from services.gate import TurnGate
 from services.identity import build_authenticator
@@ -45,6 +45,9 @@ from services.metrics import Metrics
 from services.models import Clock, utc_now
 from services.providers import build_llm
 from services.quotas import Quotas
+from services.redis.bus import RedisBus
+from services.redis.link import RedisLink
+from services.redis.turns import RedisTurns
 from services.scheduler import build_scheduler
 from services.sessions import SessionService
 from services.settings import Settings
@@ -77,10 +80,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         async with AsyncExitStack() as stack:
             app.state.services = await _start_services(settings, clock, stack)
             logger.info(
-                "chatify ready: store=%s llm=%s templates=%d",
+                "chatify ready: store=%s llm=%s templates=%d redis=%s",
                 settings.store,
                 settings.llm_provider,
                 app.state.services.templates.count,
+                "on" if settings.redis_url else "off",
             )
             yield
 
@@ -180,8 +184,8 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
     previews = Previews(templates, llm)
     stack.push_async_callback(previews.drain)
 
-    bus = LocalBus()
-    quotas = Quotas(settings, store=store, now=clock)
+    redis, bus, relay = await _start_redis(settings, stack)
+    quotas = Quotas(settings, store=store, now=clock, redis=redis)
     stack.push_async_callback(quotas.close)
     calls = BackgroundCalls(store=store, clock=clock, meter=quotas)
     stack.push_async_callback(calls.close)  # after titles and memories stopped
@@ -224,6 +228,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         usage=quotas,
         tools=tools,
         observer=meters,
+        relay=relay,
     )
     stack.push_async_callback(turns.drain)
     meters.watch(
@@ -231,6 +236,9 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         turns_in_flight=lambda: turns.in_flight_count,
         turns_queued=lambda: gate.queued_count,
     )
+    if redis is not None:
+        link = redis
+        meters.watch_redis(lambda: link.healthy)
     session_service = SessionService(
         store=store,
         templates=templates,
@@ -264,4 +272,28 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         calls=calls,
         usage=UsageService(store=store, clock=clock, quota=settings.user_daily_token_quota or None),
         metrics=meters,
+        redis=redis,
+        relay=relay,
     )
+
+
+async def _start_redis(
+    settings: Settings, stack: AsyncExitStack
+) -> tuple[RedisLink | None, SessionBus, RedisTurns | None]:
+    """With REDIS_URL: the client, the shared bus and the turn relay (closed after the turns
+    drained, since exit callbacks unwind); without it: the in-process bus alone."""
+    if not settings.redis_url:
+        return None, LocalBus(), None
+    link = RedisLink(
+        settings.redis_url,
+        prefix=settings.redis_key_prefix,
+        timeout=settings.redis_timeout_seconds,
+    )
+    await link.start()
+    stack.push_async_callback(link.close)
+    bus = RedisBus(link)
+    bus.start()
+    stack.push_async_callback(bus.close)
+    relay = RedisTurns(link)
+    stack.push_async_callback(relay.close)
+    return link, bus, relay

@@ -9,7 +9,7 @@ from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
 from api.schemas import SendMessageRequest
-from services.bus import LocalBus
+from services.bus import SessionBus
 from services.errors import ChatifyError, SessionEnded, SessionNotFound
 from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
@@ -17,6 +17,8 @@ from services.memory import Memory
 from services.metrics import Metrics
 from services.models import SessionRecord
 from services.quotas import Quotas
+from services.redis.link import RedisLink
+from services.redis.turns import RedisTurns
 from services.sessions import SessionService
 from services.settings import Settings
 from services.store.base import Store
@@ -48,10 +50,12 @@ class Services:
     titles: Titles
     memory: Memory
     user_data: UserData
-    bus: LocalBus
+    bus: SessionBus
     usage: UsageService
     calls: BackgroundCalls
     metrics: Metrics
+    redis: RedisLink | None = None  # REDIS_URL set: shared limits, resume, live events
+    relay: RedisTurns | None = None
 
 
 def metrics_of(app: Any) -> Metrics | None:

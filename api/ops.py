@@ -23,9 +23,15 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "unavailable"]
+    status: Literal["ready", "degraded", "unavailable"] = Field(
+        description="`degraded`: ready, but Redis is not answering, so limits, stream resume "
+        "and live events are per process until it is back"
+    )
     store: str
     store_ok: bool
+    redis: Literal["off", "ok", "unavailable"] = Field(
+        description="`off` without REDIS_URL; `unavailable` does not make the service unready"
+    )
     llm: str
     templates: int
     problems: list[str]
@@ -47,7 +53,8 @@ async def health() -> Health:
     responses={503: {"model": Readiness, "description": "Store down or no templates loaded"}},
 )
 async def ready(services: ServicesDep) -> JSONResponse:
-    """Readiness: 200 when the store answers and templates are loaded, else 503."""
+    """Readiness: 200 when the store answers and templates are loaded, else 503; a Redis that
+    does not answer makes it `degraded`, still 200 (the service falls back to per process)."""
     problems = []
     try:
         async with asyncio.timeout(PING_TIMEOUT_SECONDS):
@@ -56,10 +63,14 @@ async def ready(services: ServicesDep) -> JSONResponse:
         problems.append("store is not answering")
     if services.templates.count == 0:
         problems.append("no templates loaded")
+    redis = "off"
+    if services.redis is not None:
+        redis = "ok" if await services.redis.check() else "unavailable"
     body = Readiness(
-        status="unavailable" if problems else "ready",
+        status="unavailable" if problems else "degraded" if redis == "unavailable" else "ready",
         store=services.store.name,
         store_ok="store is not answering" not in problems,
+        redis=redis,
         llm=services.llm.provider,
         templates=services.templates.count,
         problems=problems,

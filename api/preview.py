@@ -58,7 +58,7 @@ async def preview_personality(body: PreviewRequest, services: ServicesDep, admin
         raise InvalidInput("Invalid message", problems=[{**problem, "loc": ["body", "message"]}])
     who = admin.user_id or admin.label
     await services.quotas.take_turn(who)
-    slot = services.quotas.open_stream(who)
+    slot = await services.quotas.open_stream(who)
     try:
         turn = services.previews.start(
             body.template,

@@ -45,7 +45,7 @@ async def stream_message(
     `client_message_id`) to resume it, or to have it replayed once it is stored."""
     settings = services.settings
     text = checked_message(body, settings)
-    slot = services.quotas.open_stream(session.user_id)
+    slot = await services.quotas.open_stream(session.user_id)
     try:
         turn, joined = services.turns.submit(
             session.session_id, text=text, client_message_id=body.client_message_id, stream=True
@@ -53,19 +53,29 @@ async def stream_message(
     except BaseException:
         slot.release()
         raise
-    after = _event_number(last_event_id) if joined else -1
-    return event_stream(turn, after=after, slot=slot, settings=settings, data=event_data)
+    after = _event_number(last_event_id)
+    return event_stream(
+        turn, after=after, slot=slot, settings=settings, data=event_data, joined=joined
+    )
 
 
 EventData = Callable[[Turn, TurnEvent], dict[str, Any]]
 
 
 def event_stream(
-    turn: Turn, *, after: int, slot: StreamSlot, settings: Settings, data: EventData
+    turn: Turn,
+    *,
+    after: int,
+    slot: StreamSlot,
+    settings: Settings,
+    data: EventData,
+    joined: bool = True,
 ) -> EventSourceResponse:
-    """A turn's events from ``after`` on, as SSE, holding the caller's stream slot."""
+    """A turn's events after ``after``, as SSE, holding the caller's stream slot. A turn not
+    joined here skips them only when it relays the same turn from another replica."""
+    events = turn.follow(after) if joined else turn.resume(after)
     return EventSourceResponse(
-        _events(turn, after, slot, data),
+        _events(events, turn, slot, data),
         ping=settings.sse_ping_seconds,
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         headers={"Cache-Control": "no-cache"},
@@ -82,10 +92,10 @@ def _event_number(header: str | None) -> int:
 
 
 async def _events(
-    turn: Turn, after: int, slot: StreamSlot, data: EventData
+    events: AsyncIterator[TurnEvent], turn: Turn, slot: StreamSlot, data: EventData
 ) -> AsyncIterator[ServerSentEvent]:
     try:
-        async for event in turn.follow(after):
+        async for event in events:
             payload = json.dumps(data(turn, event))
             yield ServerSentEvent(data=payload, event=event.kind, id=str(event.id))
     finally:

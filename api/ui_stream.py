@@ -83,7 +83,7 @@ async def stream_ui_chat(
     message parts. Resending it (same message id) resumes or replays, never runs it twice."""
     text, client_message_id = _last_user_message(body, services.settings.max_message_chars)
     record = await admit_turn(body.id, client_message_id, services, caller)
-    slot = services.quotas.open_stream(record.user_id)
+    slot = await services.quotas.open_stream(record.user_id)
     try:
         turn, _ = services.turns.submit(
             record.session_id, text=text, client_message_id=client_message_id, stream=True
@@ -107,9 +107,11 @@ async def resume_ui_chat(session: ValidSessionDep, services: ServicesDep) -> Res
     """The session's turn in flight from its start (`useChat({resume: true})`); 204 when
     there is none."""
     turn = services.turns.latest(session.session_id)
+    if turn is None and services.relay is not None:  # in flight on another replica
+        turn = await services.relay.latest(session.session_id)
     if turn is None:
         return Response(status_code=204)
-    slot = services.quotas.open_stream(session.user_id)
+    slot = await services.quotas.open_stream(session.user_id)
     return _response(turn, slot, services.settings.sse_ping_seconds)
 
 

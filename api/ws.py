@@ -70,7 +70,7 @@ async def session_socket(
         if isinstance(caller, ChatifyError):
             raise caller
         record = owned(await services.turns.check_session(session_id), caller)
-        slot = services.quotas.open_stream(record.user_id)
+        slot = await services.quotas.open_stream(record.user_id)
     except ChatifyError as error:
         await _fail(websocket, error)
         return

@@ -191,6 +191,11 @@ class Metrics:
         self._turns_in_flight.set_function(turns_in_flight)
         self._turns_queued.set_function(turns_queued)
 
+    def watch_redis(self, healthy: Callable[[], bool]) -> None:
+        """Read ``chatify_redis_up`` from the Redis link at each scrape (with ``REDIS_URL``)."""
+        self.set_redis_up(healthy())
+        self._redis_up.set_function(lambda: 1.0 if healthy() else 0.0)
+
     def set_redis_up(self, up: bool) -> None:
         """Report whether Redis answers; ``chatify_redis_up`` appears from the first report."""
         if not self._redis_registered:

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None  # a bearer token that may read GET /metrics
     user_daily_token_quota: int = Field(0, ge=0)  # prompt + completion tokens a UTC day; 0: none
 
+    # Redis, shared by replicas and workers (optional; without it everything is per process)
+    redis_url: str | None = Field(None, repr=False)  # may hold a password
+    redis_key_prefix: str = Field("chatify:", max_length=64)
+    redis_timeout_seconds: float = Field(0.5, gt=0, le=30)
+
     # Firebase Realtime Database (STORE=firebase)
     firebase_database_url: str | None = None
     firebase_credentials_json: SecretStr | None = None
@@ -137,6 +142,7 @@ class Settings(BaseSettings):
         "firebase_project_id",
         "firebase_auth_emulator_host",
         "metrics_token",
+        "redis_url",
         mode="before",
     )
     @classmethod
@@ -183,6 +189,13 @@ class Settings(BaseSettings):
     def provider_names(self) -> frozenset[str]:
         """Every configured provider, ``default`` included."""
         return frozenset({DEFAULT_PROVIDER, *(p.name for p in self.llm_providers)})
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
 
     @model_validator(mode="after")
     def _check_cors(self) -> Settings:

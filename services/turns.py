@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSession, ActiveSessions
@@ -87,12 +87,17 @@ class Turn:
         self.first_delta_at: float | None = None  # perf_counter() of its first delta event
         self._grown = asyncio.Event()
         self.task: asyncio.Task[TurnResult] | None = None
+        self.relayed = False  # its events are those of the same turn running on another replica
+        self.taps: list[Callable[[TurnEvent], None]] = []  # told of each event (a TurnRelay)
 
     def emit(self, kind: EventKind, **fields: object) -> None:
         """Append an event and wake every follower."""
         if kind == "delta" and self.first_delta_at is None:
             self.first_delta_at = time.perf_counter()
-        self.events.append(TurnEvent(len(self.events), kind, **fields))  # type: ignore[arg-type]
+        event = TurnEvent(len(self.events), kind, **fields)  # type: ignore[arg-type]
+        self.events.append(event)
+        for tap in self.taps:
+            tap(event)
         self._grown.set()
         self._grown = asyncio.Event()
 
@@ -109,10 +114,27 @@ class Turn:
                     return
             await grown.wait()
 
+    async def resume(self, after: int) -> AsyncIterator[TurnEvent]:
+        """For a resend that was not joined here: the events after ``after`` when they are
+        relayed from the replica running the turn (a client saw the first ones there); every
+        event when the turn is new or a stored one replayed."""
+        async for event in self.follow():
+            if not (self.relayed and event.id <= after):
+                yield event
+
     async def result(self) -> TurnResult:
         """Wait for the stored result (or the turn's error)."""
         assert self.task is not None
         return await asyncio.shield(self.task)
+
+
+class TurnRelay(Protocol):
+    """Shares turns with other replicas (``services/redis/turns.py``)."""
+
+    async def adopt(self, turn: Turn) -> TurnResult | None:
+        """Before a turn with a ``client_message_id`` runs: when the same turn runs (or just
+        ran) on another replica, relay its events into ``turn`` and return its result (or
+        raise its error); else None, and this process runs it, its events shared."""
 
 
 class TurnPipeline:
@@ -135,7 +157,9 @@ class TurnPipeline:
         usage: UsageMeter | None = None,
         tools: ToolLoop | None = None,
         observer: TurnObserver | None = None,
+        relay: TurnRelay | None = None,
     ) -> None:
+        self._relay = relay
         self._usage = usage
         self._tools = tools
         self._observer = observer
@@ -227,8 +251,8 @@ class TurnPipeline:
                 held = event
                 continue
             if not announced:
-                if held is None:
-                    return  # refused before it started (ended, conflicting id): no news
+                if held is None or turn.relayed:
+                    return  # refused before it started, or announced where it runs: no news
                 if any(e.result is not None and e.result.replayed for e in turn.events):
                     return
                 started = SessionEvent(
@@ -274,6 +298,10 @@ class TurnPipeline:
         try:
             async with ticket:
                 cid = turn.client_message_id
+                if cid is not None and self._relay is not None:
+                    relayed = await self._relay.adopt(turn)
+                    if relayed is not None:
+                        return relayed
                 try:
                     active = await self._sessions.get(turn.session_id)
                 except SessionEnded:

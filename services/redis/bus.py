@@ -1,0 +1,175 @@
+"""``RedisBus``: the ``SessionBus`` for several replicas, over Redis pub/sub.
+
+An event is delivered to this process's subscribers at once (exactly as ``LocalBus`` does) and
+published on the session's channel, ``{prefix}session:{id}``; each replica subscribes to the
+channels of the sessions it has sockets on, and hands what other replicas published to its own
+subscribers. Publishing never waits: events queue for one task that sends them in order, many
+per round trip. While Redis is down, events reach this process's sockets only; the channels are
+subscribed again when it is back. Events published meanwhile are not replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Iterator
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from services.bus import LocalBus, SessionEvent, Subscription
+from services.redis import codec
+from services.redis.link import RedisDown, RedisLink
+
+logger = logging.getLogger(__name__)
+OUTBOX_LIMIT = 10_000  # events waiting to be published; older ones are dropped past it
+READ_SECONDS = 1.0
+LINGER_SECONDS = 0.01  # events gathered per PUBLISH round trip
+
+
+class RedisBus:
+    """``SessionBus`` shared by every replica through Redis pub/sub."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._local = LocalBus()
+        self._instance = uuid.uuid4().hex  # to skip our own events coming back
+        self._outbox: deque[tuple[str, str]] = deque(maxlen=OUTBOX_LIMIT)
+        self._queued = asyncio.Event()
+        self._channels: set[str] = set()  # sessions with subscribers here
+        self._pubsub: PubSub | None = None
+        self._changes: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connected = asyncio.Event()
+        link.on_recovery(self._connected.set)
+
+    def start(self) -> None:
+        """Start publishing and listening (in the lifespan)."""
+        self._tasks = [
+            asyncio.create_task(self._publish_queued()),
+            asyncio.create_task(self._listen()),
+        ]
+
+    async def close(self) -> None:
+        """Stop (at shutdown)."""
+        tasks = {*self._tasks, *self._changes}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def publish(self, event: SessionEvent) -> None:
+        """Deliver to this process's subscribers now, and to other replicas' soon after."""
+        self._local.publish(event)
+        if self._link.healthy:
+            payload = json.dumps({"o": self._instance, "e": codec.dumps(event)})
+            self._outbox.append((self._channel(event.session_id), payload))
+            self._queued.set()
+
+    @contextlib.contextmanager
+    def subscribe(self, session_id: str) -> Iterator[Subscription]:
+        """Receive the session's events, from this replica and the others."""
+        channel = self._channel(session_id)
+        with self._local.subscribe(session_id) as subscription:
+            if channel not in self._channels:
+                self._channels.add(channel)
+                self._change("subscribe", channel)
+            try:
+                yield subscription
+            finally:
+                if not self._local.subscribers(session_id):
+                    self._channels.discard(channel)
+                    self._change("unsubscribe", channel)
+
+    def subscribers(self, session_id: str) -> int:
+        """How many listen to a session on this replica."""
+        return self._local.subscribers(session_id)
+
+    def _channel(self, session_id: str) -> str:
+        return self._link.key("session", session_id)
+
+    def _change(self, command: str, channel: str) -> None:
+        """SUBSCRIBE or UNSUBSCRIBE on the listening connection (sent at once: the reply
+        arrives on the listener's reads)."""
+        pubsub = self._pubsub
+        if pubsub is None or not self._link.healthy:
+            return  # the listener subscribes to every wanted channel when it connects
+
+        async def send() -> None:
+            try:
+                await getattr(pubsub, command)(channel)
+            except (RedisError, OSError) as error:
+                self._link.failed(error)
+
+        task = asyncio.create_task(send())
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+
+    async def _publish_queued(self) -> None:
+        while True:
+            await self._queued.wait()
+            await asyncio.sleep(LINGER_SECONDS)
+            self._queued.clear()
+            batch = list(self._outbox)
+            self._outbox.clear()
+            if not batch:
+                continue
+            try:
+                await self._link.call(_publish, batch)
+            except RedisDown:
+                pass  # other replicas miss these events; this one delivered them
+
+    async def _listen(self) -> None:
+        while True:
+            if not self._link.healthy:
+                self._connected.clear()
+                await self._connected.wait()
+            try:
+                await self._read_until_failure()
+            except (RedisError, OSError) as error:
+                self._link.failed(error)
+            finally:
+                pubsub, self._pubsub = self._pubsub, None
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _read_until_failure(self) -> None:
+        pubsub = self._link.client.pubsub(ignore_subscribe_messages=True)
+        # A channel of our own keeps the connection subscribed while no socket is open.
+        wanted = set(self._channels)
+        await pubsub.subscribe(self._link.key("bus"), *wanted)
+        self._pubsub = pubsub  # from here on, sockets that open subscribe themselves
+        if late := self._channels - wanted:
+            await pubsub.subscribe(*late)
+        while True:
+            message = await pubsub.get_message(timeout=READ_SECONDS)
+            if message is None or message["type"] != "message":
+                continue
+            self._deliver(message["data"])
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            envelope = json.loads(data)
+            if envelope["o"] == self._instance:
+                return
+            event = codec.loads(SessionEvent, envelope["e"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("dropped a session event that could not be read")
+            return
+        self._local.publish(event)
+
+
+async def _publish(client: Redis, batch: list[tuple[str, str]]) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        for channel, payload in batch:
+            pipe.publish(channel, payload)
+        await pipe.execute()
