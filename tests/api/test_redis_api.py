@@ -47,7 +47,7 @@ async def test_a_redis_down_at_start_changes_nothing_but_readiness(
     live_app: LiveFactory, llm: MockLLM, own_redis: RedisServer
 ) -> None:
     own_redis.stop()
-    async with live_app(redis_url=own_redis.url, redis_timeout_seconds=0.2) as live:
+    async with live_app(redis_url=own_redis.url, redis_timeout_seconds=2.0) as live:
         ready = await live.client.get("/ready")
         assert ready.status_code == 200
         assert ready.json()["status"] == "degraded" and ready.json()["redis"] == "unavailable"
@@ -134,7 +134,7 @@ async def test_use_chat_resumes_a_turn_running_on_another_replica(
 async def test_metrics_say_whether_redis_answers(
     live_app: LiveFactory, own_redis: RedisServer
 ) -> None:
-    async with live_app(redis_url=own_redis.url, redis_timeout_seconds=0.2) as live:
+    async with live_app(redis_url=own_redis.url, redis_timeout_seconds=2.0) as live:
         assert "chatify_redis_up 1.0" in (await live.client.get("/metrics")).text
         own_redis.stop()
         await live.client.get("/ready")  # a failed ping marks Redis down

@@ -151,7 +151,7 @@ async def test_an_upstream_timeout_mid_stream_is_llm_timeout(
 ) -> None:
     resume = threading.Event()
     llm.script(Reply(content="slow slow", chunks=2, pause_after_chunks=1, resume=resume))
-    async with live_app(llm_timeout_seconds=0.5) as live:
+    async with live_app(llm_timeout_seconds=2.0) as live:
         session_id = await live.create_session()
         async with live.stream(session_id, "hi") as response:
             events = await collect(response)

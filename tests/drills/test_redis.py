@@ -48,9 +48,10 @@ def service_settings(tmp_path: Path, llm: MockLLM, redis_url: str, **extra: Any)
         "session_titles": False,
         "session_memory": False,
         "redis_url": redis_url,
-        # These drills are about sharing, not slowness: on a saturated CI machine a command can
-        # stall past 0.3 s, and the replica then rightly falls back to its own limits for a
-        # second (seen once: 6 turns accepted of 5). The outage drill sets its own.
+        # These drills are about sharing and outages, not slowness: on a saturated CI machine a
+        # command can stall past 0.3 s, and the replica then rightly falls back to its own
+        # limits for a second (seen once: 6 turns accepted of 5). A killed Redis refuses at
+        # once, so the outage drill needs no short timeout either.
         "redis_timeout_seconds": 3.0,
         **extra,
     }
@@ -220,9 +221,7 @@ async def wait_ready(urls: list[str], status: str, seconds: float = 15) -> None:
 
 async def test_redis_killed_mid_load(tmp_path: Path, llm: MockLLM) -> None:
     with RedisServer(require_redis_server()) as redis:
-        settings = service_settings(
-            tmp_path, llm, redis.url, rate_limit_turns_per_minute=100_000, redis_timeout_seconds=0.3
-        )
+        settings = service_settings(tmp_path, llm, redis.url, rate_limit_turns_per_minute=100_000)
         store = DrillStore("sqlite", tmp_path, None)
         with (
             running(start_service(**settings)) as a,

@@ -26,7 +26,7 @@ from tests.support.redis_server import RedisServer, require_redis_server
 @pytest.fixture
 async def links(redis_url: str) -> AsyncIterator[list[RedisLink]]:
     """Two started links to the test server (two replicas)."""
-    made = [RedisLink(redis_url, prefix="t:", timeout=0.5) for _ in range(2)]
+    made = [RedisLink(redis_url, prefix="t:", timeout=3.0) for _ in range(2)]
     for link in made:
         await link.start()
     yield made
@@ -185,7 +185,7 @@ async def test_redis_down_falls_back_logs_once_and_recovers(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="services.redis.link")
-    link = RedisLink(own_redis.url, prefix="t:", timeout=0.3)
+    link = RedisLink(own_redis.url, prefix="t:", timeout=3.0)
     await link.start()
     settings = Settings(_env_file=None, rate_limit_turns_per_minute=2)
     quotas = Quotas(settings, redis=link)
