@@ -416,7 +416,7 @@ class TurnPipeline:
             self._observer.turn_stored(
                 template=record.template_id,
                 provider=completion.provider,
-                model=completion.model,
+                model=completion.served_by[1],  # as in usage's by_model: the model asked for
                 usage=stored.assistant.usage,
                 seconds=seconds,
                 first_delta_seconds=(

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from bench.mock_llm import MockLLM, Reply
 from services.settings import Settings
+from tests.api.test_metrics import value
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"
@@ -199,6 +200,14 @@ async def test_usage_and_stats_show_which_provider_and_model_served_the_turns(
         await chat.services.stats.flush()  # stored, and read back the same
         again = (await chat.client.get("/api/v1/personalities/resilient/stats")).json()
         assert again["byModel"] == stats["byModel"]
+
+        # Metrics use the same names: the dated snapshot is counted under the model asked for.
+        metrics = (await chat.client.get("/metrics")).text
+        assert "main-model-2026-01-01" not in metrics
+        labels = {"template": "resilient", "provider": "default", "model": "main-model"}
+        assert value(metrics, "chatify_tokens_total", direction="out", **labels) == (
+            split["default/main-model"]["completion_tokens"]
+        )
 
 
 async def test_no_fallback_once_a_delta_reached_the_client(
