@@ -14,10 +14,11 @@ breaker alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from services.errors import ChatifyError, LLMError, LLMTimeout, LLMUnavailable
 from services.llm import (
@@ -120,7 +121,8 @@ class Router:
         client = self._clients.get(sampling.provider)
         if client is None:
             raise LLMError(f"No model provider named {sampling.provider!r} is configured")
-        return await client.generate_image(prompt, sampling, model=model, size=size)
+        with self._observed(sampling.provider, model):
+            return await client.generate_image(prompt, sampling, model=model, size=size)
 
     async def close(self) -> None:
         """Close every provider's connections."""
@@ -184,12 +186,18 @@ class Router:
         tools: ToolDefinitions,
     ) -> Completion:
         """One provider's answer, its time and outcome told to the observer."""
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
+        with self._observed(asked.provider, asked.model):
             if on_delta is None:
                 return await client.complete(messages, asked, tools=tools)
             return await client.stream(messages, asked, on_delta=on_delta, tools=tools)
+
+    @contextlib.contextmanager
+    def _observed(self, provider: str, model: str) -> Iterator[None]:
+        """Tell the observer the time and outcome of the call made inside."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            yield
         except ChatifyError as error:
             outcome = error.code
             raise
@@ -203,7 +211,7 @@ class Router:
             if self._observer is not None:
                 seconds = time.perf_counter() - started
                 self._observer.llm_call(
-                    provider=asked.provider, model=asked.model, seconds=seconds, outcome=outcome
+                    provider=provider, model=model, seconds=seconds, outcome=outcome
                 )
 
 

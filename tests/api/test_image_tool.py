@@ -17,6 +17,7 @@ from bench.mock_llm import MockLLM, Reply
 from services.llm import OfflineResponder
 from services.models import Sampling
 from tests.api.conftest import LiveFactory
+from tests.api.test_metrics import value
 from tests.conftest import FakeClock, SettingsFactory, running_app
 from tests.support.browser import chromium_page
 
@@ -54,6 +55,7 @@ async def test_the_model_draws_an_image_and_the_reply_carries_it(
         session_id = await chat.create_session("artist")
         reply = await chat.send(session_id, f"Draw me a fox {DRAW}")
         history = (await chat.client.get(f"{API}/session/{session_id}/messages")).json()
+        metrics = (await chat.client.get("/metrics")).text
 
     assert reply.status_code == 200, reply.text
     message = reply.json()["assistant_message"]
@@ -67,6 +69,8 @@ async def test_the_model_draws_an_image_and_the_reply_carries_it(
     ]
     tool_message = llm.chat_requests()[-1]["messages"][-1]
     assert tool_message["role"] == "tool" and "data:" not in tool_message["content"]
+    image_calls = {"provider": "default", "model": "img-model", "outcome": "ok"}
+    assert value(metrics, "chatify_llm_calls_total", **image_calls) == 1
 
 
 async def test_a_failed_image_is_an_error_result_and_the_turn_goes_on(
@@ -76,8 +80,11 @@ async def test_a_failed_image_is_an_error_result_and_the_turn_goes_on(
     async with running_app(make_settings(), clock) as chat:
         session_id = await chat.create_session("artist")
         reply = await chat.send(session_id, f"Draw {DRAW}")
+        metrics = (await chat.client.get("/metrics")).text
 
     assert reply.status_code == 200, reply.text
+    failed = {"provider": "default", "model": "gpt-image-1", "outcome": "llm_error"}
+    assert value(metrics, "chatify_llm_calls_total", **failed) == 1
     message = reply.json()["assistant_message"]
     assert message["images"] is None
     [use] = message["tools"]
