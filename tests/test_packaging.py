@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 from bench.harness import free_port
-from services.settings import REPO_ROOT
+from services.settings import REPO_ROOT, Settings
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -69,6 +69,12 @@ def test_the_blueprint_names_an_optional_key_value_store() -> None:
     blueprint = (REPO_ROOT / "render.yaml").read_text()
     assert yaml.safe_load(blueprint)["services"][0]["startCommand"] == "python -m api"
     assert "# - type: keyvalue" in blueprint and "#   name: chatify-redis" in blueprint
+
+
+def test_the_blueprint_waits_for_a_graceful_stop() -> None:
+    web = yaml.safe_load((REPO_ROOT / "render.yaml").read_text())["services"][0]
+    graceful = Settings(_env_file=None).llm_timeout_seconds + 5  # api/__main__.py
+    assert graceful <= web["maxShutdownDelaySeconds"] <= 300  # Render's maximum
 
 
 @contextlib.contextmanager
