@@ -145,8 +145,8 @@ def shares_of(replies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             {"provider": provider, "model": model, "prompt_tokens": 0, "completion_tokens": 0,
              "total_tokens": 0, "turns": 0, "calls": 0},
         )  # fmt: skip
-        for name, value in reply["usage"].items():
-            share[name] += value
+        for name, count in reply["usage"].items():
+            share[name] += count
         share["turns"] += 1
     return shares
 
@@ -205,8 +205,9 @@ async def test_usage_and_stats_show_which_provider_and_model_served_the_turns(
         metrics = (await chat.client.get("/metrics")).text
         assert "main-model-2026-01-01" not in metrics
         labels = {"template": "resilient", "provider": "default", "model": "main-model"}
-        assert value(metrics, "chatify_tokens_total", direction="out", **labels) == (
-            split["default/main-model"]["completion_tokens"]
+        assert (
+            value(metrics, "chatify_tokens_total", direction="out", **labels)
+            == (split["default/main-model"]["completion_tokens"])
         )
 
 
