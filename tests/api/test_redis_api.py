@@ -119,9 +119,9 @@ async def test_use_chat_resumes_a_turn_running_on_another_replica(
             async for event in read_events(response):
                 if event.data and json.loads(event.data).get("type") == "text-delta":
                     break  # the first delta: a page reload cuts the stream
-        threading.Timer(0.2, resume.set).start()
         async with b.client.stream("GET", f"{API}/chat/{session_id}/stream") as response:
             assert response.status_code == 200
+            resume.set()  # B follows the turn: the model goes on only now, however slow B was
             parts = [e.data async for e in read_events(response) if e.event != ":"]
         nothing = await b.client.get(f"{API}/chat/{session_id}/stream")
     assert parts[-1] == "[DONE]"

@@ -147,11 +147,11 @@ async def test_a_stream_cut_on_one_replica_resumes_on_the_other(
                     break  # the connection is cut here, mid-reply
         last_id = seen_on_a[-1].id
         assert last_id is not None
-        threading.Timer(0.3, resume.set).start()  # the model goes on while B follows
         async with on_b.stream(
             "POST", url, json=body, headers={"Last-Event-ID": last_id}
         ) as response:
             assert response.status_code == 200
+            resume.set()  # the model goes on while B follows
             seen_on_b = [e async for e in read_events(response) if e.event != ":"]
         history = (await on_b.get(f"{API}/session/{session_id}/messages")).json()["messages"]
 
