@@ -34,6 +34,7 @@ from api.middleware import (
     redact_credentials_in_logs,
 )
 from api.openapi import install_openapi, operation_id
+from services.admission import Admission
 from services.background import Tasks
 from services.bus import LocalBus, SessionBus
 from services.cache import ActiveSessions
@@ -260,6 +261,7 @@ async def _start_services(settings: Settings, clock: Clock, stack: AsyncExitStac
         llm=llm,
         sessions=session_service,
         turns=turns,
+        admission=Admission(turns=turns, sessions=session_service, quotas=quotas),
         auth=auth,
         quotas=quotas,
         authoring=Authoring(store, templates, clock=clock),

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
-from api.schemas import SendMessageRequest
+from services.admission import Admission, owned
 from services.bus import SessionBus
-from services.errors import ChatifyError, SessionEnded, SessionNotFound
+from services.errors import ChatifyError
 from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
 from services.memory import Memory
@@ -42,6 +42,7 @@ class Services:
     llm: LLMClient
     sessions: SessionService
     turns: TurnPipeline
+    admission: Admission  # the one way in for a turn, on every transport
     auth: Authenticator
     quotas: Quotas
     authoring: Authoring
@@ -124,13 +125,6 @@ SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
 SessionIdPath = Annotated[str, Path(description="The session's id (a UUID)")]
 
 
-def owned(record: SessionRecord, caller: Caller) -> SessionRecord:
-    """The session if the caller may use it; another user's session does not exist (404)."""
-    if not caller.may_act_for(record.user_id):
-        raise SessionNotFound(record.session_id)
-    return record
-
-
 async def valid_session(
     session_id: SessionIdPath, sessions: SessionServiceDep, caller: CallerDep
 ) -> SessionRecord:
@@ -138,29 +132,4 @@ async def valid_session(
     return owned(await sessions.get_session(session_id), caller)
 
 
-async def turn_session(
-    session_id: SessionIdPath, body: SendMessageRequest, services: ServicesDep, caller: CallerDep
-) -> SessionRecord:
-    """The caller's active session, ready for a turn (404, 409; 429 past the turn rate).
-
-    An ended session is let through for a resend with a ``client_message_id``: the pipeline
-    replays its stored reply, or answers 409 ``session_ended`` when there is none."""
-    return await admit_turn(session_id, body.client_message_id, services, caller)
-
-
-async def admit_turn(
-    session_id: str, client_message_id: str | None, services: Services, caller: Caller
-) -> SessionRecord:
-    """``turn_session`` for transports whose session id is not in the path (``useChat``)."""
-    try:
-        record = owned(await services.turns.check_session(session_id), caller)
-    except SessionEnded:
-        if client_message_id is None:
-            raise
-        return owned(await services.sessions.get_session(session_id), caller)
-    await services.quotas.take_turn(record.user_id)
-    return record
-
-
 ValidSessionDep = Annotated[SessionRecord, Depends(valid_session)]
-TurnSessionDep = Annotated[SessionRecord, Depends(turn_session)]

@@ -57,20 +57,25 @@ async def preview_personality(body: PreviewRequest, services: ServicesDep, admin
     if problem is not None:
         raise InvalidInput("Invalid message", problems=[{**problem, "loc": ["body", "message"]}])
     who = admin.user_id or admin.label
-    await services.quotas.take_turn(who)
-    slot = await services.quotas.open_stream(who)
-    try:
-        turn = services.previews.start(
+    admitted = await services.admission.admit(
+        who,
+        lambda: services.previews.start(
             body.template,
             history=[PreviewMessage(m.role, m.content) for m in body.history],
             message=text,
             variables=body.variables,
             timezone=body.timezone,
-        )
-    except BaseException:
-        slot.release()
-        raise
-    return event_stream(turn, after=-1, slot=slot, settings=services.settings, data=_preview_data)
+        ),
+        stream=True,
+    )
+    assert admitted.slot is not None
+    return event_stream(
+        admitted.started,
+        after=-1,
+        slot=admitted.slot,
+        settings=services.settings,
+        data=_preview_data,
+    )
 
 
 def _preview_data(turn: Turn, event: TurnEvent) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -9,9 +10,10 @@ from fastapi import APIRouter, Query, Response
 from api.deps import (
     CallerDep,
     QuotasDep,
+    Services,
     ServicesDep,
+    SessionIdPath,
     SessionServiceDep,
-    TurnSessionDep,
     ValidSessionDep,
 )
 from api.errors import documented
@@ -32,6 +34,7 @@ from api.schemas import (
     checked_message,
     invalid,
 )
+from services.identity import Caller
 from services.models import parse_iso
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
@@ -77,15 +80,32 @@ async def create_session(
     responses=documented(401, 404, 409, 413, 422, 429, 502, 503, 504),
 )
 async def send_message(
-    body: SendMessageRequest, session: TurnSessionDep, services: ServicesDep
+    session_id: SessionIdPath, body: SendMessageRequest, services: ServicesDep, caller: CallerDep
 ) -> Response:
     """One turn: the reply is stored with the message before it is returned."""
+    reply = await answer_message(services, caller, session_id, body)
+    return Response(reply, media_type="application/json")
+
+
+async def answer_message(
+    services: Services, caller: Caller, session_id: str, body: SendMessageRequest
+) -> bytes:
+    """One turn through the admission and the pipeline, as the 200 body's JSON (the turn
+    lane serves it too, see ``api/lane.py``)."""
+    cid = body.client_message_id
+    record = await services.admission.session(session_id, caller, client_message_id=cid)
     text = checked_message(body, services.settings)
-    result = await services.turns.run(
-        session.session_id, text=text, client_message_id=body.client_message_id
+    admitted = await services.admission.admit(
+        record,
+        lambda: services.turns.submit(session_id, text=text, client_message_id=cid, stream=False),
+        stream=False,
     )
+    turn, joined = admitted.started
+    result = await turn.result()
+    if joined:
+        result = dataclasses.replace(result, replayed=True)
     # Serialised by pydantic-core directly: FastAPI would validate the model a second time.
-    return Response(MessageResponse.of(result).model_dump_json(), media_type="application/json")
+    return MessageResponse.of(result).model_dump_json().encode()
 
 
 @router.get(

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import ServicesDep, TurnSessionDep
+from api.deps import CallerDep, Services, ServicesDep, SessionIdPath
 from api.errors import documented
 from api.schemas import MessageResponse, SendMessageRequest, checked_message, tool_data
+from services.identity import Caller
 from services.quotas import StreamSlot
 from services.settings import Settings
 from services.turns import Turn, TurnEvent
@@ -33,9 +34,10 @@ _STREAM_DOC = {
     responses={200: _STREAM_DOC, **documented(401, 404, 409, 413, 422, 429, 503)},
 )
 async def stream_message(
+    session_id: SessionIdPath,
     body: SendMessageRequest,
-    session: TurnSessionDep,
     services: ServicesDep,
+    caller: CallerDep,
     last_event_id: Annotated[
         str | None,
         Header(description="Resume a turn in flight after this event (same client_message_id)"),
@@ -43,19 +45,34 @@ async def stream_message(
 ) -> EventSourceResponse:
     """One turn, streamed. A dropped client does not cancel it; resend the same request (same
     `client_message_id`) to resume it, or to have it replayed once it is stored."""
-    settings = services.settings
-    text = checked_message(body, settings)
-    slot = await services.quotas.open_stream(session.user_id)
-    try:
-        turn, joined = services.turns.submit(
-            session.session_id, text=text, client_message_id=body.client_message_id, stream=True
-        )
-    except BaseException:
-        slot.release()
-        raise
-    after = _event_number(last_event_id)
+    return await open_message_stream(services, caller, session_id, body, last_event_id)
+
+
+async def open_message_stream(
+    services: Services,
+    caller: Caller,
+    session_id: str,
+    body: SendMessageRequest,
+    last_event_id: str | None,
+) -> EventSourceResponse:
+    """Admit one streamed turn and follow it as SSE (the turn lane serves it too)."""
+    cid = body.client_message_id
+    record = await services.admission.session(session_id, caller, client_message_id=cid)
+    text = checked_message(body, services.settings)
+    admitted = await services.admission.admit(
+        record,
+        lambda: services.turns.submit(session_id, text=text, client_message_id=cid, stream=True),
+        stream=True,
+    )
+    turn, joined = admitted.started
+    assert admitted.slot is not None
     return event_stream(
-        turn, after=after, slot=slot, settings=settings, data=event_data, joined=joined
+        turn,
+        after=_event_number(last_event_id),
+        slot=admitted.slot,
+        settings=services.settings,
+        data=event_data,
+        joined=joined,
     )
 
 

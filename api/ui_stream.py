@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import CallerDep, ServicesDep, ValidSessionDep, admit_turn
+from api.deps import CallerDep, ServicesDep, ValidSessionDep
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
@@ -82,16 +82,18 @@ async def stream_ui_chat(
     """One turn for `useChat`: the last user message of `messages`, streamed back as UI
     message parts. Resending it (same message id) resumes or replays, never runs it twice."""
     text, client_message_id = _last_user_message(body, services.settings.max_message_chars)
-    record = await admit_turn(body.id, client_message_id, services, caller)
-    slot = await services.quotas.open_stream(record.user_id)
-    try:
-        turn, _ = services.turns.submit(
+    admission = services.admission
+    record = await admission.session(body.id, caller, client_message_id=client_message_id)
+    admitted = await admission.admit(
+        record,
+        lambda: services.turns.submit(
             record.session_id, text=text, client_message_id=client_message_id, stream=True
-        )
-    except BaseException:
-        slot.release()
-        raise
-    return _response(turn, slot, services.settings.sse_ping_seconds)
+        ),
+        stream=True,
+    )
+    turn, _ = admitted.started
+    assert admitted.slot is not None
+    return _response(turn, admitted.slot, services.settings.sse_ping_seconds)
 
 
 @router.get(
@@ -111,7 +113,7 @@ async def resume_ui_chat(session: ValidSessionDep, services: ServicesDep) -> Res
         turn = await services.relay.latest(session.session_id)
     if turn is None:
         return Response(status_code=204)
-    slot = await services.quotas.open_stream(session.user_id)
+    slot = await services.admission.slot(session.user_id)
     return _response(turn, slot, services.settings.sse_ping_seconds)
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
 
-from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath, owned
+from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath
 from api.schemas import MessageBody, MessageResponse, message_problem, tool_data
 from services.bus import Overflowed, SessionEvent, Subscription
 from services.errors import (
@@ -69,8 +69,8 @@ async def session_socket(
             raise Forbidden("This page's origin may not open a WebSocket here (CORS_ORIGINS)")
         if isinstance(caller, ChatifyError):
             raise caller
-        record = owned(await services.turns.check_session(session_id), caller)
-        slot = await services.quotas.open_stream(record.user_id)
+        record = await services.admission.session(session_id, caller, client_message_id=None)
+        slot = await services.admission.slot(record.user_id)
     except ChatifyError as error:
         await _fail(websocket, error)
         return
@@ -199,14 +199,18 @@ async def _turn(
 ) -> bool:
     """Run one turn over the socket; False when the socket was closed."""
     try:
-        await services.quotas.take_turn(record.user_id)
-        turn, _ = services.turns.submit(
-            record.session_id,
-            text=frame.message,
-            client_message_id=frame.client_message_id,
-            stream=True,
-            origin=origin,
+        admitted = await services.admission.admit(
+            record.user_id,  # the socket holds its stream slot; its session was checked
+            lambda: services.turns.submit(
+                record.session_id,
+                text=frame.message,
+                client_message_id=frame.client_message_id,
+                stream=True,
+                origin=origin,
+            ),
+            stream=False,
         )
+        turn, _ = admitted.started
     except ChatifyError as error:
         answers = {"client_message_id": frame.client_message_id}
         await _send_error(websocket, error.code, error.message, **answers, **retry_of(error))
