@@ -27,6 +27,7 @@ from api import (
 )
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.lane import TurnLane
 from api.middleware import (
     BodyLimitMiddleware,
     RequestLogMiddleware,
@@ -110,6 +111,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.include_router(personalities.router, prefix=API_PREFIX)
     app.include_router(rules_settings.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
+    # Added first, so the innermost of ours: CORS, the body limit and the request log wrap it.
+    app.add_middleware(TurnLane, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -101,7 +101,8 @@ def count_error(app: Any, code: str) -> None:
         metrics.error(code)
 
 
-async def _chatify_error(request: Request, exc: Exception) -> JSONResponse:
+async def chatify_error(request: Request, exc: Exception) -> JSONResponse:
+    """A domain error as its HTTP answer."""
     assert isinstance(exc, ChatifyError)
     count_error(request.app, exc.code)
     if exc.status >= 500:
@@ -115,7 +116,8 @@ async def _chatify_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """A request that does not validate, as 422 ``validation_error``."""
     assert isinstance(exc, RequestValidationError)
     errors = jsonable_encoder(exc.errors(), exclude={"url"})
     first = errors[0] if errors else {}
@@ -152,7 +154,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on the app."""
-    app.add_exception_handler(ChatifyError, _chatify_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ChatifyError, chatify_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -71,6 +71,8 @@ class RequestLogMiddleware:
         metrics = metrics_of(scope["app"])
         if metrics is not None:
             metrics.request(method=method, route=route, status=status, seconds=headers_after)
+        if not logger.isEnabledFor(logging.INFO):
+            return
         fields = {"method": method, "path": scope["path"], "route": route, "status": status}
         logger.info(
             "%s %s %s %.1fms rid=%s",
@@ -152,9 +154,11 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         received = 0
+        then: Message | None = None  # a disconnect met while buffering, handed on after
         while True:
             message = await receive()
             if message["type"] != "http.request":
+                then = message
                 break
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
@@ -163,7 +167,7 @@ class BodyLimitMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        await self.app(scope, replay(b"".join(chunks), receive, then=then), send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"Request body larger than {self.max_bytes} bytes"
@@ -178,18 +182,20 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that first hands over the buffered body, then the connection's own events."""
-    sent = False
+def replay(body: bytes, receive: Receive, *, then: Message | None = None) -> Receive:
+    """A receive that first hands over the buffered body, then ``then`` (a disconnect met
+    while buffering), then the connection's own events."""
+    pending: list[Message] = [
+        {"type": "http.request", "body": body, "more_body": False},
+        *([then] if then is not None else []),
+    ]
 
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
         return await receive()
 
-    return replay
+    return replayed
 
 
 class TrailingSlashMiddleware:

@@ -11,7 +11,7 @@ user id, session id or credential is ever a label. docs/operations.md names ever
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -82,6 +82,24 @@ class _Capped:
             return "other"
         self._seen.add(value)
         return value
+
+
+class _Children:
+    """A labelled metric's children, each looked up once: prometheus-client's ``labels()``
+    validates, locks and hashes on every call, a cost on every turn. The label values are
+    bounded (see the module docstring), so is this cache."""
+
+    __slots__ = ("_metric", "_children")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -162,6 +180,17 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self._requests_of = _Children(self._requests)
+        self._request_seconds_of = _Children(self._request_seconds)
+        self._errors_of = _Children(self._errors)
+        self._turn_seconds_of = _Children(self._turn_seconds)
+        self._first_delta_seconds_of = _Children(self._first_delta_seconds)
+        self._turn_failures_of = _Children(self._turn_failures)
+        self._tokens_of = _Children(self._tokens)
+        self._llm_seconds_of = _Children(self._llm_seconds)
+        self._llm_calls_of = _Children(self._llm_calls)
+        self._store_seconds_of = _Children(self._store_seconds)
+        self._store_failures_of = _Children(self._store_failures)
         self._sessions_cached = Gauge(
             "chatify_sessions_cached", "Sessions held in memory", registry=registry
         )
@@ -206,13 +235,13 @@ class Metrics:
     def request(self, *, method: str, route: str, status: int, seconds: float | None) -> None:
         """One HTTP request or WebSocket; ``seconds`` until its headers (None: not timed)."""
         method = method if method in HTTP_METHODS else "other"
-        self._requests.labels(method, route, str(status)).inc()
+        self._requests_of(method, route, str(status)).inc()
         if seconds is not None:
-            self._request_seconds.labels(method, route).observe(seconds)
+            self._request_seconds_of(method, route).observe(seconds)
 
     def error(self, code: str) -> None:
         """An HTTP error response."""
-        self._errors.labels(code).inc()
+        self._errors_of(code).inc()
 
     def turn_stored(
         self,
@@ -226,28 +255,28 @@ class Metrics:
     ) -> None:
         """See ``TurnObserver``."""
         template, model = self._template(template), self._model(model)
-        self._turn_seconds.labels(template).observe(seconds)
+        self._turn_seconds_of(template).observe(seconds)
         if first_delta_seconds is not None:
-            self._first_delta_seconds.labels(template).observe(first_delta_seconds)
+            self._first_delta_seconds_of(template).observe(first_delta_seconds)
         if usage is not None:
-            self._tokens.labels("in", template, provider, model).inc(usage.prompt_tokens)
-            self._tokens.labels("out", template, provider, model).inc(usage.completion_tokens)
+            self._tokens_of("in", template, provider, model).inc(usage.prompt_tokens)
+            self._tokens_of("out", template, provider, model).inc(usage.completion_tokens)
 
     def turn_failed(self, code: str) -> None:
         """See ``TurnObserver``."""
-        self._turn_failures.labels(code).inc()
+        self._turn_failures_of(code).inc()
 
     def llm_call(self, *, provider: str, model: str, seconds: float, outcome: str) -> None:
         """See ``LLMObserver``."""
         model = self._model(model)
-        self._llm_seconds.labels(provider, model).observe(seconds)
-        self._llm_calls.labels(provider, model, outcome).inc()
+        self._llm_seconds_of(provider, model).observe(seconds)
+        self._llm_calls_of(provider, model, outcome).inc()
 
     def store_call(self, operation: str, seconds: float, *, failed: bool) -> None:
         """See ``StoreObserver``."""
-        self._store_seconds.labels(operation).observe(seconds)
+        self._store_seconds_of(operation).observe(seconds)
         if failed:
-            self._store_failures.labels(operation).inc()
+            self._store_failures_of(operation).inc()
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition the ``Accept`` header asks for (Prometheus text, or OpenMetrics), and

@@ -16,8 +16,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from services.bus import EventKind as SessionEventKind
 from services.bus import SessionBus, SessionEvent
 from services.cache import ActiveSession, ActiveSessions
 from services.errors import (
@@ -88,6 +89,7 @@ class Turn:
         self._grown = asyncio.Event()
         self.task: asyncio.Task[TurnResult] | None = None
         self.relayed = False  # its events are those of the same turn running on another replica
+        self.replayed = False  # its events replay a stored turn: no news for other sockets
         self.taps: list[Callable[[TurnEvent], None]] = []  # told of each event (a TurnRelay)
 
     def emit(self, kind: EventKind, **fields: object) -> None:
@@ -168,7 +170,6 @@ class TurnPipeline:
         self._tokens = tokens
         self._memory = memory
         self._bus = bus
-        self._broadcasts: set[asyncio.Task[None]] = set()
         self._log_content = log_content
         self._store = store
         self._sessions = sessions
@@ -222,9 +223,7 @@ class TurnPipeline:
         self._tasks[turn.task] = session_id
         self._latest[session_id] = turn
         if self._bus is not None:
-            broadcast = asyncio.create_task(self._broadcast(turn, self._bus))
-            self._broadcasts.add(broadcast)
-            broadcast.add_done_callback(self._broadcasts.discard)
+            turn.taps.append(_Broadcast(turn, self._bus))
         if key is not None:
             self._in_flight[key] = turn
         turn.task.add_done_callback(lambda task: self._finished(task, key))
@@ -238,36 +237,6 @@ class TurnPipeline:
         )
         result = await turn.result()
         return dataclasses.replace(result, replayed=True) if joined else result
-
-    @staticmethod
-    async def _broadcast(turn: Turn, bus: SessionBus) -> None:
-        """A new turn's events for every socket on the session. The ``start`` is held until
-        the next event shows whether the turn is news: a replay of a stored turn is not."""
-        sid, cid, origin = turn.session_id, turn.client_message_id, turn.origin
-        held: TurnEvent | None = None
-        announced = False
-        async for event in turn.follow():
-            if event.kind == "start":
-                held = event
-                continue
-            if not announced:
-                if held is None or turn.relayed:
-                    return  # refused before it started, or announced where it runs: no news
-                if any(e.result is not None and e.result.replayed for e in turn.events):
-                    return
-                started = SessionEvent(
-                    "turn_started", sid, cid, text=turn.text, turn=held.turn, origin=origin
-                )
-                bus.publish(started)
-                announced = True
-            if event.kind == "delta":
-                bus.publish(SessionEvent("delta", sid, cid, text=event.content, origin=origin))
-            elif event.kind in ("tool_call", "tool_result"):
-                bus.publish(SessionEvent(event.kind, sid, cid, tool=event.tool, origin=origin))
-            elif event.kind == "done":
-                bus.publish(SessionEvent("reply", sid, cid, result=event.result, origin=origin))
-            elif event.kind == "error":
-                bus.publish(SessionEvent("turn_error", sid, cid, error=event.error, origin=origin))
 
     def _forget_latest(self, turn: Turn) -> None:
         if self._latest.get(turn.session_id) is turn:
@@ -432,6 +401,8 @@ class TurnPipeline:
     ) -> None:
         """One line per stored turn, its fields also as the record's attributes (JSON logs);
         the text of the messages only with LOG_MESSAGE_CONTENT=true (they are private)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
         usage = result.usage
         fields: dict[str, object] = {
             "session_id": turn.session_id,
@@ -581,6 +552,55 @@ class _HeldDeltas:
             _emit(self._turn, item)
 
 
+class _Broadcast:
+    """A new turn's events for every socket on the session, told by the turn as it emits
+    them (no task per turn, no wake-up per delta). The ``start`` is held until the next event
+    shows whether the turn is news: a replay of a stored turn, or a turn announced where it
+    runs (relayed from another replica), is not."""
+
+    __slots__ = ("_turn", "_bus", "_held", "_announced", "_over")
+
+    def __init__(self, turn: Turn, bus: SessionBus) -> None:
+        self._turn = turn
+        self._bus = bus
+        self._held: TurnEvent | None = None
+        self._announced = False
+        self._over = False
+
+    def __call__(self, event: TurnEvent) -> None:
+        if self._over:
+            return
+        turn = self._turn
+        if event.kind == "start":
+            self._held = event
+            return
+        if event.kind in ("done", "error"):
+            self._over = True
+        if not self._announced:
+            if self._held is None or turn.relayed or turn.replayed:
+                self._over = True  # refused before it started, or no news
+                return
+            held = self._held
+            self._publish("turn_started", text=turn.text, turn=held.turn)
+            self._announced = True
+        if event.kind == "delta":
+            self._publish("delta", text=event.content)
+        elif event.kind in ("tool_call", "tool_result"):
+            self._publish(event.kind, tool=event.tool)
+        elif event.kind == "done":
+            self._publish("reply", result=event.result)
+        elif event.kind == "error":
+            self._publish("turn_error", error=event.error)
+
+    def _publish(self, kind: SessionEventKind, **fields: Any) -> None:
+        turn = self._turn
+        self._bus.publish(
+            SessionEvent(
+                kind, turn.session_id, turn.client_message_id, origin=turn.origin, **fields
+            )
+        )
+
+
 def _emit(turn: Turn, item: str | ToolCall | ToolUse) -> None:
     if isinstance(item, str):
         turn.emit("delta", content=item)
@@ -594,6 +614,7 @@ def _replay(
     if stored.user.content != turn.text:
         raise _conflict(stored.user.client_message_id)
     result = _result(record, stored, replayed=True)
+    turn.replayed = True
     if not started:
         turn.emit("start", turn=result.message_count)
     for use in stored.assistant.tools:

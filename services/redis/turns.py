@@ -301,6 +301,7 @@ def _replay(turn: Turn, done: TurnEvent) -> TurnResult:
     ``delta``, ``done`` marked replayed."""
     assert done.result is not None
     result = dataclasses.replace(done.result, replayed=True)
+    turn.replayed = True
     turn.emit("start", turn=result.message_count)
     turn.emit("delta", content=result.reply)
     turn.emit("done", result=result)
