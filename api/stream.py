@@ -90,7 +90,7 @@ def event_stream(
 ) -> EventSourceResponse:
     """A turn's events after ``after``, as SSE, holding the caller's stream slot. A turn not
     joined here skips them only when it relays the same turn from another replica."""
-    events = turn.follow(after) if joined else turn.resume(after)
+    events = turn.follow(after, coalesce=True) if joined else turn.resume(after, coalesce=True)
     return EventSourceResponse(
         _events(events, turn, slot, data),
         ping=settings.sse_ping_seconds,

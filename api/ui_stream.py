@@ -144,7 +144,7 @@ def _response(turn: Turn, slot: StreamSlot, ping: float) -> EventSourceResponse:
 
 async def _parts(turn: Turn, slot: StreamSlot) -> AsyncIterator[ServerSentEvent]:
     try:
-        async for event in turn.follow():
+        async for event in turn.follow(coalesce=True):
             for part in ui_parts(turn, event):
                 yield ServerSentEvent(data=json.dumps(part))
         yield ServerSentEvent(data="[DONE]")

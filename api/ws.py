@@ -221,7 +221,7 @@ async def _turn(
 async def _forward(websocket: WebSocket, turn: Turn) -> bool:
     """A turn's events as frames, each naming the ``client_message_id`` it answers."""
     answers = {"client_message_id": turn.client_message_id}
-    async for event in turn.follow():
+    async for event in turn.follow(coalesce=True):
         if event.kind == "delta":
             await websocket.send_json(
                 {"type": "ai_response_delta", "content": event.content, **answers}

@@ -54,6 +54,8 @@ from services.usage import UsageMeter
 logger = logging.getLogger(__name__)
 EventKind = Literal["start", "delta", "tool_call", "tool_result", "done", "error"]
 _STEPS_BEFORE_CLAIM = 3  # loop steps the model call gets before the claim starts
+# Deltas waiting for one reader, beyond which they are passed on as one (see Turn.follow).
+COALESCE_BACKLOG = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,24 +105,46 @@ class Turn:
         self._grown.set()
         self._grown = asyncio.Event()
 
-    async def follow(self, after: int = -1) -> AsyncIterator[TurnEvent]:
-        """The events after ``after``, then the live ones, until ``done`` or ``error``."""
+    async def follow(
+        self, after: int = -1, *, coalesce: bool = False, floor: int = -1
+    ) -> AsyncIterator[TurnEvent]:
+        """The events after ``after``, then the live ones, until ``done`` or ``error``.
+
+        With ``coalesce``, a run of more than ``COALESCE_BACKLOG`` deltas that waits for this
+        reader when it gets to run (the model wrote faster than it reads) comes as one delta:
+        the text joined, the id of the run's last event, so a resume after it is exact. A
+        run never spans ``floor`` (events up to it may be skipped by ``resume``)."""
         index = after + 1
+        events = self.events
         while True:
             grown = self._grown
-            while index < len(self.events):
-                event = self.events[index]
+            while index < len(events):
+                event = events[index]
                 index += 1
+                if coalesce and event.kind == "delta":
+                    end = index
+                    below = event.id <= floor
+                    while (
+                        end < len(events)
+                        and events[end].kind == "delta"
+                        and (end <= floor) == below  # ids are positions
+                    ):
+                        end += 1
+                    if end - index >= COALESCE_BACKLOG:
+                        run = events[index - 1 : end]
+                        text = "".join(e.content for e in run)
+                        event = TurnEvent(run[-1].id, "delta", event.turn, text)
+                        index = end
                 yield event
                 if event.kind in ("done", "error"):
                     return
             await grown.wait()
 
-    async def resume(self, after: int) -> AsyncIterator[TurnEvent]:
+    async def resume(self, after: int, *, coalesce: bool = False) -> AsyncIterator[TurnEvent]:
         """For a resend that was not joined here: the events after ``after`` when they are
         relayed from the replica running the turn (a client saw the first ones there); every
         event when the turn is new or a stored one replayed."""
-        async for event in self.follow():
+        async for event in self.follow(coalesce=coalesce, floor=after):
             if not (self.relayed and event.id <= after):
                 yield event
 
