@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -82,11 +83,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         async with AsyncExitStack() as stack:
             app.state.services = await _start_services(settings, clock, stack)
             logger.info(
-                "chatify ready: store=%s llm=%s templates=%d redis=%s",
+                "chatify ready: store=%s llm=%s templates=%d redis=%s loop=%s",
                 settings.store,
                 settings.llm_provider,
                 app.state.services.templates.count,
                 "on" if settings.redis_url else "off",
+                # uvloop when uvicorn found it (uvicorn[standard]); the HTTP parser is
+                # httptools then too. Said here so an operator can check, not assume.
+                type(asyncio.get_running_loop()).__module__.split(".")[0],
             )
             yield
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -138,3 +139,36 @@ def wait_for(url: str, service: subprocess.Popen[bytes]) -> bool:
                 return True
         time.sleep(0.05)
     return False
+
+
+def test_the_procfile_command_runs_on_uvloop(tmp_path: Path) -> None:
+    """uvicorn picks uvloop (and httptools) when they are installed, not otherwise: the
+    service started as the Procfile starts it says which event loop it runs on."""
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "SQLITE_PATH": str(tmp_path / "chatify.db"),
+    }
+    command = [sys.executable, *procfile_web_command()[1:]]
+    log = (tmp_path / "service.log").open("wb")
+    service = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        ready = wait_for(f"http://127.0.0.1:{port}/health", service)
+    finally:
+        service.terminate()
+        service.wait(30)
+        log.close()
+    output = (tmp_path / "service.log").read_text()
+    assert ready, output
+    assert "chatify ready:" in output and "loop=uvloop" in output, output
+
+
+def procfile_web_command() -> list[str]:
+    """The Procfile's ``web:`` command, split as a shell would split it."""
+    lines = (REPO_ROOT / "Procfile").read_text().splitlines()
+    line = next(line for line in lines if line.startswith("web:"))
+    return shlex.split(line.removeprefix("web:"))
