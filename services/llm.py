@@ -10,6 +10,8 @@ import asyncio
 import json
 import logging
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -172,6 +174,9 @@ class OpenAIChat:
             sock_connect=self._connect_timeout,
             sock_read=min(settings.llm_stream_idle_seconds, timeout),
         )
+        # Read once: aiohttp's trust_env looks the proxy up again on every request, which
+        # cost more CPU than the rest of the call (bench/llm_client.py).
+        self._proxy = env_proxy(self._url)
         self._session: aiohttp.ClientSession | None = None
         self._images: openai.AsyncOpenAI | None = None
 
@@ -181,7 +186,7 @@ class OpenAIChat:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
                 timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout),
-                trust_env=True,  # HTTPS_PROXY and NO_PROXY apply, as they did with the SDK
+                proxy=self._proxy,
             )
         return self._session
 
@@ -310,6 +315,15 @@ class OpenAIChat:
             return LLMTimeout(f"The language model did not answer within {self._deadline:g} s")
         assert isinstance(exc, openai.APIError)
         return map_api_error(exc)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy ``HTTPS_PROXY`` / ``HTTP_PROXY`` name for ``url``, unless ``NO_PROXY``
+    excludes its host."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 class _StreamedReply:

@@ -11,7 +11,7 @@ import pytest
 
 from bench.mock_llm import MockLLM, Reply
 from services.errors import ContextTooLong, LLMError, ProviderRateLimited, ProviderUnreachable
-from services.llm import OpenAIChat, estimate_usage
+from services.llm import OpenAIChat, env_proxy, estimate_usage
 from services.llm_wire import DONE, SSEDecoder, status_error
 from services.models import Sampling
 from services.settings import Settings
@@ -181,3 +181,11 @@ def test_error_replies_map_by_status_and_never_carry_the_body() -> None:
     limited = status_error(429, b"", {"retry-after": "soon"})
     assert isinstance(limited, ProviderRateLimited)
     assert (limited.wait, limited.retry_after) == (None, 5.0)
+
+
+def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    assert env_proxy("https://api.openai.com/v1/chat/completions") == "http://proxy.example:3128"
+    assert env_proxy("https://internal.example/v1/chat/completions") is None
+    assert env_proxy("http://127.0.0.1:9/v1/chat/completions") is None  # no HTTP_PROXY
