@@ -168,6 +168,7 @@ class OpenAIChat:
         # A keyless local server (Ollama, vLLM, llama.cpp) gets no Authorization header.
         self._headers = {"Content-Type": "application/json", **auth, **self._extra_headers}
         self._connections = settings.llm_max_connections
+        self._image_retries = min(1, settings.llm_max_retries)  # images do not fall back
         self._connect_timeout = min(settings.llm_connect_timeout_seconds, timeout)
         # A streamed reply may fall silent this long between two chunks (the first included).
         self._stream_timeout = aiohttp.ClientTimeout(
@@ -284,7 +285,7 @@ class OpenAIChat:
                 api_key=self._api_key or "not-needed",
                 base_url=self._base_url,
                 timeout=self._deadline,
-                max_retries=0,
+                max_retries=self._image_retries,
                 default_headers=self._extra_headers or None,
             )
         return self._images

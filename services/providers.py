@@ -3,12 +3,12 @@
 A personality names its ``provider`` (default: ``default``, the ``OPENAI_*`` settings) and may
 list ``fallbacks``; ``LLM_FALLBACKS`` applies after them to every personality. A call goes to
 the first target whose provider is not cooling down. It falls back to the next one on what a
-retry elsewhere can fix (no connection, a timeout, 429, a 5xx) and **only while nothing of the
-reply has been handed on**: once a delta reached a client, a failure is the turn's error. A
-provider that fails ``PROVIDER_FAILURES_TO_COOL`` times in a row is skipped for
-``PROVIDER_COOLDOWN_SECONDS`` (a circuit breaker), so turns do not wait for its timeout; the
-last target left is always tried, so a personality with one provider is never refused by the
-breaker alone.
+retry elsewhere can fix (no connection, a timeout, 429, a 5xx, a garbled reply) and **only
+while nothing of the reply has been handed on**: once a delta reached a client, a failure is
+the turn's error. A provider that fails ``PROVIDER_FAILURES_TO_COOL`` times in a row is skipped
+for ``PROVIDER_COOLDOWN_SECONDS`` (a circuit breaker), so turns do not wait for its timeout;
+the last target left is always tried, so a personality with one provider is never refused by
+the breaker alone.
 
 Before falling back, a provider gets at most one immediate retry, and only for what a retry
 there can fix at once: a refused or dropped connection, or a 5xx (``LLM_MAX_RETRIES``: 0 or 1).
