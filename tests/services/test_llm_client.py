@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,13 @@ import orjson
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
-from services.errors import ContextTooLong, LLMError, ProviderRateLimited, ProviderUnreachable
+from services.errors import (
+    ContextTooLong,
+    LLMError,
+    LLMTimeout,
+    ProviderRateLimited,
+    ProviderUnreachable,
+)
 from services.llm import OpenAIChat, env_proxy, estimate_usage
 from services.llm_wire import DONE, SSEDecoder, status_error
 from services.models import Sampling
@@ -189,3 +196,25 @@ def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPat
     assert env_proxy("https://api.openai.com/v1/chat/completions") == "http://proxy.example:3128"
     assert env_proxy("https://internal.example/v1/chat/completions") is None
     assert env_proxy("http://127.0.0.1:9/v1/chat/completions") is None  # no HTTP_PROXY
+
+
+async def test_a_stream_silent_for_the_idle_limit_is_a_timeout_well_before_the_deadline(
+    llm: MockLLM,
+) -> None:
+    resume = threading.Event()
+    llm.script(Reply(content="slow slow", chunks=2, pause_after_chunks=1, resume=resume))
+    chat = OpenAIChat(
+        kind="openai",
+        base_url=llm.url,
+        api_key="sk-test",
+        timeout=30,
+        settings=Settings(_env_file=None, llm_stream_idle_seconds=0.3),
+    )
+    pieces: list[str] = []
+    try:
+        with pytest.raises(LLMTimeout, match="stopped sending for 0.3 s"):
+            await chat.stream(MESSAGES, SAMPLING, on_delta=pieces.append)
+    finally:
+        resume.set()
+        await chat.close()
+    assert pieces == ["slow "]
