@@ -3,7 +3,8 @@
 It speaks real HTTP/1.1 (keep-alive, Content-Length requests, SSE responses), so the service's
 own OpenAI client talks to it exactly as to api.openai.com. Behaviour is scripted per request:
 tests push ``Reply`` objects that say what the next request gets (an error status, a hang, a
-dropped connection, a 429 with ``Retry-After``, chunked streaming); with nothing scripted it
+dropped connection, a 429 with ``Retry-After``, chunked streaming, a stream line that is not
+JSON); with nothing scripted it
 answers ``Echo: <last user message>`` after ``latency`` seconds.
 
 Tools: when a request offers ``tools`` and the user's message says
@@ -61,6 +62,8 @@ class Reply:
     chunks: int | None = None
     chunk_delay: float = 0.0
     fail_after_chunks: int | None = None
+    # A ``data:`` line that is not JSON after this many chunks (the stream then goes on).
+    garbage_after_chunks: int | None = None
     pause_after_chunks: int | None = None
     resume: threading.Event | None = None
     usage: bool = True
@@ -338,6 +341,8 @@ class MockLLM:
                 return False
             if index == reply.pause_after_chunks and reply.resume is not None:
                 await asyncio.to_thread(reply.resume.wait, 30)
+            if index == reply.garbage_after_chunks:
+                _write_chunk(writer, b"data: {'not': json\n\n")
             _write_chunk(writer, _sse(_chunk(body, {"content": piece}, None)))
             await writer.drain()
             if reply.chunk_delay or self.config.chunk_delay:

@@ -49,9 +49,14 @@ class SessionBusy(ChatifyError):
 class LLMError(ChatifyError):
     code, status = "llm_error", 502
 
-    def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, upstream_status: int | None = None, garbled: bool = False
+    ) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status  # the provider's HTTP status, when it sent one
+        # The reply broke the protocol (not JSON, a stream line that is not JSON): the
+        # provider misbehaves, so another one may answer.
+        self.garbled = garbled
 
 
 class ContextTooLong(ChatifyError):
@@ -71,6 +76,20 @@ class LLMTimeout(ChatifyError):
 
 class LLMUnavailable(ChatifyError):
     code, status = "llm_unavailable", 503
+
+
+class ProviderUnreachable(LLMUnavailable):
+    """The connection was refused, reset or dropped before the reply ended (worth one
+    immediate retry, unlike a timeout)."""
+
+
+class ProviderRateLimited(LLMUnavailable):
+    """The provider answered 429. ``wait`` is its ``Retry-After`` in seconds, if it sent one;
+    clients are told that (5 s when it sent none or 0)."""
+
+    def __init__(self, message: str, *, wait: float | None) -> None:
+        super().__init__(message, retry_after=wait or 5.0)
+        self.wait = wait
 
 
 class StoreUnavailable(ChatifyError):

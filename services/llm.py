@@ -1,8 +1,7 @@
 """The LLM client: any OpenAI-compatible chat-completions server, or an offline responder.
 
-``OpenAIChat`` keeps the SDK's retries, timeouts and error types but posts a plain JSON body
-through the SDK's low-level ``post`` (building the typed request costs about three times the
-CPU, measured), over the SDK's aiohttp transport (``openai[aiohttp]``).
+``OpenAIChat`` is our own lean client over aiohttp (the OpenAI SDK's request path cost about
+40 % of a turn's CPU); the SDK is kept for image generation only.
 """
 
 from __future__ import annotations
@@ -10,16 +9,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 import httpx2
 import openai
+import orjson
 
-from services.errors import ContextTooLong, LLMError, LLMTimeout, LLMUnavailable
+from services.errors import (
+    ContextTooLong,
+    LLMError,
+    LLMTimeout,
+    LLMUnavailable,
+    ProviderUnreachable,
+)
+from services.llm_wire import (
+    DONE,
+    SSEDecoder,
+    error_for_status,
+    rate_limited,
+    says_too_long,
+    status_error,
+)
 from services.models import Sampling, ToolUse, Usage
 from services.provider_config import DEFAULT_PROVIDER, Target
 from services.settings import Settings
@@ -27,6 +43,7 @@ from services.tools.placeholder import placeholder_b64
 
 logger = logging.getLogger(__name__)
 
+OPENAI_BASE_URL = "https://api.openai.com/v1"  # where a key without a base URL goes
 ChatMessage = dict[str, Any]  # role and content; tool calls and results carry more
 DeltaSink = Callable[[str], None]
 ToolDefinitions = Sequence[dict[str, Any]]  # chat-completions ``tools`` entries
@@ -123,7 +140,13 @@ def default_client(settings: Settings) -> LLMClient:
 
 
 class OpenAIChat:
-    """Chat completions over the OpenAI HTTP API (or a compatible server)."""
+    """Chat completions over the OpenAI HTTP API (or a compatible server).
+
+    Our own lean client: one pooled aiohttp session, the body serialized once with orjson,
+    the reply parsed with orjson and the stream by ``SSEDecoder`` (docs/llm-client-notes.md
+    has the measurements). Retries and fallback are the router's (services/providers.py).
+    Only images go through the OpenAI SDK: they are rare, and its typed reply fits.
+    """
 
     def __init__(
         self,
@@ -137,43 +160,65 @@ class OpenAIChat:
     ) -> None:
         self.provider: str = kind
         self._deadline = timeout
-        connections = settings.llm_max_connections
-        self._client = openai.AsyncOpenAI(
-            # Local compatible servers (Ollama, vLLM, llama.cpp) need no key, the SDK does.
-            api_key=api_key or "not-needed",
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=settings.llm_max_retries,
-            default_headers=headers,
-            # The SDK's aiohttp transport: a quarter less CPU per call than its default httpx2
-            # one (bench/), with the SDK's retries, timeouts and errors unchanged.
-            http_client=openai.DefaultAioHttpClient(
-                limits=httpx2.Limits(
-                    max_connections=connections, max_keepalive_connections=connections
-                )
-            ),
+        self._base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
+        self._url = self._base_url + "/chat/completions"
+        self._api_key = api_key
+        self._extra_headers = dict(headers or {})
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # A keyless local server (Ollama, vLLM, llama.cpp) gets no Authorization header.
+        self._headers = {"Content-Type": "application/json", **auth, **self._extra_headers}
+        self._connections = settings.llm_max_connections
+        self._image_retries = min(1, settings.llm_max_retries)  # images do not fall back
+        self._connect_timeout = min(settings.llm_connect_timeout_seconds, timeout)
+        # A streamed reply may fall silent this long between two chunks (the first included).
+        self._stream_timeout = aiohttp.ClientTimeout(
+            sock_connect=self._connect_timeout,
+            sock_read=min(settings.llm_stream_idle_seconds, timeout),
         )
+        # Read once: aiohttp's trust_env looks the proxy up again on every request, which
+        # cost more CPU than the rest of the call (bench/llm_client.py).
+        self._proxy = env_proxy(self._url)
+        self._session: aiohttp.ClientSession | None = None
+        self._images: openai.AsyncOpenAI | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The pooled session, made on first use (inside the running event loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout),
+                proxy=self._proxy,
+            )
+        return self._session
 
     async def close(self) -> None:
-        """Close the HTTP connection pool."""
-        await self._client.close()
+        """Close the HTTP connection pools."""
+        if self._session is not None:
+            await self._session.close()
+        if self._images is not None:
+            await self._images.close()
 
     async def complete(
         self, messages: list[ChatMessage], sampling: Sampling, *, tools: ToolDefinitions = ()
     ) -> Completion:
-        """Ask for one reply within ``LLM_TIMEOUT_SECONDS``, retries included."""
-        body = request_body(messages, sampling, tools)
-        started = time.monotonic()
+        """Ask for one reply within the provider's timeout."""
+        body = orjson.dumps(request_body(messages, sampling, tools))
         try:
-            async with asyncio.timeout(self._deadline):
-                response = await self._client.post(
-                    "/chat/completions", body=body, cast_to=httpx2.Response
-                )
-            data = json.loads(response.content)
-        except (TimeoutError, openai.APIError) as exc:
-            raise self._failure(exc, started) from exc
-        except ValueError as exc:
-            raise LLMError("The language model sent a reply that is not JSON") from exc
+            async with (
+                asyncio.timeout(self._deadline),
+                self._http().post(self._url, data=body, headers=self._headers) as response,
+            ):
+                raw = await response.read()
+                if response.status != 200:
+                    raise status_error(response.status, raw, response.headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failure(exc) from exc
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise LLMError(
+                "The language model sent a reply that is not JSON", garbled=True
+            ) from exc
         return parse_completion(data, messages, sampling.model)
 
     async def stream(
@@ -188,54 +233,43 @@ class OpenAIChat:
         body = request_body(messages, sampling, tools)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        parts: list[str] = []
-        calls = _StreamedCalls()
-        usage: Usage | None = None
-        model = sampling.model
-        started = time.monotonic()
+        reply = _StreamedReply(sampling.model, on_delta)
         try:
-            async with asyncio.timeout(self._deadline):
-                chunks = await self._client.post(
-                    "/chat/completions",
-                    body=body,
-                    cast_to=dict,
-                    stream=True,
-                    stream_cls=openai.AsyncStream[dict[str, Any]],
-                )
-                async with chunks:
-                    async for chunk in chunks:
-                        usage = _usage(chunk.get("usage")) or usage
-                        model = str(chunk.get("model") or model)
-                        for piece in _delta_texts(chunk):
-                            parts.append(piece)
-                            on_delta(piece)
-                        calls.add(chunk)
-        except (TimeoutError, openai.APIError) as exc:
-            raise self._failure(exc, started) from exc
-        reply, tool_calls = "".join(parts), calls.finished()
-        if not reply.strip() and not tool_calls:
-            raise LLMError("The language model sent an empty reply")
-        spent = usage or estimate_usage(messages, reply)
-        asked = sampling.model
-        return Completion(
-            reply, spent, model, usage is not None, tool_calls=tool_calls, asked_model=asked
-        )
+            async with (
+                asyncio.timeout(self._deadline),
+                self._http().post(
+                    self._url,
+                    data=orjson.dumps(body),
+                    headers=self._headers,
+                    timeout=self._stream_timeout,
+                ) as response,
+            ):
+                if response.status != 200:
+                    raw = await response.read()
+                    raise status_error(response.status, raw, response.headers)
+                decoder = SSEDecoder()
+                async for piece in response.content.iter_any():
+                    reply.take(decoder.feed(piece))
+                reply.take(decoder.close())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._failure(exc) from exc
+        return reply.finished(messages, sampling.model)
 
     async def generate_image(
         self, prompt: str, sampling: Sampling, *, model: str, size: str
     ) -> GeneratedImage:
-        """One image, within ``LLM_TIMEOUT_SECONDS``: a URL, or base64 if that is what the
+        """One image, within the provider's timeout: a URL, or base64 if that is what the
         server sends (``gpt-image-1`` always does)."""
         body = {"model": model, "prompt": prompt, "size": size, "n": 1}
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline):
-                response = await self._client.post(
+                response = await self._image_client().post(
                     "/images/generations", body=body, cast_to=httpx2.Response
                 )
-            data = json.loads(response.content)["data"][0]
+            data = orjson.loads(response.content)["data"][0]
         except (TimeoutError, openai.APIError) as exc:
-            raise self._failure(exc, started) from exc
+            raise self._sdk_failure(exc, started) from exc
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise LLMError("The images endpoint sent a reply without an image") from exc
         url, b64 = data.get("url"), data.get("b64_json")
@@ -243,24 +277,107 @@ class OpenAIChat:
             raise LLMError("The images endpoint sent a reply without an image")
         return GeneratedImage(url=url or None, b64=b64 or None)
 
-    def _failure(
+    def _image_client(self) -> openai.AsyncOpenAI:
+        """The SDK, for images only, made on first use."""
+        if self._images is None:
+            self._images = openai.AsyncOpenAI(
+                # The SDK insists on a key; a keyless local server ignores this one.
+                api_key=self._api_key or "not-needed",
+                base_url=self._base_url,
+                timeout=self._deadline,
+                max_retries=self._image_retries,
+                default_headers=self._extra_headers or None,
+            )
+        return self._images
+
+    def _failure(self, exc: Exception) -> LLMError | LLMUnavailable | LLMTimeout:
+        """The API error for a call that failed on the wire."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return LLMUnavailable("The language model could not be reached; try again shortly")
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            seconds = self._stream_timeout.sock_read or self._deadline
+            return LLMTimeout(f"The language model stopped sending for {seconds:g} s")
+        if isinstance(exc, TimeoutError):
+            return LLMTimeout(f"The language model did not answer within {self._deadline:g} s")
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            return ProviderUnreachable(
+                "The connection to the language model failed; try again shortly"
+            )
+        return LLMError("The language model sent a reply the service could not read")
+
+    def _sdk_failure(
         self, exc: Exception, started: float
     ) -> LLMError | LLMUnavailable | LLMTimeout | ContextTooLong:
-        """The API error for a failed call.
-
-        Our deadline wraps every attempt, so a real timeout surfaces at the deadline. A
-        "timeout" well before it is a failed connection: the SDK's aiohttp transport reports a
-        dropped connection as ``ConnectTimeout``.
-        """
+        """The API error for a failed SDK call (images)."""
         if isinstance(exc, TimeoutError) or (
             isinstance(exc, openai.APITimeoutError)
             and time.monotonic() - started >= 0.9 * self._deadline
         ):
             return LLMTimeout(f"The language model did not answer within {self._deadline:g} s")
-        if isinstance(exc, openai.APITimeoutError):
-            return LLMUnavailable("The connection to the language model failed; try again shortly")
         assert isinstance(exc, openai.APIError)
         return map_api_error(exc)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy ``HTTPS_PROXY`` / ``HTTP_PROXY`` name for ``url``, unless ``NO_PROXY``
+    excludes its host."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+class _StreamedReply:
+    """A streamed reply as its events arrive: text handed on, tool calls, usage, model."""
+
+    def __init__(self, model: str, on_delta: DeltaSink) -> None:
+        self._on_delta = on_delta
+        self._parts: list[str] = []
+        self._calls = _StreamedCalls()
+        self._usage: Usage | None = None
+        self._model = model
+        self._done = False
+
+    def take(self, events: list[bytes]) -> None:
+        """Read events; after ``[DONE]`` nothing more counts (the stream is drained to its
+        end so the connection stays pooled)."""
+        for data in events:
+            if self._done:
+                return
+            if data == DONE:
+                self._done = True
+                return
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise LLMError(
+                    "The language model sent a stream line that is not JSON", garbled=True
+                ) from exc
+            self._chunk(chunk)
+
+    def _chunk(self, chunk: Any) -> None:
+        if not isinstance(chunk, dict):
+            raise LLMError("The language model sent a stream chunk that is not an object")
+        if chunk.get("error") and not chunk.get("choices"):
+            # OpenRouter and others report a failure mid-stream as a chunk (body not kept).
+            raise LLMError("The language model provider failed during the reply", garbled=True)
+        self._usage = _usage(chunk.get("usage")) or self._usage
+        self._model = str(chunk.get("model") or self._model)
+        for piece in _delta_texts(chunk):
+            self._parts.append(piece)
+            self._on_delta(piece)
+        self._calls.add(chunk)
+
+    def finished(self, messages: list[ChatMessage], asked: str) -> Completion:
+        """The completion, once the stream ended."""
+        reply, tool_calls = "".join(self._parts), self._calls.finished()
+        if not reply.strip() and not tool_calls:
+            raise LLMError("The language model sent an empty reply")
+        usage = self._usage
+        spent = usage or estimate_usage(messages, reply)
+        return Completion(
+            reply, spent, self._model, usage is not None, tool_calls=tool_calls, asked_model=asked
+        )
 
 
 def _delta_texts(chunk: Any) -> list[str]:
@@ -323,53 +440,20 @@ def message_text(message: ChatMessage) -> str:
     return text
 
 
-# How providers say a prompt is too long: OpenAI's error code, and the wording of others
-# (Azure, Anthropic-compatible proxies, vLLM, Ollama, llama.cpp), matched case-insensitively.
-_TOO_LONG_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
-_TOO_LONG_WORDS = re.compile(
-    r"context.length|context.window|maximum context|prompt is too long|too many tokens"
-    r"|input is too long|exceeds? the (?:model'?s? )?(?:maximum|context)",
-    re.IGNORECASE,
-)
-
-
 def is_context_too_long(exc: openai.APIStatusError) -> bool:
     """Whether a provider refused the request because the prompt does not fit the model."""
-    if exc.status_code not in (400, 413, 422):
-        return False
-    return exc.code in _TOO_LONG_CODES or bool(_TOO_LONG_WORDS.search(str(exc.message)))
+    return says_too_long(exc.status_code, exc.code, exc.message)
 
 
 def map_api_error(exc: openai.APIError) -> LLMError | LLMUnavailable | ContextTooLong:
-    """An SDK error as the API's error; never carries the provider's body."""
+    """An SDK error (the image calls) as the API's error; never carries the provider's body."""
     if isinstance(exc, openai.RateLimitError):
-        retry_after = _retry_after(exc.response)
-        return LLMUnavailable(
-            "The language model provider is rate limiting this service; try again shortly",
-            retry_after=retry_after or 5.0,
-        )
+        return rate_limited(exc.response.headers.get("retry-after"))
     if isinstance(exc, openai.APIConnectionError):
-        return LLMUnavailable("The language model could not be reached; try again shortly")
-    if isinstance(exc, openai.APIStatusError) and is_context_too_long(exc):
-        logger.warning("LLM upstream refused the prompt as too long (HTTP %s)", exc.status_code)
-        return ContextTooLong(
-            "The conversation is too long for the model, even with less history; start a new "
-            "session or send a shorter message"
-        )
+        return ProviderUnreachable("The language model could not be reached; try again shortly")
     if isinstance(exc, openai.APIStatusError):
-        logger.warning("LLM upstream answered HTTP %s", exc.status_code)
-        return LLMError(
-            f"The language model provider answered HTTP {exc.status_code}",
-            upstream_status=exc.status_code,
-        )
+        return error_for_status(exc.status_code, exc.code, exc.message)
     return LLMError("The language model sent a reply the service could not read")
-
-
-def _retry_after(response: httpx2.Response) -> float | None:
-    try:
-        return float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
 
 
 def parse_completion(data: Any, messages: list[ChatMessage], model: str) -> Completion:

@@ -3,12 +3,17 @@
 A personality names its ``provider`` (default: ``default``, the ``OPENAI_*`` settings) and may
 list ``fallbacks``; ``LLM_FALLBACKS`` applies after them to every personality. A call goes to
 the first target whose provider is not cooling down. It falls back to the next one on what a
-retry elsewhere can fix (no connection, a timeout, 429, a 5xx) and **only while nothing of the
-reply has been handed on**: once a delta reached a client, a failure is the turn's error. A
-provider that fails ``PROVIDER_FAILURES_TO_COOL`` times in a row is skipped for
-``PROVIDER_COOLDOWN_SECONDS`` (a circuit breaker), so turns do not wait for its timeout; the
-last target left is always tried, so a personality with one provider is never refused by the
-breaker alone.
+retry elsewhere can fix (no connection, a timeout, 429, a 5xx, a garbled reply) and **only
+while nothing of the reply has been handed on**: once a delta reached a client, a failure is
+the turn's error. A provider that fails ``PROVIDER_FAILURES_TO_COOL`` times in a row is skipped
+for ``PROVIDER_COOLDOWN_SECONDS`` (a circuit breaker), so turns do not wait for its timeout;
+the last target left is always tried, so a personality with one provider is never refused by
+the breaker alone.
+
+Before falling back, a provider gets at most one immediate retry, and only for what a retry
+there can fix at once: a refused or dropped connection, or a 5xx (``LLM_MAX_RETRIES``: 0 or 1).
+A 429 falls back at once; on the last target, a ``Retry-After`` up to
+``LLM_RETRY_AFTER_MAX_SECONDS`` is waited out and the call tried once more.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-from services.errors import ChatifyError, LLMError, LLMTimeout, LLMUnavailable
+from services.errors import (
+    ChatifyError,
+    LLMError,
+    LLMTimeout,
+    LLMUnavailable,
+    ProviderRateLimited,
+    ProviderUnreachable,
+)
 from services.llm import (
     ChatMessage,
     Completion,
@@ -37,6 +49,7 @@ from services.provider_config import DEFAULT_PROVIDER, Target
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
+ProviderFailure = LLMError | LLMTimeout | LLMUnavailable
 
 
 class Breaker:
@@ -79,11 +92,15 @@ class Router:
         fallbacks: tuple[Target, ...],
         breaker: Breaker,
         observer: LLMObserver | None = None,
+        retries: int = 1,
+        retry_after_max: float = 0.0,
     ) -> None:
         self._clients = clients
         self._fallbacks = fallbacks
         self._breaker = breaker
         self._observer = observer
+        self._retries = min(1, retries)  # one immediate retry at most, never a backoff
+        self._retry_after_max = retry_after_max
         self.provider: str = clients[DEFAULT_PROVIDER].provider  # the default's kind
 
     @property
@@ -141,24 +158,50 @@ class Router:
         on_delta: DeltaSink | None,
         tools: ToolDefinitions,
     ) -> Completion:
-        failure: LLMError | LLMTimeout | LLMUnavailable | None = None
+        failure: ProviderFailure | None = None
         targets = self.targets(sampling)
         for index, (provider, model) in enumerate(targets):
             client = self._clients.get(provider)
             if client is None:
                 failure = LLMError(f"No model provider named {provider!r} is configured")
                 continue
-            if self._breaker.cooling(provider) and index < len(targets) - 1:
+            last = index == len(targets) - 1
+            if self._breaker.cooling(provider) and not last:
                 continue  # skipped while another target is left; the last one is always tried
-            handed_on = False
-
-            def sink(piece: str, on_delta: DeltaSink | None = on_delta) -> None:
-                nonlocal handed_on
-                handed_on = True
-                if on_delta is not None:
-                    on_delta(piece)
-
             asked = dataclasses.replace(sampling, provider=provider, model=model)
+            answer = await self._ask(client, messages, asked, on_delta, tools, last=last)
+            if isinstance(answer, Completion):
+                return dataclasses.replace(answer, provider=provider)
+            if not last:
+                logger.warning(
+                    "provider %s failed (%s); trying the next one", provider, answer.code
+                )
+            failure = answer
+        assert failure is not None  # targets() is never empty
+        raise failure
+
+    async def _ask(
+        self,
+        client: LLMClient,
+        messages: list[ChatMessage],
+        asked: Sampling,
+        on_delta: DeltaSink | None,
+        tools: ToolDefinitions,
+        *,
+        last: bool,
+    ) -> Completion | ProviderFailure:
+        """One target's answer, retries included, or the failure that moves the call on to
+        the next target; a failure no other target may fix is raised."""
+        provider, handed_on = asked.provider, False
+
+        def sink(piece: str) -> None:
+            nonlocal handed_on
+            handed_on = True
+            if on_delta is not None:
+                on_delta(piece)
+
+        retries, waited = self._retries, False
+        while True:
             try:
                 completion = await self._call(
                     client, messages, asked, None if on_delta is None else sink, tools
@@ -166,16 +209,28 @@ class Router:
             except (LLMError, LLMTimeout, LLMUnavailable) as error:
                 if not retryable(error):
                     raise
+                if not handed_on and retries and retry_at_once(error):
+                    retries -= 1
+                    logger.warning("provider %s failed (%s); retrying once", provider, error.code)
+                    continue
+                wait = self._wait_before_retry(error) if last and not waited else None
+                if not handed_on and wait is not None:
+                    waited = True
+                    logger.warning("provider %s rate limits; retrying in %g s", provider, wait)
+                    await asyncio.sleep(wait)
+                    continue
                 self._breaker.failed(provider)
                 if handed_on:
                     raise
-                logger.warning("provider %s failed (%s); trying the next one", provider, error.code)
-                failure = error
-                continue
+                return error
             self._breaker.succeeded(provider)
-            return dataclasses.replace(completion, provider=provider)
-        assert failure is not None  # targets() is never empty
-        raise failure
+            return completion
+
+    def _wait_before_retry(self, error: LLMError | LLMTimeout | LLMUnavailable) -> float | None:
+        """How long to wait out a 429 on the last target; None: answer it now."""
+        if isinstance(error, ProviderRateLimited) and error.wait is not None:
+            return error.wait if error.wait <= self._retry_after_max else None
+        return None
 
     async def _call(
         self,
@@ -216,10 +271,19 @@ class Router:
 
 
 def retryable(error: LLMError | LLMTimeout | LLMUnavailable) -> bool:
-    """Whether another provider may succeed: no connection, a timeout, 429 or a 5xx."""
+    """Whether another provider may succeed: no connection, a timeout, 429, a 5xx, or a reply
+    that broke the protocol."""
     if isinstance(error, LLMError):
-        return error.upstream_status is not None and error.upstream_status >= 500
+        return error.garbled or (error.upstream_status or 0) >= 500
     return True
+
+
+def retry_at_once(error: LLMError | LLMTimeout | LLMUnavailable) -> bool:
+    """Whether the same provider is worth one immediate retry: a refused or dropped
+    connection, or a 5xx (not a timeout, which would double the wait)."""
+    if isinstance(error, LLMError):
+        return (error.upstream_status or 0) >= 500
+    return isinstance(error, ProviderUnreachable)
 
 
 def build_llm(settings: Settings, *, observer: LLMObserver | None = None) -> Router:
@@ -239,4 +303,11 @@ def build_llm(settings: Settings, *, observer: LLMObserver | None = None) -> Rou
         failures=settings.provider_failures_to_cool, cooldown=settings.provider_cooldown_seconds
     )
     fallbacks = tuple(target.target() for target in settings.llm_fallbacks)
-    return Router(clients, fallbacks=fallbacks, breaker=breaker, observer=observer)
+    return Router(
+        clients,
+        fallbacks=fallbacks,
+        breaker=breaker,
+        observer=observer,
+        retries=settings.llm_max_retries,
+        retry_after_max=settings.llm_retry_after_max_seconds,
+    )

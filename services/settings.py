@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     llm_timeout_seconds: float = Field(30.0, gt=0)
-    llm_max_retries: int = Field(2, ge=0, le=10)
+    # One immediate retry of a provider on a failed connection or a 5xx; above 1 counts as 1.
+    llm_max_retries: int = Field(1, ge=0, le=10)
+    llm_connect_timeout_seconds: float = Field(5.0, gt=0)  # opening a connection; then 503
+    llm_stream_idle_seconds: float = Field(20.0, gt=0)  # longest silence inside a stream; 504
+    llm_retry_after_max_seconds: float = Field(3.0, ge=0)  # longest 429 wait, last target only
     llm_max_connections: int = Field(1000, ge=1)
     llm_providers: list[ProviderConfig] = []  # JSON; named besides "default" (OPENAI_*)
     llm_fallbacks: list[TargetConfig] = []  # JSON; tried after a personality's own fallbacks

@@ -76,6 +76,10 @@ class Previews:
         except ChatifyError as error:
             turn.emit("error", error=error)
             return
+        except Exception:
+            # A bug: the preview's stream still gets an end (and gives back its slot).
+            turn.emit("error", error=ChatifyError("The preview failed unexpectedly"))
+            raise
         result = TurnResult(
             session_id="",
             reply=completion.content,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
-from tests.api.conftest import Live, collect
+from tests.api.conftest import Live, LiveFactory, collect
 from tests.conftest import RULES, FakeClock, RunningApp, SettingsFactory, running_app
 
 P = "/api/v1/personalities"
@@ -461,3 +461,19 @@ async def test_an_edit_reaches_another_instance_on_refresh(
         assert other.services.templates.resolve("plain").system_prompt.endswith("You are plain.")
         await other.services.templates.refresh()  # the TEMPLATE_REFRESH_SECONDS job
         assert other.services.templates.resolve("plain").system_prompt.endswith("edited now.")
+
+
+async def test_a_preview_ends_with_its_error_when_the_provider_sends_a_line_that_is_not_json(
+    live_app: LiveFactory, llm: MockLLM
+) -> None:
+    llm.script(Reply(content="Arr, broken", chunks=3, garbage_after_chunks=1))
+    body = {"template": {"personalityPrompt": PROMPT}, "message": "hi"}
+    async with live_app(max_streams_per_user=1) as live:
+        async with asyncio.timeout(20):  # a stream that never ends fails here, not forever
+            async with live.client.stream("POST", f"{P}/preview", json=body) as response:
+                events = await collect(response)
+        assert [e.event for e in events] == ["start", "delta", "error"]
+        assert events[-1].json()["code"] == "llm_error"
+        # Its stream slot was given back: the caller's one allowed stream opens again.
+        async with live.client.stream("POST", f"{P}/preview", json=body) as response:
+            assert [e.event for e in await collect(response)][-1] == "done"

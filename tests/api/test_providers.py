@@ -18,6 +18,7 @@ from bench.mock_llm import MockLLM, Reply
 from services.settings import Settings
 from tests.api.test_metrics import value
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
+from tests.support.live import read_events
 
 API = "/api/v1/chatbot"
 TEMPLATES: dict[str, dict[str, Any]] = {
@@ -286,3 +287,114 @@ def test_bad_provider_settings_fail_at_start(monkeypatch: pytest.MonkeyPatch) ->
         Settings(_env_file=None, llm_fallbacks=[{"provider": "nowhere", "model": "m"}])
     with pytest.raises(ValidationError, match="unique"):
         Settings(_env_file=None, llm_providers=[{"name": "default", "base_url": "http://x"}])
+
+
+async def stream_events(chat: RunningApp, session_id: str) -> list[tuple[str, Any]]:
+    """A streamed turn's events and their data (comments left out)."""
+    url = f"{API}/session/{session_id}/message/stream"
+    async with chat.client.stream("POST", url, json={"message": "hi"}) as response:
+        return [(e.event, e.json()) async for e in read_events(response) if e.event != ":"]
+
+
+async def test_a_stream_line_that_is_not_json_falls_back_before_the_first_delta(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    llm.script(Reply(content="Hello there", chunks=3, garbage_after_chunks=0))
+    async with running_app(with_backup(make_settings, backup), clock) as chat:
+        session_id = await chat.create_session("resilient")
+        events = await stream_events(chat, session_id)
+        assert [kind for kind, _ in events if kind != "delta"] == ["start", "done"]
+        assert events[-1][1]["response"] == "Backup: hi"
+        assert [r["model"] for r in backup.chat_requests()] == ["backup-model"]
+
+
+async def test_a_stream_line_that_is_not_json_after_a_delta_ends_the_turn_with_llm_error(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    llm.script(Reply(content="Hello there, my friend", chunks=4, garbage_after_chunks=2))
+    async with running_app(with_backup(make_settings, backup), clock) as chat:
+        session_id = await chat.create_session("resilient")
+        events = await stream_events(chat, session_id)
+        assert [kind for kind, _ in events] == ["start", "delta", "delta", "error"]
+        assert events[-1][1]["code"] == "llm_error"
+        assert "'not'" not in events[-1][1]["message"]  # the provider's line is not echoed
+        assert backup.chat_requests() == []
+        assert await history(chat, session_id) == []
+
+
+async def test_a_429_falls_back_at_once_while_another_target_is_left(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    # Retry-After well within the timeout: waiting it out here would be the defect.
+    llm.script(Reply(status=429, retry_after=2))
+    settings = with_backup(make_settings, backup, llm_max_retries=2, llm_timeout_seconds=10)
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("resilient")
+        reply = await chat.send(session_id, "hi")
+        assert reply.status_code == 200 and reply.json()["response"] == "Backup: hi"
+        assert len(llm.chat_requests()) == 1 and len(backup.chat_requests()) == 1
+
+
+async def test_a_429_on_the_last_target_is_waited_out_once_within_the_cap(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    llm.script(Reply(status=429, retry_after=0.05))
+    settings = make_settings(llm_retry_after_max_seconds=1)
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("plain")
+        reply = await chat.send(session_id, "hi")
+        assert reply.status_code == 200 and reply.json()["response"] == "Echo: hi"
+        assert len(llm.chat_requests()) == 2
+
+
+@pytest.mark.parametrize(
+    ("replies", "requests", "retry_after"),
+    [
+        ([Reply(status=429, retry_after=0.05), Reply(status=429, retry_after=4)], 2, "4"),
+        ([Reply(status=429, retry_after=30)], 1, "30"),
+    ],
+    ids=["a second 429", "past the cap"],
+)
+async def test_a_429_that_is_not_waited_out_answers_503_with_its_retry_after(
+    make_settings: SettingsFactory,
+    clock: FakeClock,
+    llm: MockLLM,
+    replies: list[Reply],
+    requests: int,
+    retry_after: str,
+) -> None:
+    llm.script(*replies)
+    settings = make_settings(llm_retry_after_max_seconds=1)
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("plain")
+        reply = await chat.send(session_id, "hi")
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "llm_unavailable"
+        assert reply.headers["retry-after"] == retry_after
+        assert len(llm.chat_requests()) == requests
+
+
+RETRIED = {
+    # failure, LLM_MAX_RETRIES, requests the failing provider gets, who answers
+    "500": (Reply(status=500), 2, 2, "Backup: hi"),
+    "500 without retries": (Reply(status=500), 0, 1, "Backup: hi"),
+    "connection drop": (Reply(drop=True), 1, 2, "Backup: hi"),
+    "timeout": (Reply(hang=True), 2, 1, "Backup: hi"),
+}
+
+
+@pytest.mark.parametrize("case", RETRIED)
+async def test_a_failing_provider_gets_one_immediate_retry_then_the_next_one(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM, case: str
+) -> None:
+    failure, retries, requests, answer = RETRIED[case]
+    llm.script(failure, failure)
+    timeout = 1.0 if failure.hang else 30.0
+    settings = with_backup(
+        make_settings, backup, llm_max_retries=retries, llm_timeout_seconds=timeout
+    )
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("resilient")
+        reply = await chat.send(session_id, "hi")
+        assert reply.status_code == 200 and reply.json()["response"] == answer
+        assert len(llm.chat_requests()) == requests
+        assert len(backup.chat_requests()) == 1
