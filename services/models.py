@@ -25,8 +25,10 @@ def utc_now() -> datetime:
 
 def isoformat(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z`` (sorts as a string)."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat() rather than strftime(): a quarter of the time, on every turn's timestamps.
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def is_session_id(value: str) -> bool:
@@ -457,4 +459,6 @@ class DayUsage(_Counted):
 
 def utc_day(at: str) -> str:
     """The UTC day (``YYYY-MM-DD``) of an ISO 8601 timestamp: where its usage is counted."""
+    if len(at) == 24 and at[10] == "T" and at[-1] == "Z":  # ours (``isoformat``): UTC already
+        return at[:10]
     return parse_iso(at).astimezone(UTC).strftime("%Y-%m-%d")
