@@ -91,7 +91,17 @@ def main() -> None:
         default=[],
         help="memory, bytes, streams1000, roundtrips, tokens, conversation, tools",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="only run bench.lean: the lean-turn targets, this checkout against REV",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        from bench import lean  # imports this module's scenario helpers
+
+        lean.main(["--baseline", args.baseline, *(["--quick"] if args.quick else [])])
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("httpx", "bench.harness"):
         logging.getLogger(name).setLevel(logging.WARNING)
