@@ -33,12 +33,17 @@ def scenario(
     processes: int = 4,
     ramp_seconds: float = 0.0,
     llm_flags: Sequence[str] = (),
+    warmup_turns: int = 0,
     repo: Path = REPO,
     sampler: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
     **settings: object,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(direct, service) summaries of one configuration, the service run from ``repo``;
-    ``llm_flags`` go to the mock LLM, ``sampler(pid)`` wraps the service phase (a profiler)."""
+    ``llm_flags`` go to the mock LLM, ``sampler(pid)`` wraps the service phase (a profiler).
+
+    ``warmup_turns``: one user's turns through the service first, not measured, so that its
+    one-time work (FastAPI building routes on first use, the first title and memory fold)
+    is not counted as the turns' cost."""
     llm_args = ["--latency-ms", str(latency_ms), "--chunks", str(chunks), *llm_flags]
     with running(start_mock_llm(*llm_args)) as llm:
         rtdb = start_rtdb() if store == "firebase" else None
@@ -47,6 +52,8 @@ def scenario(
             with running(start_service(repo=repo, **config)) as service:
                 direct_mode = "direct" if transport == "rest" else "direct-stream"
                 base = (service.url, f"{llm.url}/v1")
+                if warmup_turns:
+                    measure(Phase(transport, 1, warmup_turns, *base, 1))
                 direct = measure(
                     Phase(direct_mode, users, turns, *base, processes, 60, ramp_seconds)
                 )
