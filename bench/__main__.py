@@ -9,11 +9,14 @@ through the service in the same run; and prints Markdown tables. ``--quick`` run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bench import conversation, memory, roundtrips, store_bytes, tokens, tools
-from bench.harness import running, start_mock_llm, start_rtdb, start_service
+from bench.harness import REPO, running, start_mock_llm, start_rtdb, start_service
 from bench.load import Phase, bench_settings, measure, summary_table
 
 logger = logging.getLogger("bench")
@@ -29,24 +32,36 @@ def scenario(
     chunks: int = 4,
     processes: int = 4,
     ramp_seconds: float = 0.0,
+    llm_flags: Sequence[str] = (),
+    warmup_turns: int = 0,
+    repo: Path = REPO,
+    sampler: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
     **settings: object,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(direct, service) summaries of one configuration."""
-    llm_args = ["--latency-ms", str(latency_ms), "--chunks", str(chunks)]
+    """(direct, service) summaries of one configuration, the service run from ``repo``;
+    ``llm_flags`` go to the mock LLM, ``sampler(pid)`` wraps the service phase (a profiler).
+
+    ``warmup_turns``: one user's turns through the service first, not measured, so that its
+    one-time work (FastAPI building routes on first use, the first title and memory fold)
+    is not counted as the turns' cost."""
+    llm_args = ["--latency-ms", str(latency_ms), "--chunks", str(chunks), *llm_flags]
     with running(start_mock_llm(*llm_args)) as llm:
         rtdb = start_rtdb() if store == "firebase" else None
         try:
             config = bench_settings(llm.url, rtdb.url if rtdb else None, **settings)
-            with running(start_service(**config)) as service:
+            with running(start_service(repo=repo, **config)) as service:
                 direct_mode = "direct" if transport == "rest" else "direct-stream"
                 base = (service.url, f"{llm.url}/v1")
+                if warmup_turns:
+                    measure(Phase(transport, 1, warmup_turns, *base, 1))
                 direct = measure(
                     Phase(direct_mode, users, turns, *base, processes, 60, ramp_seconds)
                 )
-                through = measure(
-                    Phase(transport, users, turns, *base, processes, 60, ramp_seconds),
-                    service.popen.pid,
-                )
+                pid = service.popen.pid
+                with sampler(pid) if sampler else contextlib.nullcontext():
+                    through = measure(
+                        Phase(transport, users, turns, *base, processes, 60, ramp_seconds), pid
+                    )
         finally:
             if rtdb:
                 rtdb.stop()
@@ -83,7 +98,17 @@ def main() -> None:
         default=[],
         help="memory, bytes, streams1000, roundtrips, tokens, conversation, tools",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="only run bench.lean: the lean-turn targets, this checkout against REV",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        from bench import lean  # imports this module's scenario helpers
+
+        lean.main(["--baseline", args.baseline, *(["--quick"] if args.quick else [])])
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("httpx", "bench.harness"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -65,11 +65,13 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def start(args: list[str], *, env: dict[str, str], ready_url: str, name: str) -> Proc:
-    """Start a process and wait until ``ready_url`` answers (bounded)."""
+def start(
+    args: list[str], *, env: dict[str, str], ready_url: str, name: str, repo: Path = REPO
+) -> Proc:
+    """Start a process in ``repo`` and wait until ``ready_url`` answers (bounded)."""
     log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
     with log.open("wb") as out:
-        popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(args, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
         if popen.poll() is not None:
@@ -85,16 +87,20 @@ def start(args: list[str], *, env: dict[str, str], ready_url: str, name: str) ->
     return Proc(popen, "/".join(base[:3]), log, args)
 
 
-def start_service(port: int | None = None, **settings: object) -> Proc:
-    """``python -m api`` (the Procfile's command) with settings from the environment only."""
+def start_service(port: int | None = None, *, repo: Path = REPO, **settings: object) -> Proc:
+    """``python -m api`` (the Procfile's command) with settings from the environment only, run
+    from the checkout ``repo`` (another commit's worktree, for a baseline)."""
     port = port or free_port()
     values: dict[str, object] = {"port": port, "host": "127.0.0.1", "log_level": "WARNING"}
     values.update(settings)
+    env = clean_env(**values)
+    env["PYTHONPATH"] = str(repo)  # else that checkout would import this one's code
     return start(
         [sys.executable, "-m", "api"],
-        env=clean_env(**values),
+        env=env,
         ready_url=f"http://127.0.0.1:{port}/health",
         name="chatify",
+        repo=repo,
     )
 
 
