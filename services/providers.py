@@ -168,9 +168,14 @@ class Router:
             last = index == len(targets) - 1
             if self._breaker.cooling(provider) and not last:
                 continue  # skipped while another target is left; the last one is always tried
-            asked = dataclasses.replace(sampling, provider=provider, model=model)
+            asked = sampling
+            if (sampling.provider, sampling.model) != (provider, model):  # a fallback target
+                asked = dataclasses.replace(sampling, provider=provider, model=model)
             answer = await self._ask(client, messages, asked, on_delta, tools, last=last)
             if isinstance(answer, Completion):
+                # replace() inspects every field: only when the provider differs
+                if answer.provider == provider:
+                    return answer
                 return dataclasses.replace(answer, provider=provider)
             if not last:
                 logger.warning(

@@ -390,20 +390,19 @@ class TurnPipeline:
                 self._usage.spent(record.user_id, stored.assistant.usage, at=new.reply_at)
             if self._titles is not None:
                 self._titles.after_turn(record, stored)
+        seconds = time.perf_counter() - started
         if not stored.created:  # another instance stored this client_message_id first
             self._sessions.forget(record.session_id)
-            result = _result(record, stored, replayed=True)
-        elif stored.user.seq == active.next_seq:
-            active.remember(stored)
-            if self._memory is not None:
-                self._memory.after_turn(active)
-            result = _result(record, stored, replayed=False, completion=completion)
+            result = _result(record, stored, replayed=True, seconds=seconds)
         else:
-            # Stored elsewhere than expected (another instance appended): the context is stale.
-            self._sessions.forget(record.session_id)
-            result = _result(record, stored, replayed=False, completion=completion)
-        seconds = time.perf_counter() - started
-        result = dataclasses.replace(result, latency_ms=seconds * 1000)
+            if stored.user.seq == active.next_seq:
+                active.remember(stored)
+                if self._memory is not None:
+                    self._memory.after_turn(active)
+            else:
+                # Stored elsewhere than expected (another instance appended): stale context.
+                self._sessions.forget(record.session_id)
+            result = _result(record, stored, replayed=False, completion=completion, seconds=seconds)
         if stored.created and self._observer is not None:
             first_delta = turn.first_delta_at
             self._observer.turn_stored(
@@ -655,6 +654,7 @@ def _result(
     *,
     replayed: bool,
     completion: Completion | None = None,
+    seconds: float = 0.0,
 ) -> TurnResult:
     return TurnResult(
         session_id=record.session_id,
@@ -667,6 +667,7 @@ def _result(
         model=completion.model if completion else record.sampling.model,
         user_message=stored.user,
         assistant_message=stored.assistant,
+        latency_ms=seconds * 1000,
     )
 
 
