@@ -1,7 +1,8 @@
 """Usage: what a user spends per UTC day, and what the usage endpoint reports.
 
-The store keeps the counts. A turn's usage is added by the turn's own atomic write; a
-background call's (a session title, a memory summary) by ``Store.add_usage``. Those that need
+The store keeps the counts. A turn's usage is added by the turn's own atomic write; a memory
+summary's by the write that stores the memory (``Store.set_memory``); a session title's by
+``Store.add_usage``. Those that need
 to know at once in this process (the daily token quota, ``services/quotas.py``) are told
 through a ``UsageMeter``.
 """
@@ -18,7 +19,7 @@ from typing import Protocol
 from services.background import Tasks
 from services.errors import ChatifyError
 from services.llm import Completion
-from services.models import Clock, DayUsage, SessionRecord, Usage, isoformat
+from services.models import CallUsage, Clock, DayUsage, SessionRecord, Usage, isoformat
 from services.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -113,21 +114,32 @@ class BackgroundCalls:
     def count(self, record: SessionRecord, completion: Completion, what: str) -> None:
         """Count one answered call (its tokens are spent, whatever its answer was worth),
         under the provider and model that answered it."""
+        self.add(record.session_id, self.spent(record, completion), what)
+
+    def spent(self, record: SessionRecord, completion: Completion) -> CallUsage:
+        """Tell the meter of one answered call at once, and return its counts for the write
+        that stores the call's result to add (``Store.set_memory``'s ``usage``); a caller
+        whose write does not add them hands them to ``add``."""
         at = isoformat(self._clock())
         if self._meter is not None:
             self._meter.spent(record.user_id, completion.usage, at=at)
-        self._tasks.start(self._add(record, completion, at, what))
+        return CallUsage(record.user_id, completion.usage, at, completion.served_by)
+
+    def add(self, session_id: str, call: CallUsage, what: str) -> None:
+        """Write a call's counts with ``Store.add_usage``, in a task of its own, retried."""
+        self._tasks.start(self._add(session_id, call, what))
 
     async def close(self) -> None:
         """Stop (at shutdown): counts still being written are dropped."""
         await self._tasks.close()
 
-    async def _add(self, record: SessionRecord, completion: Completion, at: str, what: str) -> None:
-        sid, usage, target = record.session_id, completion.usage, completion.served_by
+    async def _add(self, sid: str, call: CallUsage, what: str) -> None:
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
             await asyncio.sleep(delay)
             try:
-                await self._store.add_usage(record.user_id, sid, usage, at=at, target=target)
+                await self._store.add_usage(
+                    call.user_id, sid, call.usage, at=call.at, target=call.target
+                )
             except ChatifyError as error:
                 logger.warning(
                     "counting the %s call of session %s failed (attempt %d): %s",

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from services.models import (
+    CallUsage,
     DayUsage,
     NewTurn,
     SeedReport,
@@ -117,11 +118,25 @@ class Store(Protocol):
         there is no such session."""
 
     async def set_memory(
-        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
+        self,
+        session_id: str,
+        text: str,
+        *,
+        seq: int,
+        expected_seq: int,
+        at: str,
+        usage: CallUsage | None = None,
     ) -> bool:
         """Store a session's memory covering every message below ``seq``, only where the
         stored memory still covers up to ``expected_seq`` (another instance may have folded
-        meanwhile) and the session still exists. Whether it was written."""
+        meanwhile) and the session still exists. Whether it was written.
+
+        ``usage``, the summary call's counts, is added with it (as ``add_usage`` would)
+        whether or not the memory is written, as its tokens were spent either way; when the
+        session is gone, on the user's day only. SQLite adds both in one transaction;
+        Firebase, which has no conditional multi-path write, sends the counts' update right
+        after the conditional write. Raises ``StoreUnavailable`` only when nothing was
+        written, so the caller may count the call another way without counting it twice."""
 
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """Erase sessions of a user with every message (all of them when ``session_ids`` is

@@ -8,7 +8,7 @@ Layout (docs/data.md), with the small helper nodes the service owns:
         next_seq: {"next": n, "by": token, "ids", "since"}   compare-and-set node for seqs and
                   {"closed": "ended" | "expired"}      recent ids (seq_node.py); once over
         conversation_client_ids/{client_message_id}: seq   idempotency pointer
-        memory: {"text", "seq", "at"}                  the rolling memory (written conditionally)
+        memory: {"text", "seq", "at"}                  the rolling memory (firebase_memory.py)
     /userSessionIndex/{user}/{sid}                     summary, for a user's session list
     /sessionActivity/{sid}: last_activity              active sessions only, for expiry
 
@@ -53,6 +53,7 @@ from services.models import (
 )
 from services.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
+from services.store.firebase_memory import FirebaseMemory
 from services.store.firebase_turns import FirebaseTurns, messages_of, short
 from services.store.firebase_usage import FirebaseUsage
 from services.store.firebase_usage_nodes import SESSION_SHARES, totals_of
@@ -69,7 +70,7 @@ _SUMMARY_FIELDS = (
 _META_RANGES = ((None, "context_tokens"), ("conversation_history0", None))
 
 
-class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
+class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUsage):
     """``Store`` on a Firebase Realtime Database."""
 
     name = "firebase"
@@ -81,6 +82,7 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
         self._app: firebase_admin.App | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._init_turns(settings.session_cache_max)
+        self._init_memory(settings.session_cache_max)
         self._refs: LRUCache[str, db.Reference] = LRUCache(1024)
         self._refs_lock = threading.Lock()
         self._templates: tuple[Any, str] | None = None
@@ -326,24 +328,6 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
         record.title = title
         return record
 
-    async def set_memory(
-        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
-    ) -> bool:
-        """A conditional write of the session's ``memory`` node (its ETag), after checking
-        that the session is still there (a write would otherwise recreate an erased one)."""
-        return await self._run(lambda: self._set_memory(session_id, text, seq, expected_seq, at))
-
-    def _set_memory(self, session_id: str, text: str, seq: int, expected_seq: int, at: str) -> bool:
-        if self._ref(f"userSessions/{session_id}/user_id").get() is None:
-            return False
-        ref = self._ref(f"userSessions/{session_id}/memory")
-        current, etag = ref.get(etag=True)
-        stored_seq = int(current.get("seq") or 0) if isinstance(current, dict) else 0
-        if stored_seq != expected_seq:
-            return False
-        ok, _, _ = ref.set_if_unchanged(etag, {"text": text, "seq": seq, "at": at})
-        return bool(ok)
-
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """The sessions' nodes, index entries and activity in one multi-path update."""
         return await self._run(lambda: self._delete_sessions(user_id, session_ids))
@@ -362,6 +346,7 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
         self._ref("/").update(updates)
         for sid in targets:
             self._slot(sid, pop=True)
+            self._remember(sid, None)
         return len(targets)
 
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
