@@ -1,10 +1,10 @@
 """Usage: what a user spends per UTC day, and what the usage endpoint reports.
 
-The store keeps the counts. A turn's usage is added by the turn's own atomic write; a memory
-summary's by the write that stores the memory (``Store.set_memory``); a session title's by
-``Store.add_usage``. Those that need
-to know at once in this process (the daily token quota, ``services/quotas.py``) are told
-through a ``UsageMeter``.
+The store keeps the counts. A turn's usage is added by the turn's own atomic write; a
+background call's (a session title, a memory summary) by the write that stores its result
+(``Store.set_title``, ``Store.set_memory``), or by ``Store.add_usage`` when there is none.
+Those that need to know at once in this process (the daily token quota,
+``services/quotas.py``) are told through a ``UsageMeter``.
 """
 
 from __future__ import annotations
@@ -96,9 +96,10 @@ class UsageService:
 
 class BackgroundCalls:
     """Counts the answered background calls of sessions (titles, memories) as their user's:
-    at once against this process's quota (``UsageMeter``), and in the store by
-    ``Store.add_usage`` in a task of its own, retried, never holding up or failing the caller.
-    A count that keeps failing is logged and dropped."""
+    at once against this process's quota (``UsageMeter``), and in the store by the write that
+    stores the call's result (``spent``), or by ``Store.add_usage`` in a task of its own,
+    retried, never holding up or failing the caller (``add``). A count that keeps failing is
+    logged and dropped."""
 
     def __init__(self, *, store: Store, clock: Clock, meter: UsageMeter | None = None) -> None:
         self._store = store
@@ -111,15 +112,11 @@ class BackgroundCalls:
         """Counts not yet written."""
         return len(self._tasks)
 
-    def count(self, record: SessionRecord, completion: Completion, what: str) -> None:
-        """Count one answered call (its tokens are spent, whatever its answer was worth),
-        under the provider and model that answered it."""
-        self.add(record.session_id, self.spent(record, completion), what)
-
     def spent(self, record: SessionRecord, completion: Completion) -> CallUsage:
-        """Tell the meter of one answered call at once, and return its counts for the write
-        that stores the call's result to add (``Store.set_memory``'s ``usage``); a caller
-        whose write does not add them hands them to ``add``."""
+        """Tell the meter of one answered call at once (its tokens are spent, whatever its
+        answer was worth), and return its counts, under the provider and model that answered
+        it, for the write that stores the call's result to add (``usage``); a caller whose
+        write does not add them hands them to ``add``."""
         at = isoformat(self._clock())
         if self._meter is not None:
             self._meter.spent(record.user_id, completion.usage, at=at)

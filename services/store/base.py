@@ -111,11 +111,19 @@ class Store(Protocol):
         only those below ``before``; each with its ``title`` and last message's ``preview``."""
 
     async def set_title(
-        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+        self,
+        session_id: str,
+        title: str | None,
+        *,
+        only_if_unset: bool = False,
+        usage: CallUsage | None = None,
     ) -> SessionRecord | None:
         """Rename a session (None clears the title); with ``only_if_unset``, only when it has
         none (a generated title never overwrites a user's). The session after, or None when
-        there is no such session."""
+        there is no such session.
+
+        ``usage``, a title call's counts, is added by the same write, as ``set_memory`` adds
+        a summary's (whatever became of the title), and raises as it does."""
 
     async def set_memory(
         self,
@@ -135,8 +143,9 @@ class Store(Protocol):
         whether or not the memory is written, as its tokens were spent either way; when the
         session is gone, on the user's day only. SQLite adds both in one transaction;
         Firebase, which has no conditional multi-path write, sends the counts' update right
-        after the conditional write. Raises ``StoreUnavailable`` only when nothing was
-        written, so the caller may count the call another way without counting it twice."""
+        after the conditional write. Raises ``StoreUnavailable`` only when the counts were
+        not added, so the caller may count the call another way without counting it twice
+        (the memory may have been written: a retry then finds it)."""
 
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """Erase sessions of a user with every message (all of them when ``session_ids`` is

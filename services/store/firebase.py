@@ -44,6 +44,7 @@ from urllib3.util import retry
 
 from services.errors import StoreUnavailable
 from services.models import (
+    CallUsage,
     Sampling,
     SeedReport,
     SessionCursor,
@@ -54,9 +55,9 @@ from services.models import (
 from services.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
 from services.store.firebase_memory import FirebaseMemory
-from services.store.firebase_turns import FirebaseTurns, messages_of, short
+from services.store.firebase_turns import FirebaseTurns, messages_of, refused, short
 from services.store.firebase_usage import FirebaseUsage
-from services.store.firebase_usage_nodes import SESSION_SHARES, totals_of
+from services.store.firebase_usage_nodes import SESSION_SHARES, totals_of, usage_updates
 from services.store.rtdb_keys import encode_key, message_key
 from services.store.seq_node import created_node
 
@@ -300,14 +301,23 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
         return dict(entries), len(entries) < want
 
     async def set_title(
-        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+        self,
+        session_id: str,
+        title: str | None,
+        *,
+        only_if_unset: bool = False,
+        usage: CallUsage | None = None,
     ) -> SessionRecord | None:
-        """The session's title and its index entry's. A generated title (``only_if_unset``)
-        is a conditional create of the title node, so it never overwrites a rename."""
-        return await self._run(lambda: self._set_title(session_id, title, only_if_unset))
+        """The session's title and its index entry's, the call's counts in the same update.
+        A generated title (``only_if_unset``) is a conditional create of the title node, so
+        it never overwrites a rename."""
+        record = await self._run(lambda: self._set_title(session_id, title, only_if_unset, usage))
+        if record is None and usage is not None:  # no session: the user's day only
+            await self._count_call(session_id, usage, on_session=False)
+        return record
 
     def _set_title(
-        self, session_id: str, title: str | None, only_if_unset: bool
+        self, session_id: str, title: str | None, only_if_unset: bool, usage: CallUsage | None
     ) -> SessionRecord | None:
         record = self._read_session(session_id)
         if record is None:
@@ -322,11 +332,29 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
                     False, current, etag)  # fmt: skip
                 record.title = title if ok else current
             # Also heals an index entry a failed earlier attempt left without the title.
-            self._ref("/").update({f"{index}/title": record.title})
-            return record
-        self._ref("/").update({f"{base}/title": title, f"{index}/title": title})
-        record.title = title
+            updates = {f"{index}/title": record.title}
+        else:
+            updates = {f"{base}/title": title, f"{index}/title": title}
+            record.title = title
+        if usage is not None:
+            updates.update(
+                usage_updates(
+                    usage.user_id, session_id, usage.usage, at=usage.at, calls=1,
+                    target=usage.target,
+                )
+            )  # fmt: skip
+        self._update_counted(updates, session_id, counted=usage is not None)
         return record
+
+    def _update_counted(self, updates: dict[str, Any], session_id: str, *, counted: bool) -> None:
+        """One multi-path update. One that carries counts is never repeated: when its outcome
+        is unknown (it may have landed), it is logged and not raised."""
+        try:
+            self._ref("/").update(updates)
+        except (firebase_errors.FirebaseError, requests.RequestException) as exc:
+            if not counted or refused(exc):
+                raise
+            logger.warning("an update of session %s may not have landed; not repeated", session_id)
 
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """The sessions' nodes, index entries and activity in one multi-path update."""

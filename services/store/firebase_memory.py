@@ -19,7 +19,6 @@ from typing import Any
 from cachetools import LRUCache
 from firebase_admin import db
 
-from services.errors import StoreUnavailable
 from services.models import CallUsage
 
 logger = logging.getLogger(__name__)
@@ -49,19 +48,13 @@ class FirebaseMemory:
         usage: CallUsage | None = None,
     ) -> bool:
         """A conditional write of the session's ``memory`` node (its ETag cached from the last
-        write here, or read), then the call's counts in one update, which a refused or lost
-        count after a written memory only logs."""
+        write here, or read), then the call's counts in one update (``add_usage``'s: an
+        update the database refused raises, one whose outcome is unknown is only logged)."""
         written, exists = await self._run(
             lambda: self._write_memory(session_id, text, seq, expected_seq, at)
         )
-        if usage is None:
-            return bool(written)
-        try:
+        if usage is not None:
             await self._count_call(session_id, usage, on_session=exists)
-        except StoreUnavailable:
-            if not written:
-                raise  # nothing was written: the caller counts the call another way
-            logger.warning("the memory call of session %s stays uncounted", session_id)
         return bool(written)
 
     def _write_memory(

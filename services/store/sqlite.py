@@ -457,15 +457,22 @@ class SQLiteStore:
         return await self._run(update)
 
     async def set_title(
-        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+        self,
+        session_id: str,
+        title: str | None,
+        *,
+        only_if_unset: bool = False,
+        usage: CallUsage | None = None,
     ) -> SessionRecord | None:
-        """One conditional update."""
+        """One conditional update, and the call's counts, in one transaction."""
 
         def rename(conn: sqlite3.Connection) -> sqlite3.Row | None:
             with self._write(conn):
                 sql = "UPDATE sessions SET title = ? WHERE session_id = ?"
                 conn.execute(sql + (" AND title IS NULL" if only_if_unset else ""),
                              (title, session_id))  # fmt: skip
+                if usage is not None:
+                    _add_call(conn, session_id, usage)
                 found: sqlite3.Row | None = conn.execute(
                     f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
                 ).fetchone()

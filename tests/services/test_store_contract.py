@@ -522,6 +522,32 @@ async def test_a_memory_of_an_erased_session_is_not_written_and_counts_on_the_da
     assert day == DayUsage("2026-01-01", 8, 2, 0, 2, by_model=(ModelUsage(*MAIN, 8, 2, 0, 2),))
 
 
+async def test_a_title_and_its_calls_counts_are_one_write(store: Store) -> None:
+    session, erased = make_session("alice"), make_session("alice")
+    for each in (session, erased):
+        await store.create_session(each)
+    assert await store.delete_sessions("alice", [erased.session_id]) == 1
+    sid = session.session_id
+    call = CallUsage("alice", Usage(7, 2, 9), T0, MAIN)
+    named = await store.set_title(sid, "Pirates", only_if_unset=True, usage=call)
+    assert named is not None and named.title == "Pirates"
+    # A user's rename won meanwhile: the title stays, the call was spent all the same.
+    kept = await store.set_title(sid, "Other", only_if_unset=True, usage=call)
+    assert kept is not None and kept.title == "Pirates"
+    assert await store.set_title(erased.session_id, "Late", only_if_unset=True, usage=call) is None
+
+    record = await store.get_session(sid)
+    assert record is not None and record.title == "Pirates"
+    assert record.usage_totals == UsageTotals(
+        14, 4, 0, 2, by_model=(ModelUsage(*MAIN, 14, 4, 0, 2),)
+    )
+    (day,) = await store.load_usage(
+        "alice", since_day="2026-01-01", until_day="2026-01-01", by_model=True
+    )
+    assert day == DayUsage("2026-01-01", 21, 6, 0, 3, by_model=(ModelUsage(*MAIN, 21, 6, 0, 3),))
+    assert await store.get_session(erased.session_id) is None
+
+
 async def test_template_stats_add_up_by_route_target(store: Store) -> None:
     first = TemplateCounts(1, 2, 30, 0, T0)
     first.served(MAIN, turns=1, reply_tokens=10)
