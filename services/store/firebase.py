@@ -79,9 +79,12 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._threads = settings.store_threads
+        self._background_threads = max(1, settings.store_threads // 2)
         self._timeout = settings.store_timeout_seconds
         self._app: firebase_admin.App | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Titles, memories and their counts: several requests each, never ahead of a turn's.
+        self._background: ThreadPoolExecutor | None = None
         self._init_turns(settings.session_cache_max)
         self._init_memory(settings.session_cache_max)
         self._refs: LRUCache[str, db.Reference] = LRUCache(1024)
@@ -103,6 +106,9 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
             name=f"chatify-{uuid.uuid4()}",
         )
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="firebase-store")
+        self._background = ThreadPoolExecutor(
+            self._background_threads, thread_name_prefix="firebase-background"
+        )
         await self._run(self._configure_http)
 
     def _configure_http(self) -> None:
@@ -120,7 +126,9 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
             raise_on_status=False,
         )
         adapter = requests.adapters.HTTPAdapter(
-            max_retries=policy, pool_connections=1, pool_maxsize=self._threads
+            max_retries=policy,
+            pool_connections=1,
+            pool_maxsize=self._threads + self._background_threads,  # one per thread
         )
         client = self._ref("/")._client
         session = client.session
@@ -136,9 +144,10 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
 
     async def close(self) -> None:
         """Stop the pool and delete the firebase-admin app."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for pool in (self._executor, self._background):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._executor = self._background = None
         if self._app is not None:
             firebase_admin.delete_app(self._app)
             self._app = None
@@ -157,13 +166,17 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
                 self._refs[path] = ref
         return ref
 
-    async def _run(self, work: Callable[[], T]) -> T:
-        if self._executor is None:
+    async def _run(self, work: Callable[[], T], *, background: bool = False) -> T:
+        """``work`` on a pool thread, bounded by the store timeout. Background work (titles,
+        memories, their counts) has a pool of its own, so a turn's claim and write never wait
+        behind a title's several requests."""
+        pool = self._background if background else self._executor
+        if pool is None:
             raise StoreUnavailable("The session store is not open")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
-                return await loop.run_in_executor(self._executor, work)
+                return await loop.run_in_executor(pool, work)
         except TimeoutError as exc:
             logger.error("firebase store call exceeded %.1f s", self._timeout)
             raise StoreUnavailable("The session store is not answering; try again shortly") from exc
@@ -311,7 +324,10 @@ class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUs
         """The session's title and its index entry's, the call's counts in the same update.
         A generated title (``only_if_unset``) is a conditional create of the title node, so
         it never overwrites a rename."""
-        record = await self._run(lambda: self._set_title(session_id, title, only_if_unset, usage))
+        record = await self._run(
+            lambda: self._set_title(session_id, title, only_if_unset, usage),
+            background=only_if_unset,
+        )
         if record is None and usage is not None:  # no session: the user's day only
             await self._count_call(session_id, usage, on_session=False)
         return record

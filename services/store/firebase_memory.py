@@ -29,7 +29,7 @@ class FirebaseMemory:
     """Mixed into ``FirebaseStore``: needs its ``_ref``, ``_run`` and ``_count_call``."""
 
     _ref: Callable[[str], db.Reference]
-    _run: Callable[[Callable[[], Any]], Coroutine[Any, Any, Any]]
+    _run: Callable[..., Coroutine[Any, Any, Any]]
     _count_call: Callable[..., Coroutine[Any, Any, None]]
 
     def _init_memory(self, cached_sessions: int) -> None:
@@ -51,7 +51,7 @@ class FirebaseMemory:
         write here, or read), then the call's counts in one update (``add_usage``'s: an
         update the database refused raises, one whose outcome is unknown is only logged)."""
         written, exists = await self._run(
-            lambda: self._write_memory(session_id, text, seq, expected_seq, at)
+            lambda: self._write_memory(session_id, text, seq, expected_seq, at), background=True
         )
         if usage is not None:
             await self._count_call(session_id, usage, on_session=exists)

@@ -30,7 +30,7 @@ class FirebaseUsage:
     """Mixed into ``FirebaseStore``: needs its ``_ref`` and ``_run``."""
 
     _ref: Callable[[str], db.Reference]
-    _run: Callable[[Callable[[], Any]], Coroutine[Any, Any, Any]]
+    _run: Callable[..., Coroutine[Any, Any, Any]]
 
     async def add_usage(
         self,
@@ -56,7 +56,7 @@ class FirebaseUsage:
         if not on_session:
             updates = {k: v for k, v in updates.items() if not k.startswith("userSessions/")}
         try:
-            await self._run(lambda: self._ref("/").update(updates))
+            await self._run(lambda: self._ref("/").update(updates), background=True)
         except StoreUnavailable as error:
             cause = error.__cause__
             if isinstance(cause, Exception) and refused(cause):  # nothing was applied

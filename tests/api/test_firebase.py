@@ -345,3 +345,29 @@ async def test_a_memory_fold_is_two_requests_once_its_etag_is_known(
         assert rtdb.get_data(ns, "/userUsage/alice/2026-01-01")["calls"] == 5
     finally:
         await store.close()
+
+
+async def test_a_turn_never_waits_behind_a_titles_store_requests(
+    make_settings: SettingsFactory, clock: FakeClock, rtdb: RTDBServer
+) -> None:
+    settings = make_settings(session_titles=True, store_threads=1, store_timeout_seconds=5)
+    async with running_app(settings, clock) as chat:
+        ns = namespace_of(chat)
+        session_id = await chat.create_session("pirate")
+        held = threading.Event()
+        title = rtdb.faults.add(
+            gate=held, times=None, namespace=ns, path_prefix=f"/userSessions/{session_id}/title"
+        )
+        try:
+            assert (await chat.send(session_id, "ahoy")).status_code == 200
+            await until(lambda: title.hits == 1, "the title's store request")
+            # The title holds its store thread; the next turn has threads of its own, so it is
+            # stored while the title's first request is still held (not after it timed out).
+            reply = await chat.send(session_id, "and again")
+            assert reply.status_code == 200 and reply.json()["message_count"] == 2
+            assert title.hits == 1, "the turn waited for the title's request to time out"
+        finally:
+            held.set()
+        await until(lambda: chat.services.titles.pending == 0, "the title")
+        stored = await chat.services.store.get_session(session_id)
+        assert stored is not None and stored.title is not None
