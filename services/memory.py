@@ -11,9 +11,10 @@ where the stored one still covers what this fold started from (``Store.set_memor
 reload or another instance never folds the same messages again. A failed or empty answer keeps
 the previous memory (the error's text never becomes memory) and is retried a few times, then
 again after the next turn. Each answered call counts as a background call of the session's user
-(``services.usage.BackgroundCalls``). A fold reads at most ``FOLD_MAX_MESSAGES`` messages of at most
-``FOLD_MESSAGE_CHARS`` each, so the summarizer's own prompt stays bounded however far behind
-it is; a longer backlog is folded in several calls.
+(``services.usage.BackgroundCalls``), added by the memory's own write (one per fold). A fold
+reads at most ``FOLD_MAX_MESSAGES`` messages of at most ``FOLD_MESSAGE_CHARS`` each, so the
+summarizer's own prompt stays bounded however far behind it is; a longer backlog is folded in
+several calls.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from services.background import Tasks
 from services.cache import ActiveSession
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
-from services.models import Clock, SessionRecord, StoredMessage, background_sampling, isoformat
+from services.models import (
+    CallUsage,
+    Clock,
+    SessionRecord,
+    StoredMessage,
+    background_sampling,
+    isoformat,
+)
 from services.prompt import MessageCounter
 from services.store.base import Store
 from services.usage import BackgroundCalls
@@ -112,22 +120,39 @@ class Memory:
                 if not messages:
                     return False
                 upto = min(upto, messages[-1].seq + 1)
-                text = await self._summarize(record, messages)
-                written = await self._store.set_memory(
-                    sid, text, seq=upto, expected_seq=since, at=isoformat(self._clock())
-                )
+                text = await self._store_fold(record, messages, since=since, upto=upto)
             except (ChatifyError, EmptyMemory) as error:
                 logger.warning(
                     "memory of session %s failed (attempt %d): %s", sid, attempt, error.code
                 )
                 continue
-            if written:
+            if text is not None:
                 record.summary, record.summary_seq = text, upto
                 logger.info("session %s: memory now covers seq < %d", sid, upto)
                 return True
             return await self._adopt(record)
         logger.warning("session %s: memory not updated, %d attempts failed", sid, attempt)
         return False
+
+    async def _store_fold(
+        self, record: SessionRecord, messages: Sequence[StoredMessage], *, since: int, upto: int
+    ) -> str | None:
+        """Summarize, then store the memory and the call's counts in one write: the memory,
+        or None when another fold got there first. A call whose counts that write cannot
+        carry (an empty answer, a failed write) is counted on its own."""
+        text, spent = await self._summarize(record, messages)
+        try:
+            if not text:
+                raise EmptyMemory("The model answered an empty memory")
+            written = await self._store.set_memory(
+                record.session_id, text, seq=upto, expected_seq=since,
+                at=isoformat(self._clock()), usage=spent,
+            )  # fmt: skip
+        except (ChatifyError, EmptyMemory):
+            if spent is not None and self._calls is not None:
+                self._calls.add(record.session_id, spent, "memory")
+            raise
+        return text if written else None
 
     async def _adopt(self, record: SessionRecord) -> bool:
         """Another instance folded first: take its memory."""
@@ -152,18 +177,17 @@ class Memory:
             chosen.pop()  # a fold ends after a reply: a turn is never split across it
         return chosen
 
-    async def _summarize(self, record: SessionRecord, messages: Sequence[StoredMessage]) -> str:
+    async def _summarize(
+        self, record: SessionRecord, messages: Sequence[StoredMessage]
+    ) -> tuple[str, CallUsage | None]:
+        """The updated memory (empty: nothing usable), and the call's counts to store."""
         lines = [f"{m.role.capitalize()}: {_clip(m.content, FOLD_MESSAGE_CHARS)}" for m in messages]
         self.calls += 1
         if getattr(self._llm, "provider", "") == "offline":  # no model: plain notes instead
-            text = plain_memory(record.summary, lines)
-        else:
-            text = await self._ask(record, lines)
-        if not text:
-            raise EmptyMemory("The model answered an empty memory")
-        return text
+            return plain_memory(record.summary, lines), None
+        return await self._ask(record, lines)
 
-    async def _ask(self, record: SessionRecord, lines: list[str]) -> str:
+    async def _ask(self, record: SessionRecord, lines: list[str]) -> tuple[str, CallUsage | None]:
         joined = "\n".join(lines)
         prompt: list[ChatMessage] = [
             {"role": "system", "content": INSTRUCTIONS.format(words=self._max_tokens * 3 // 4)},
@@ -175,9 +199,9 @@ class Memory:
         ]
         sampling = background_sampling(record.sampling, self._model, 0.2, self._max_tokens)
         completion = await self._llm.complete(prompt, sampling)
-        if self._calls is not None:  # spent, whatever the answer is worth
-            self._calls.count(record, completion, "memory")
-        return completion.content.strip()
+        # Spent, whatever the answer is worth: the meter is told now, the store by the write.
+        spent = self._calls.spent(record, completion) if self._calls is not None else None
+        return completion.content.strip(), spent
 
 
 class EmptyMemory(Exception):

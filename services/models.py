@@ -160,6 +160,18 @@ class Usage:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CallUsage:
+    """An answered background call's counts (a title, a memory), for the write that stores
+    its result to add: its tokens and one call, on the user's UTC day of ``at`` and on the
+    session, and on ``target``'s share of both."""
+
+    user_id: str
+    usage: Usage
+    at: str
+    target: Target | None = None
+
+
 @dataclass(slots=True)
 class SessionRecord:
     """A session's metadata as stored (its history lives beside it)."""

@@ -8,7 +8,8 @@ session has none, so a user's rename always wins. The offline responder has no m
 its title is the first words of the user's message.
 
 Each answered call's tokens count as one background call of the session's user
-(``services.usage.BackgroundCalls``), never holding up or failing the title.
+(``services.usage.BackgroundCalls``), added by the title's own write, never holding up or
+failing the title.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from services.background import Tasks
 from services.bus import SessionBus, SessionEvent
 from services.errors import ChatifyError
 from services.llm import ChatMessage, LLMClient
-from services.models import SessionRecord, StoredTurn, background_sampling
+from services.models import CallUsage, SessionRecord, StoredTurn, background_sampling
 from services.store.base import Store
 from services.usage import BackgroundCalls
 
@@ -74,8 +75,7 @@ class Titles:
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
             await asyncio.sleep(delay)
             try:
-                title = await self._ask(record, stored)
-                named = await self._store.set_title(sid, title, only_if_unset=True)
+                named = await self._name_once(record, stored)
             except (ChatifyError, EmptyTitle) as error:
                 logger.warning(
                     "naming session %s failed (attempt %d): %s", sid, attempt, error.code
@@ -89,26 +89,38 @@ class Titles:
             return
         logger.warning("session %s keeps no title: naming failed %d times", sid, attempt)
 
-    async def _ask(self, record: SessionRecord, stored: StoredTurn) -> str:
+    async def _name_once(self, record: SessionRecord, stored: StoredTurn) -> SessionRecord | None:
+        """Ask for a title and store it with the call's counts in one write; a call whose
+        counts that write cannot carry (no title, a failed write) is counted on its own."""
+        title, spent = await self._ask(record, stored)
+        try:
+            if not title:
+                raise EmptyTitle("The model answered no title")
+            return await self._store.set_title(
+                record.session_id, title, only_if_unset=True, usage=spent
+            )
+        except (ChatifyError, EmptyTitle):
+            if spent is not None and self._calls is not None:
+                self._calls.add(record.session_id, spent, "title")
+            raise
+
+    async def _ask(self, record: SessionRecord, stored: StoredTurn) -> tuple[str, CallUsage | None]:
+        """The title (empty: nothing usable), and the call's counts to store."""
         if getattr(self._llm, "provider", "") == "offline":
-            title = clean_title(" ".join(stored.user.content.split()[:_TITLE_WORDS]))
-        else:
-            messages: list[ChatMessage] = [
-                {"role": "system", "content": _INSTRUCTIONS},
-                {
-                    "role": "user",
-                    "content": f"User: {stored.user.content[:_EXCERPT_CHARS]}\n"
-                    f"Assistant: {stored.assistant.content[:_EXCERPT_CHARS]}",
-                },
-            ]
-            sampling = background_sampling(record.sampling, self._model, 0.3, 24)
-            completion = await self._llm.complete(messages, sampling)
-            if self._calls is not None:
-                self._calls.count(record, completion, "title")
-            title = clean_title(completion.content)
-        if not title:
-            raise EmptyTitle("The model answered no title")
-        return title
+            return clean_title(" ".join(stored.user.content.split()[:_TITLE_WORDS])), None
+        messages: list[ChatMessage] = [
+            {"role": "system", "content": _INSTRUCTIONS},
+            {
+                "role": "user",
+                "content": f"User: {stored.user.content[:_EXCERPT_CHARS]}\n"
+                f"Assistant: {stored.assistant.content[:_EXCERPT_CHARS]}",
+            },
+        ]
+        sampling = background_sampling(record.sampling, self._model, 0.3, 24)
+        completion = await self._llm.complete(messages, sampling)
+        # Spent, whatever the answer is worth: the meter is told now, the store by the write.
+        spent = self._calls.spent(record, completion) if self._calls is not None else None
+        return clean_title(completion.content), spent
 
 
 class EmptyTitle(Exception):

@@ -1,9 +1,10 @@
 """Usage: what a user spends per UTC day, and what the usage endpoint reports.
 
 The store keeps the counts. A turn's usage is added by the turn's own atomic write; a
-background call's (a session title, a memory summary) by ``Store.add_usage``. Those that need
-to know at once in this process (the daily token quota, ``services/quotas.py``) are told
-through a ``UsageMeter``.
+background call's (a session title, a memory summary) by the write that stores its result
+(``Store.set_title``, ``Store.set_memory``), or by ``Store.add_usage`` when there is none.
+Those that need to know at once in this process (the daily token quota,
+``services/quotas.py``) are told through a ``UsageMeter``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol
 from services.background import Tasks
 from services.errors import ChatifyError
 from services.llm import Completion
-from services.models import Clock, DayUsage, SessionRecord, Usage, isoformat
+from services.models import CallUsage, Clock, DayUsage, SessionRecord, Usage, isoformat
 from services.store.base import Store
 
 logger = logging.getLogger(__name__)
@@ -95,9 +96,10 @@ class UsageService:
 
 class BackgroundCalls:
     """Counts the answered background calls of sessions (titles, memories) as their user's:
-    at once against this process's quota (``UsageMeter``), and in the store by
-    ``Store.add_usage`` in a task of its own, retried, never holding up or failing the caller.
-    A count that keeps failing is logged and dropped."""
+    at once against this process's quota (``UsageMeter``), and in the store by the write that
+    stores the call's result (``spent``), or by ``Store.add_usage`` in a task of its own,
+    retried, never holding up or failing the caller (``add``). A count that keeps failing is
+    logged and dropped."""
 
     def __init__(self, *, store: Store, clock: Clock, meter: UsageMeter | None = None) -> None:
         self._store = store
@@ -110,24 +112,31 @@ class BackgroundCalls:
         """Counts not yet written."""
         return len(self._tasks)
 
-    def count(self, record: SessionRecord, completion: Completion, what: str) -> None:
-        """Count one answered call (its tokens are spent, whatever its answer was worth),
-        under the provider and model that answered it."""
+    def spent(self, record: SessionRecord, completion: Completion) -> CallUsage:
+        """Tell the meter of one answered call at once (its tokens are spent, whatever its
+        answer was worth), and return its counts, under the provider and model that answered
+        it, for the write that stores the call's result to add (``usage``); a caller whose
+        write does not add them hands them to ``add``."""
         at = isoformat(self._clock())
         if self._meter is not None:
             self._meter.spent(record.user_id, completion.usage, at=at)
-        self._tasks.start(self._add(record, completion, at, what))
+        return CallUsage(record.user_id, completion.usage, at, completion.served_by)
+
+    def add(self, session_id: str, call: CallUsage, what: str) -> None:
+        """Write a call's counts with ``Store.add_usage``, in a task of its own, retried."""
+        self._tasks.start(self._add(session_id, call, what))
 
     async def close(self) -> None:
         """Stop (at shutdown): counts still being written are dropped."""
         await self._tasks.close()
 
-    async def _add(self, record: SessionRecord, completion: Completion, at: str, what: str) -> None:
-        sid, usage, target = record.session_id, completion.usage, completion.served_by
+    async def _add(self, sid: str, call: CallUsage, what: str) -> None:
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
             await asyncio.sleep(delay)
             try:
-                await self._store.add_usage(record.user_id, sid, usage, at=at, target=target)
+                await self._store.add_usage(
+                    call.user_id, sid, call.usage, at=call.at, target=call.target
+                )
             except ChatifyError as error:
                 logger.warning(
                     "counting the %s call of session %s failed (attempt %d): %s",

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from services.models import (
+    CallUsage,
     DayUsage,
     NewTurn,
     SeedReport,
@@ -110,18 +111,41 @@ class Store(Protocol):
         only those below ``before``; each with its ``title`` and last message's ``preview``."""
 
     async def set_title(
-        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+        self,
+        session_id: str,
+        title: str | None,
+        *,
+        only_if_unset: bool = False,
+        usage: CallUsage | None = None,
     ) -> SessionRecord | None:
         """Rename a session (None clears the title); with ``only_if_unset``, only when it has
         none (a generated title never overwrites a user's). The session after, or None when
-        there is no such session."""
+        there is no such session.
+
+        ``usage``, a title call's counts, is added by the same write, as ``set_memory`` adds
+        a summary's (whatever became of the title), and raises as it does."""
 
     async def set_memory(
-        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
+        self,
+        session_id: str,
+        text: str,
+        *,
+        seq: int,
+        expected_seq: int,
+        at: str,
+        usage: CallUsage | None = None,
     ) -> bool:
         """Store a session's memory covering every message below ``seq``, only where the
         stored memory still covers up to ``expected_seq`` (another instance may have folded
-        meanwhile) and the session still exists. Whether it was written."""
+        meanwhile) and the session still exists. Whether it was written.
+
+        ``usage``, the summary call's counts, is added with it (as ``add_usage`` would)
+        whether or not the memory is written, as its tokens were spent either way; when the
+        session is gone, on the user's day only. SQLite adds both in one transaction;
+        Firebase, which has no conditional multi-path write, sends the counts' update right
+        after the conditional write. Raises ``StoreUnavailable`` only when the counts were
+        not added, so the caller may count the call another way without counting it twice
+        (the memory may have been written: a retry then finds it)."""
 
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """Erase sessions of a user with every message (all of them when ``session_ids`` is

@@ -8,7 +8,7 @@ Layout (docs/data.md), with the small helper nodes the service owns:
         next_seq: {"next": n, "by": token, "ids", "since"}   compare-and-set node for seqs and
                   {"closed": "ended" | "expired"}      recent ids (seq_node.py); once over
         conversation_client_ids/{client_message_id}: seq   idempotency pointer
-        memory: {"text", "seq", "at"}                  the rolling memory (written conditionally)
+        memory: {"text", "seq", "at"}                  the rolling memory (firebase_memory.py)
     /userSessionIndex/{user}/{sid}                     summary, for a user's session list
     /sessionActivity/{sid}: last_activity              active sessions only, for expiry
 
@@ -44,6 +44,7 @@ from urllib3.util import retry
 
 from services.errors import StoreUnavailable
 from services.models import (
+    CallUsage,
     Sampling,
     SeedReport,
     SessionCursor,
@@ -53,9 +54,10 @@ from services.models import (
 )
 from services.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
-from services.store.firebase_turns import FirebaseTurns, messages_of, short
+from services.store.firebase_memory import FirebaseMemory
+from services.store.firebase_turns import FirebaseTurns, messages_of, refused, short
 from services.store.firebase_usage import FirebaseUsage
-from services.store.firebase_usage_nodes import SESSION_SHARES, totals_of
+from services.store.firebase_usage_nodes import SESSION_SHARES, totals_of, usage_updates
 from services.store.rtdb_keys import encode_key, message_key
 from services.store.seq_node import created_node
 
@@ -69,7 +71,7 @@ _SUMMARY_FIELDS = (
 _META_RANGES = ((None, "context_tokens"), ("conversation_history0", None))
 
 
-class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
+class FirebaseStore(FirebaseTurns, FirebaseMemory, FirebaseDocuments, FirebaseUsage):
     """``Store`` on a Firebase Realtime Database."""
 
     name = "firebase"
@@ -77,10 +79,14 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._threads = settings.store_threads
+        self._background_threads = max(1, settings.store_threads // 2)
         self._timeout = settings.store_timeout_seconds
         self._app: firebase_admin.App | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Titles, memories and their counts: several requests each, never ahead of a turn's.
+        self._background: ThreadPoolExecutor | None = None
         self._init_turns(settings.session_cache_max)
+        self._init_memory(settings.session_cache_max)
         self._refs: LRUCache[str, db.Reference] = LRUCache(1024)
         self._refs_lock = threading.Lock()
         self._templates: tuple[Any, str] | None = None
@@ -100,6 +106,9 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
             name=f"chatify-{uuid.uuid4()}",
         )
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="firebase-store")
+        self._background = ThreadPoolExecutor(
+            self._background_threads, thread_name_prefix="firebase-background"
+        )
         await self._run(self._configure_http)
 
     def _configure_http(self) -> None:
@@ -117,7 +126,9 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
             raise_on_status=False,
         )
         adapter = requests.adapters.HTTPAdapter(
-            max_retries=policy, pool_connections=1, pool_maxsize=self._threads
+            max_retries=policy,
+            pool_connections=1,
+            pool_maxsize=self._threads + self._background_threads,  # one per thread
         )
         client = self._ref("/")._client
         session = client.session
@@ -133,9 +144,10 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
 
     async def close(self) -> None:
         """Stop the pool and delete the firebase-admin app."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for pool in (self._executor, self._background):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._executor = self._background = None
         if self._app is not None:
             firebase_admin.delete_app(self._app)
             self._app = None
@@ -154,13 +166,17 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
                 self._refs[path] = ref
         return ref
 
-    async def _run(self, work: Callable[[], T]) -> T:
-        if self._executor is None:
+    async def _run(self, work: Callable[[], T], *, background: bool = False) -> T:
+        """``work`` on a pool thread, bounded by the store timeout. Background work (titles,
+        memories, their counts) has a pool of its own, so a turn's claim and write never wait
+        behind a title's several requests."""
+        pool = self._background if background else self._executor
+        if pool is None:
             raise StoreUnavailable("The session store is not open")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout):
-                return await loop.run_in_executor(self._executor, work)
+                return await loop.run_in_executor(pool, work)
         except TimeoutError as exc:
             logger.error("firebase store call exceeded %.1f s", self._timeout)
             raise StoreUnavailable("The session store is not answering; try again shortly") from exc
@@ -298,14 +314,26 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
         return dict(entries), len(entries) < want
 
     async def set_title(
-        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+        self,
+        session_id: str,
+        title: str | None,
+        *,
+        only_if_unset: bool = False,
+        usage: CallUsage | None = None,
     ) -> SessionRecord | None:
-        """The session's title and its index entry's. A generated title (``only_if_unset``)
-        is a conditional create of the title node, so it never overwrites a rename."""
-        return await self._run(lambda: self._set_title(session_id, title, only_if_unset))
+        """The session's title and its index entry's, the call's counts in the same update.
+        A generated title (``only_if_unset``) is a conditional create of the title node, so
+        it never overwrites a rename."""
+        record = await self._run(
+            lambda: self._set_title(session_id, title, only_if_unset, usage),
+            background=only_if_unset,
+        )
+        if record is None and usage is not None:  # no session: the user's day only
+            await self._count_call(session_id, usage, on_session=False)
+        return record
 
     def _set_title(
-        self, session_id: str, title: str | None, only_if_unset: bool
+        self, session_id: str, title: str | None, only_if_unset: bool, usage: CallUsage | None
     ) -> SessionRecord | None:
         record = self._read_session(session_id)
         if record is None:
@@ -320,29 +348,29 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
                     False, current, etag)  # fmt: skip
                 record.title = title if ok else current
             # Also heals an index entry a failed earlier attempt left without the title.
-            self._ref("/").update({f"{index}/title": record.title})
-            return record
-        self._ref("/").update({f"{base}/title": title, f"{index}/title": title})
-        record.title = title
+            updates = {f"{index}/title": record.title}
+        else:
+            updates = {f"{base}/title": title, f"{index}/title": title}
+            record.title = title
+        if usage is not None:
+            updates.update(
+                usage_updates(
+                    usage.user_id, session_id, usage.usage, at=usage.at, calls=1,
+                    target=usage.target,
+                )
+            )  # fmt: skip
+        self._update_counted(updates, session_id, counted=usage is not None)
         return record
 
-    async def set_memory(
-        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
-    ) -> bool:
-        """A conditional write of the session's ``memory`` node (its ETag), after checking
-        that the session is still there (a write would otherwise recreate an erased one)."""
-        return await self._run(lambda: self._set_memory(session_id, text, seq, expected_seq, at))
-
-    def _set_memory(self, session_id: str, text: str, seq: int, expected_seq: int, at: str) -> bool:
-        if self._ref(f"userSessions/{session_id}/user_id").get() is None:
-            return False
-        ref = self._ref(f"userSessions/{session_id}/memory")
-        current, etag = ref.get(etag=True)
-        stored_seq = int(current.get("seq") or 0) if isinstance(current, dict) else 0
-        if stored_seq != expected_seq:
-            return False
-        ok, _, _ = ref.set_if_unchanged(etag, {"text": text, "seq": seq, "at": at})
-        return bool(ok)
+    def _update_counted(self, updates: dict[str, Any], session_id: str, *, counted: bool) -> None:
+        """One multi-path update. One that carries counts is never repeated: when its outcome
+        is unknown (it may have landed), it is logged and not raised."""
+        try:
+            self._ref("/").update(updates)
+        except (firebase_errors.FirebaseError, requests.RequestException) as exc:
+            if not counted or refused(exc):
+                raise
+            logger.warning("an update of session %s may not have landed; not repeated", session_id)
 
     async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
         """The sessions' nodes, index entries and activity in one multi-path update."""
@@ -362,6 +390,7 @@ class FirebaseStore(FirebaseTurns, FirebaseDocuments, FirebaseUsage):
         self._ref("/").update(updates)
         for sid in targets:
             self._slot(sid, pop=True)
+            self._remember(sid, None)
         return len(targets)
 
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from firebase_admin import db
 
 from services.errors import StoreUnavailable
-from services.models import DayUsage, Usage
+from services.models import CallUsage, DayUsage, Usage
 from services.provider_config import Target
 from services.store.firebase_turns import refused
 from services.store.firebase_usage_nodes import DAY_SHARES, day_of_node, usage_updates
@@ -30,7 +30,7 @@ class FirebaseUsage:
     """Mixed into ``FirebaseStore``: needs its ``_ref`` and ``_run``."""
 
     _ref: Callable[[str], db.Reference]
-    _run: Callable[[Callable[[], Any]], Coroutine[Any, Any, Any]]
+    _run: Callable[..., Coroutine[Any, Any, Any]]
 
     async def add_usage(
         self,
@@ -43,9 +43,20 @@ class FirebaseUsage:
     ) -> None:
         """One multi-path update of increments: the tokens and one call (and ``target``'s
         share of them)."""
-        updates = usage_updates(user_id, session_id, usage, at=at, calls=1, target=target)
+        await self._count_call(session_id, CallUsage(user_id, usage, at, target))
+
+    async def _count_call(
+        self, session_id: str, call: CallUsage, *, on_session: bool = True
+    ) -> None:
+        """``add_usage``'s update; with ``on_session`` False (the session is gone), on the
+        user's day only, so no count recreates an erased session's node."""
+        updates = usage_updates(
+            call.user_id, session_id, call.usage, at=call.at, calls=1, target=call.target
+        )
+        if not on_session:
+            updates = {k: v for k, v in updates.items() if not k.startswith("userSessions/")}
         try:
-            await self._run(lambda: self._ref("/").update(updates))
+            await self._run(lambda: self._ref("/").update(updates), background=True)
         except StoreUnavailable as error:
             cause = error.__cause__
             if isinstance(cause, Exception) and refused(cause):  # nothing was applied

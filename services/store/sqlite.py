@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
 from services.models import (
+    CallUsage,
     DayUsage,
     ModelUsage,
     NewTurn,
@@ -430,9 +431,17 @@ class SQLiteStore:
         return [_session(row) for row in rows]
 
     async def set_memory(
-        self, session_id: str, text: str, *, seq: int, expected_seq: int, at: str
+        self,
+        session_id: str,
+        text: str,
+        *,
+        seq: int,
+        expected_seq: int,
+        at: str,
+        usage: CallUsage | None = None,
     ) -> bool:
-        """One conditional update of the session row."""
+        """One conditional update of the session row, and the call's counts, in one
+        transaction (one commit, so one fsync, per fold)."""
 
         def update(conn: sqlite3.Connection) -> bool:
             with self._write(conn):
@@ -441,20 +450,29 @@ class SQLiteStore:
                     "WHERE session_id = ? AND summary_seq = ?",
                     (text, seq, session_id, expected_seq),
                 )
+                if usage is not None:
+                    _add_call(conn, session_id, usage)
             return cursor.rowcount == 1
 
         return await self._run(update)
 
     async def set_title(
-        self, session_id: str, title: str | None, *, only_if_unset: bool = False
+        self,
+        session_id: str,
+        title: str | None,
+        *,
+        only_if_unset: bool = False,
+        usage: CallUsage | None = None,
     ) -> SessionRecord | None:
-        """One conditional update."""
+        """One conditional update, and the call's counts, in one transaction."""
 
         def rename(conn: sqlite3.Connection) -> sqlite3.Row | None:
             with self._write(conn):
                 sql = "UPDATE sessions SET title = ? WHERE session_id = ?"
                 conn.execute(sql + (" AND title IS NULL" if only_if_unset else ""),
                              (title, session_id))  # fmt: skip
+                if usage is not None:
+                    _add_call(conn, session_id, usage)
                 found: sqlite3.Row | None = conn.execute(
                     f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
                 ).fetchone()
@@ -656,10 +674,7 @@ class SQLiteStore:
 
         def add(conn: sqlite3.Connection) -> None:
             with self._write(conn):
-                sqlite_usage.add(
-                    conn, user_id=user_id, session_id=session_id, usage=usage, at=at, calls=1,
-                    target=target,
-                )  # fmt: skip
+                _add_call(conn, session_id, CallUsage(user_id, usage, at, target))
 
         await self._run(add)
 
@@ -671,6 +686,14 @@ class SQLiteStore:
         return await self._run(
             lambda conn: sqlite_usage.load(conn, user_id, since_day, until_day, by_model=by_model)
         )
+
+
+def _add_call(conn: sqlite3.Connection, session_id: str, call: CallUsage) -> None:
+    """A background call's tokens and one call, inside the caller's transaction."""
+    sqlite_usage.add(
+        conn, user_id=call.user_id, session_id=session_id, usage=call.usage, at=call.at,
+        calls=1, target=call.target,
+    )  # fmt: skip
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
+from services.models import CallUsage, Sampling, SessionRecord, Usage
+from services.store import build_store
 from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 from tests.support.rtdb_server import RecordedRequest, RTDBServer
 
 pytestmark = pytest.mark.parametrize("backend", ["firebase-test-server"])
 API = "/api/v1/chatbot"
+T0 = "2026-01-01T12:00:00.000Z"
 
 
 def namespace_of(chat: RunningApp) -> str:
@@ -307,3 +310,64 @@ async def test_a_held_session_replays_an_id_another_instance_stored(
         assert len(pointer_reads) == (0 if turns_elsewhere < 16 else 1)
         stored = rtdb.get_data(ns, f"/userSessions/{session_id}")
         assert stored["message_count"] == 1 + turns_elsewhere
+
+
+async def test_a_memory_fold_is_two_requests_once_its_etag_is_known(
+    make_settings: SettingsFactory, rtdb: RTDBServer
+) -> None:
+    settings = make_settings()
+    ns = (settings.firebase_database_url or "").split("ns=")[1]
+    store = build_store(settings)
+    await store.open()
+    try:
+        session = SessionRecord(
+            "s-1", "alice", "pirate", "active", T0, T0, None, 0, "", Sampling("m", 0, 9, 0, 0), 4
+        )
+        await store.create_session(session)
+        call = CallUsage("alice", Usage(40, 6, 46), T0, ("default", "m"))
+        sent = []
+        for since in range(0, 8, 2):
+            rtdb.clear_requests()
+            assert await store.set_memory(
+                "s-1", f"- {since}", seq=since + 2, expected_seq=since, at=T0, usage=call
+            )
+            sent.append([(r.method, r.path) for r in rtdb.requests if r.namespace == ns])
+        # The first reads the memory's ETag and checks the session is there; then the cached
+        # ETag does both: a conditional write, and the update that counts the call.
+        assert [len(requests) for requests in sent] == [4, 2, 2, 2], sent[0]
+        assert sent[3] == [("PUT", "/userSessions/s-1/memory"), ("PATCH", "/")]
+
+        rtdb.set_data(ns, "/userSessions/s-1", None)  # erased by another instance
+        assert not await store.set_memory(
+            "s-1", "- late", seq=10, expected_seq=8, at=T0, usage=call
+        )
+        assert rtdb.get_data(ns, "/userSessions/s-1") is None, "an erased session came back"
+        assert rtdb.get_data(ns, "/userUsage/alice/2026-01-01")["calls"] == 5
+    finally:
+        await store.close()
+
+
+async def test_a_turn_never_waits_behind_a_titles_store_requests(
+    make_settings: SettingsFactory, clock: FakeClock, rtdb: RTDBServer
+) -> None:
+    settings = make_settings(session_titles=True, store_threads=1, store_timeout_seconds=5)
+    async with running_app(settings, clock) as chat:
+        ns = namespace_of(chat)
+        session_id = await chat.create_session("pirate")
+        held = threading.Event()
+        title = rtdb.faults.add(
+            gate=held, times=None, namespace=ns, path_prefix=f"/userSessions/{session_id}/title"
+        )
+        try:
+            assert (await chat.send(session_id, "ahoy")).status_code == 200
+            await until(lambda: title.hits == 1, "the title's store request")
+            # The title holds its store thread; the next turn has threads of its own, so it is
+            # stored while the title's first request is still held (not after it timed out).
+            reply = await chat.send(session_id, "and again")
+            assert reply.status_code == 200 and reply.json()["message_count"] == 2
+            assert title.hits == 1, "the turn waited for the title's request to time out"
+        finally:
+            held.set()
+        await until(lambda: chat.services.titles.pending == 0, "the title")
+        stored = await chat.services.store.get_session(session_id)
+        assert stored is not None and stored.title is not None

@@ -12,6 +12,7 @@ import pytest
 
 from services.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
 from services.models import (
+    CallUsage,
     DayUsage,
     ModelCounts,
     ModelUsage,
@@ -448,6 +449,103 @@ async def test_erasing_a_session_erases_its_shares_and_keeps_the_users_days(stor
     await store.create_session(session)
     record = await store.get_session(sid)
     assert record is not None and (record.usage_totals is None or not record.usage_totals.by_model)
+
+
+async def test_a_memory_and_its_calls_counts_are_one_write(store: Store) -> None:
+    session = make_session("alice")
+    await store.create_session(session)
+    sid = session.session_id
+    call = CallUsage("alice", Usage(40, 6, 46), T0, MAIN)
+    assert await store.set_memory(sid, "- one", seq=2, expected_seq=0, at=T0, usage=call)
+    # A fold that started from an older memory writes none, but its call was spent: counted.
+    assert not await store.set_memory(sid, "- old", seq=2, expected_seq=0, at=T0, usage=call)
+    assert await store.set_memory(sid, "- two", seq=4, expected_seq=2, at=T0, usage=call)
+    assert await store.set_memory(sid, "- three", seq=6, expected_seq=4, at=T0)  # no usage
+
+    record = await store.get_session(sid)
+    assert record is not None and (record.summary, record.summary_seq) == ("- three", 6)
+    assert record.usage_totals == UsageTotals(
+        120, 18, 0, 3, by_model=(ModelUsage(*MAIN, 120, 18, 0, 3),)
+    )
+    (day,) = await store.load_usage(
+        "alice", since_day="2026-01-01", until_day="2026-01-01", by_model=True
+    )
+    assert day == DayUsage(
+        "2026-01-01", 120, 18, 0, 3, by_model=(ModelUsage(*MAIN, 120, 18, 0, 3),)
+    )
+
+
+async def test_a_memory_never_overwrites_a_newer_one_another_instance_wrote(
+    store: Store, make_settings: SettingsFactory
+) -> None:
+    session = make_session("alice")
+    await store.create_session(session)
+    sid = session.session_id
+    assert await store.set_memory(sid, "- mine", seq=2, expected_seq=0, at=T0)
+    other = build_store(make_settings())
+    await other.open()
+    try:
+        assert await other.set_memory(sid, "- theirs", seq=4, expected_seq=2, at=T0)
+    finally:
+        await other.close()
+    assert not await store.set_memory(sid, "- mine, later", seq=4, expected_seq=2, at=T0)
+    record = await store.get_session(sid)
+    assert record is not None and (record.summary, record.summary_seq) == ("- theirs", 4)
+    assert await store.set_memory(sid, "- mine again", seq=6, expected_seq=4, at=T0)
+    record = await store.get_session(sid)
+    assert record is not None and (record.summary, record.summary_seq) == ("- mine again", 6)
+
+
+async def test_a_memory_of_an_erased_session_is_not_written_and_counts_on_the_day_only(
+    store: Store, make_settings: SettingsFactory
+) -> None:
+    folded, fresh = make_session("alice"), make_session("alice")
+    for session in (folded, fresh):
+        await store.create_session(session)
+    assert await store.set_memory(folded.session_id, "- one", seq=2, expected_seq=0, at=T0)
+    other = build_store(make_settings())  # erased by another instance: nothing here knows
+    await other.open()
+    try:
+        assert await other.delete_sessions("alice") == 2
+    finally:
+        await other.close()
+    call = CallUsage("alice", Usage(4, 1, 5), T0, MAIN)
+    for session, since in ((folded, 2), (fresh, 0)):
+        sid = session.session_id
+        assert not await store.set_memory(
+            sid, "- late", seq=4, expected_seq=since, at=T0, usage=call
+        )
+        assert await store.get_session(sid) is None
+    (day,) = await store.load_usage(
+        "alice", since_day="2026-01-01", until_day="2026-01-01", by_model=True
+    )
+    assert day == DayUsage("2026-01-01", 8, 2, 0, 2, by_model=(ModelUsage(*MAIN, 8, 2, 0, 2),))
+
+
+async def test_a_title_and_its_calls_counts_are_one_write(store: Store) -> None:
+    session, erased = make_session("alice"), make_session("alice")
+    for each in (session, erased):
+        await store.create_session(each)
+    assert await store.delete_sessions("alice", [erased.session_id]) == 1
+    sid = session.session_id
+    call = CallUsage("alice", Usage(7, 2, 9), T0, MAIN)
+    named = await store.set_title(sid, "Pirates", only_if_unset=True, usage=call)
+    assert named is not None and named.title == "Pirates"
+    # A user's rename won meanwhile: the title stays, the call was spent all the same.
+    kept = await store.set_title(sid, "Other", only_if_unset=True, usage=call)
+    assert kept is not None and kept.title == "Pirates"
+    assert await store.set_title(erased.session_id, "Late", only_if_unset=True, usage=call) is None
+
+    record = await store.get_session(sid)
+    assert record is not None and record.title == "Pirates"
+    assert record.usage_totals == UsageTotals(
+        14, 4, 0, 2, by_model=(ModelUsage(*MAIN, 14, 4, 0, 2),)
+    )
+    (day,) = await store.load_usage(
+        "alice", since_day="2026-01-01", until_day="2026-01-01", by_model=True
+    )
+    assert day == DayUsage("2026-01-01", 21, 6, 0, 3, by_model=(ModelUsage(*MAIN, 21, 6, 0, 3),))
+    assert await store.get_session(erased.session_id) is None
 
 
 async def test_template_stats_add_up_by_route_target(store: Store) -> None:
