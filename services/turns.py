@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -341,9 +342,12 @@ class TurnPipeline:
         if record.context_tokens is not None:
             await self._tokens.prepare(record.sampling.model)
         window = history_window(record, active.context, self._tokens)
-        prompts = [build_prompt(record, window, turn.text)]
+        # The prompt with less history is built only if the provider refuses the full one.
+        prompts: list[Callable[[], list[ChatMessage]]] = [
+            functools.partial(build_prompt, record, window, turn.text)
+        ]
         if (smaller := smaller_window(window)) is not None:
-            prompts.append(build_prompt(record, smaller, turn.text))
+            prompts.append(functools.partial(build_prompt, record, smaller, turn.text))
         claiming = asyncio.create_task(
             self._claim(record, turn.client_message_id, known_below=active.next_seq)
         )
@@ -451,7 +455,7 @@ class TurnPipeline:
     async def _ask_while_claiming(
         self,
         turn: Turn,
-        prompts: list[list[ChatMessage]],
+        prompts: list[Callable[[], list[ChatMessage]]],
         sampling: Sampling,
         claiming: asyncio.Task[TurnClaim | StoredTurn],
         *,
@@ -513,7 +517,7 @@ class TurnPipeline:
 
     async def _ask(
         self,
-        prompts: list[list[ChatMessage]],
+        prompts: list[Callable[[], list[ChatMessage]]],
         sampling: Sampling,
         stream: bool,
         held: _HeldDeltas,
@@ -522,7 +526,8 @@ class TurnPipeline:
         """The reply to the first prompt the provider accepts: one with less history (the
         memory kept) when it refuses the full one as too long. Such a refusal comes before
         any delta, so nothing of the first attempt reached a client."""
-        for attempt, messages in enumerate(prompts, start=1):
+        for attempt, prompt in enumerate(prompts, start=1):
+            messages = prompt()
             try:
                 if sampling.tools and self._tools is not None:
                     completion = await self._tools.run(
