@@ -143,7 +143,7 @@ class OpenAIChat:
     """Chat completions over the OpenAI HTTP API (or a compatible server).
 
     Our own lean client: one pooled aiohttp session, the body serialized once with orjson,
-    the reply parsed with orjson and the stream by ``SSEDecoder`` (docs/llm-client-notes.md
+    the reply parsed with orjson and the stream by ``SSEDecoder`` (docs/performance.md
     has the measurements). Retries and fallback are the router's (services/providers.py).
     Only images go through the OpenAI SDK: they are rare, and its typed reply fits.
     """
