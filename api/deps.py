@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
-from services.admission import Admission, owned
+from api.schemas import SendMessageRequest, checked_message
+from services.admission import Admission, Admitted, owned
 from services.bus import SessionBus
 from services.errors import ChatifyError
 from services.identity import Authenticator, Caller, Credentials
@@ -27,7 +28,7 @@ from services.templates.preview import Previews
 from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
 from services.titles import Titles
-from services.turns import TurnPipeline
+from services.turns import Turn, TurnPipeline
 from services.usage import BackgroundCalls, UsageService
 from services.user_data import UserData
 
@@ -133,3 +134,23 @@ async def valid_session(
 
 
 ValidSessionDep = Annotated[SessionRecord, Depends(valid_session)]
+
+
+async def admit_message(
+    services: Services,
+    caller: Caller,
+    session_id: str,
+    body: SendMessageRequest,
+    *,
+    stream: bool,
+) -> Admitted[tuple[Turn, bool]]:
+    """A turn of the JSON or SSE route admitted and started, or joined by its
+    ``client_message_id``: the turn, and whether it was joined."""
+    cid = body.client_message_id
+    record = await services.admission.session(session_id, caller, client_message_id=cid)
+    text = checked_message(body, services.settings)
+    return await services.admission.admit(
+        record,
+        lambda: services.turns.submit(session_id, text=text, client_message_id=cid, stream=stream),
+        stream=stream,
+    )

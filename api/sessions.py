@@ -15,6 +15,7 @@ from api.deps import (
     SessionIdPath,
     SessionServiceDep,
     ValidSessionDep,
+    admit_message,
 )
 from api.errors import documented
 from api.schemas import (
@@ -31,7 +32,6 @@ from api.schemas import (
     SessionStats,
     SessionSummary,
     SessionUsage,
-    checked_message,
     invalid,
 )
 from services.identity import Caller
@@ -92,14 +92,7 @@ async def answer_message(
 ) -> bytes:
     """One turn through the admission and the pipeline, as the 200 body's JSON (the turn
     lane serves it too, see ``api/lane.py``)."""
-    cid = body.client_message_id
-    record = await services.admission.session(session_id, caller, client_message_id=cid)
-    text = checked_message(body, services.settings)
-    admitted = await services.admission.admit(
-        record,
-        lambda: services.turns.submit(session_id, text=text, client_message_id=cid, stream=False),
-        stream=False,
-    )
+    admitted = await admit_message(services, caller, session_id, body, stream=False)
     turn, joined = admitted.started
     result = await turn.result()
     if joined:

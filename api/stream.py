@@ -10,9 +10,9 @@ from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import CallerDep, Services, ServicesDep, SessionIdPath
+from api.deps import CallerDep, Services, ServicesDep, SessionIdPath, admit_message
 from api.errors import documented
-from api.schemas import MessageResponse, SendMessageRequest, checked_message, tool_data
+from api.schemas import MessageResponse, SendMessageRequest, tool_data
 from services.identity import Caller
 from services.quotas import StreamSlot
 from services.settings import Settings
@@ -56,14 +56,7 @@ async def open_message_stream(
     last_event_id: str | None,
 ) -> EventSourceResponse:
     """Admit one streamed turn and follow it as SSE (the turn lane serves it too)."""
-    cid = body.client_message_id
-    record = await services.admission.session(session_id, caller, client_message_id=cid)
-    text = checked_message(body, services.settings)
-    admitted = await services.admission.admit(
-        record,
-        lambda: services.turns.submit(session_id, text=text, client_message_id=cid, stream=True),
-        stream=True,
-    )
+    admitted = await admit_message(services, caller, session_id, body, stream=True)
     turn, joined = admitted.started
     assert admitted.slot is not None
     return event_stream(
