@@ -90,7 +90,7 @@ def event_stream(
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         headers={"Cache-Control": "no-cache"},
         # Also runs when the client left before the first event was read.
-        background=BackgroundTask(slot.release),
+        background=BackgroundTask(slot.release_after),
     )
 
 

@@ -138,7 +138,7 @@ def _response(turn: Turn, slot: StreamSlot, ping: float) -> EventSourceResponse:
         ping=ping,
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         headers=HEADERS,
-        background=BackgroundTask(slot.release),
+        background=BackgroundTask(slot.release_after),
     )
 
 

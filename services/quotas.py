@@ -86,6 +86,11 @@ class StreamSlot:
         if give_back is not None:
             give_back()
 
+    async def release_after(self) -> None:
+        """``release``, for a response's background task: Starlette runs a plain function
+        there in a worker thread, a thread hop at the end of every stream."""
+        self.release()
+
 
 class LocalStreams:
     """Open streams per user, counted in this process."""
