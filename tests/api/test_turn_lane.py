@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.api.conftest import API, Live
 
-SNAPSHOT = Path(__file__).parent / "data" / "turn_routes_openapi.json"
+SNAPSHOT = Path(__file__).parent / "snapshots" / "turn_routes_openapi.json"
 
 
 def _refs(node: Any) -> list[str]:
