@@ -52,6 +52,10 @@ class SessionBus(Protocol):
     def subscribe(self, session_id: str) -> contextlib.AbstractContextManager[Subscription]:
         """Receive the session's events from now on, until the context exits."""
 
+    def listened(self, session_id: str) -> bool:
+        """Whether a published event of the session may reach anyone now (a turn skips
+        building events nobody would receive: one per delta)."""
+
 
 class Subscription:
     """One subscriber's queue of events."""
@@ -98,6 +102,10 @@ class LocalBus:
             subscribers.discard(subscription)
             if not subscribers:
                 self._subscribers.pop(session_id, None)
+
+    def listened(self, session_id: str) -> bool:
+        """Whether the session has a subscriber in this process."""
+        return session_id in self._subscribers
 
     def subscribers(self, session_id: str) -> int:
         """How many are listening to a session (for tests and stats)."""

@@ -622,6 +622,8 @@ class _Broadcast:
 
     def _publish(self, kind: SessionEventKind, **fields: Any) -> None:
         turn = self._turn
+        if not self._bus.listened(turn.session_id):
+            return  # no socket on the session: nothing to build
         self._bus.publish(
             SessionEvent(
                 kind, turn.session_id, turn.client_message_id, origin=turn.origin, **fields

@@ -89,6 +89,10 @@ class RedisBus:
                     self._channels.discard(channel)
                     self._change("unsubscribe", channel)
 
+    def listened(self, session_id: str) -> bool:
+        """Always: subscribers on other replicas are not known here."""
+        return True
+
     def subscribers(self, session_id: str) -> int:
         """How many listen to a session on this replica."""
         return self._local.subscribers(session_id)
