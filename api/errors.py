@@ -28,6 +28,7 @@ _HTTP_CODES = {
 }
 
 DOCS = {
+    400: "`invalid_cursor`: a page cursor this API did not issue",
     401: "`unauthenticated`: missing or invalid API key or ID token",
     403: "`forbidden`: the caller may not act for that user, or is not an admin",
     404: "Not found: `session_not_found` (also another user's session) or `template_not_found` "
