@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.deps import metrics_of
 from api.schemas import ErrorBody
@@ -28,6 +30,7 @@ _HTTP_CODES = {
 }
 
 DOCS = {
+    400: "`invalid_cursor`: a page cursor this API did not issue",
     401: "`unauthenticated`: missing or invalid API key or ID token",
     403: "`forbidden`: the caller may not act for that user, or is not an admin",
     404: "Not found: `session_not_found` (also another user's session) or `template_not_found` "
@@ -142,8 +145,24 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     count_error(request.app, code)
     response = error_response(exc.status_code, code, str(exc.detail))
-    response.headers.update(exc.headers or {})  # e.g. Allow on 405
+    response.headers.update(exc.headers or {})
+    allow = allowed_methods(request) if exc.status_code == 405 else ""
+    if allow:
+        response.headers["Allow"] = allow
     return response
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` of a 405: every method of every route on the request's path.
+
+    The router stops at the first route that matches the path, so its own ``Allow`` names
+    only that route's methods (``GET`` where GET, PATCH and DELETE share a path)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

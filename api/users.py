@@ -23,10 +23,17 @@ from api.schemas import (
     UserDeleted,
     UserExport,
     UserSessions,
-    invalid,
 )
-from services.errors import Forbidden
-from services.models import DayUsage, SessionCursor, SessionRecord, isoformat, utc_now
+from services.errors import Forbidden, InvalidCursor
+from services.models import (
+    DayUsage,
+    SessionCursor,
+    SessionRecord,
+    is_session_id,
+    isoformat,
+    parse_iso,
+    utc_now,
+)
 from services.usage import MAX_DAYS
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
@@ -35,7 +42,7 @@ router = APIRouter(prefix="/chatbot", tags=["sessions"])
 @router.get(
     "/users/{user_id}/sessions",
     response_model=UserSessions,
-    responses=documented(401, 403, 422, 503),
+    responses=documented(400, 401, 403, 422, 503),
 )
 async def list_user_sessions(
     user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)],
@@ -117,20 +124,40 @@ def _item(record: SessionRecord, services: ServicesDep) -> SessionListItem:
 
 def encode_cursor(record: SessionRecord) -> str:
     """An opaque cursor just below this session in the list's order."""
-    raw = json.dumps([record.last_activity, record.session_id]).encode()
+    return _encode_position(record.last_activity, record.session_id)
+
+
+def _encode_position(last_activity: str, session_id: str) -> str:
+    raw = json.dumps([last_activity, session_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> SessionCursor:
-    """The cursor's position; 422 when it is not one this service made."""
+    """The cursor's position; 400 ``invalid_cursor`` for anything ``encode_cursor`` did not
+    make, so crafted text (a lone surrogate, another timestamp format) never reaches a store."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         last_activity, session_id = json.loads(raw)
-        if isinstance(last_activity, str) and isinstance(session_id, str):
-            return SessionCursor(last_activity, session_id)
-    except (binascii.Error, ValueError, TypeError):
-        pass
-    raise invalid("query", "cursor", msg="Not a cursor this API made")
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursor() from exc
+    if not (
+        isinstance(last_activity, str)
+        and isinstance(session_id, str)
+        and _is_timestamp(last_activity)
+        and is_session_id(session_id)
+        # Only the exact text we issue: no second spelling of a position.
+        and _encode_position(last_activity, session_id) == cursor
+    ):
+        raise InvalidCursor()
+    return SessionCursor(last_activity, session_id)
+
+
+def _is_timestamp(text: str) -> bool:
+    """Whether ``text`` is a time exactly as ``isoformat`` writes it."""
+    try:
+        return isoformat(parse_iso(text)) == text
+    except ValueError:
+        return False
 
 
 class DayUsageBody(SessionUsage):

@@ -123,6 +123,15 @@ class InvalidInput(ChatifyError):
         self.problems = problems
 
 
+class InvalidCursor(ChatifyError):
+    """A page cursor this service did not issue: refused before it reaches the store."""
+
+    code, status = "invalid_cursor", 400
+
+    def __init__(self) -> None:
+        super().__init__("Not a cursor this API issued; start again from the first page")
+
+
 class TemplateExists(ChatifyError):
     code, status = "template_exists", 409
 

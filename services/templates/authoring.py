@@ -23,6 +23,7 @@ from services.templates.schema import (
     template_id_for,
     template_problems,
     with_prefix,
+    with_tags_cleaned,
 )
 from services.templates.service import TemplateService
 from services.templates.versions import (
@@ -196,6 +197,7 @@ def _checked(document: dict[str, Any], *, also: Sequence[Problem] = ()) -> dict[
     """The document if it is a valid template, else ``InvalidInput`` naming every problem
     (located under body), ``also`` included. Fields an author added in the console and the
     schema does not know are kept as they are."""
+    document = with_tags_cleaned(document)
     problems = [*also, *with_prefix(template_problems(document), "body")]
     if problems:
         raise InvalidInput("The personality is not valid", problems=problems)

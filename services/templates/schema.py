@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from services.errors import InvalidInput
 from services.provider_config import NAME_PATTERN as PROVIDER_NAME_PATTERN
@@ -120,7 +127,9 @@ class Template(BaseModel):
         description='MCP tools it may call: "server/tool", or "server/*" for all of a server\'s '
         "(servers are MCP_SERVERS)",
     )
-    tags: list[Tag] = Field([], max_length=TAGS_MAX)
+    tags: list[Tag] = Field(
+        [], max_length=TAGS_MAX, description="Empty and blank tags are dropped, not refused"
+    )
     is_public: bool = Field(True, alias="isPublic")
     is_default: bool = Field(False, alias="isDefault")
     variables: dict[VariableName, Variable] = Field(
@@ -129,6 +138,26 @@ class Template(BaseModel):
     version: int | None = Field(None, ge=1, description="Set by the service on every write")
     created_at: str | None = Field(None, alias="createdAt", description="Set by the service")
     updated_at: str | None = Field(None, alias="updatedAt", description="Set by the service")
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _drop_blank_tags(cls, tags: Any) -> Any:
+        return without_blank_tags(tags)
+
+
+def without_blank_tags(tags: Any) -> Any:
+    """Tags without the empty and blank ones, which a form sends for a field left empty (the
+    original backend took them); anything but a list is left for validation to refuse."""
+    if not isinstance(tags, list):
+        return tags
+    return [tag for tag in tags if not (isinstance(tag, str) and not tag.strip())]
+
+
+def with_tags_cleaned(doc: Any) -> Any:
+    """A template document as it is stored: ``tags`` without the empty and blank ones."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("tags"), list):
+        return doc
+    return {**doc, "tags": without_blank_tags(doc["tags"])}
 
 
 class UniversalRules(BaseModel):

@@ -23,6 +23,7 @@ from services.templates.schema import (
     rules_problems,
     template_problems,
     tool_problems,
+    with_tags_cleaned,
 )
 from services.templates.variables import built_in_values, clean_value, render, zone
 
@@ -255,7 +256,7 @@ def read_seed_dir(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Templates (``templates/<id>.json``) and ``universal_rules.json`` from a seed folder,
     checked by the one schema (``ValueError`` naming every problem) and numbered version 1."""
     templates = {
-        path.stem: json.loads(path.read_text(encoding="utf-8"))
+        path.stem: with_tags_cleaned(json.loads(path.read_text(encoding="utf-8")))
         for path in sorted((folder / "templates").glob("*.json"))
     }
     rules_path = folder / "universal_rules.json"

@@ -126,6 +126,26 @@ async def test_cors_preflight_allows_put_patch_and_if_match(
         assert "etag" in read.headers["access-control-expose-headers"].lower()
 
 
+async def test_empty_and_blank_tags_are_dropped(chat: RunningApp) -> None:
+    # What the Chatify frontend sends when the tags field is left empty.
+    empty = await create(chat, tags=[""])
+    assert empty["tags"] == []
+    # Firebase keeps no empty list: there the field reads back absent, as for any personality
+    # written without tags.
+    assert (await chat.client.get(f"{P}/test-bot")).json()["tags"] in ([], None)
+    mixed = await chat.client.post(
+        P, json={"name": "Mixed", "personalityPrompt": PROMPT, "tags": ["a", " ", ""]}
+    )
+    assert mixed.status_code == 201, mixed.text
+    assert (await chat.client.get(f"{P}/mixed")).json()["tags"] == ["a"]
+    for method in ("PUT", "PATCH"):
+        edited = await chat.client.request(method, f"{P}/mixed", json={"tags": ["", "b", "  "]})
+        assert edited.status_code == 200, edited.text
+        assert edited.json()["tags"] == ["b"]
+    assert (await chat.client.get(f"{P}/mixed")).json()["tags"] == ["b"]
+    assert chat.services.templates.problems().get("mixed", []) == []
+
+
 async def test_a_bad_write_names_every_bad_field(chat: RunningApp) -> None:
     response = await chat.client.post(
         P,

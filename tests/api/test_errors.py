@@ -146,6 +146,24 @@ async def test_unknown_route_and_wrong_method(chat: RunningApp) -> None:
     assert_error(await chat.client.put(f"{API}/session"), 405, "method_not_allowed")
 
 
+async def test_a_405_allows_every_method_of_the_path(chat: RunningApp) -> None:
+    session_id = await chat.create_session()
+    detail = f"{API}/session/{session_id}"
+    # Three routes serve the session's path: the 405 names all their methods.
+    refused = await chat.client.put(detail, json={})
+    assert_error(refused, 405, "method_not_allowed")
+    assert refused.headers["allow"] == "DELETE, GET, PATCH"
+    only_post = await chat.client.get(f"{detail}/message")
+    assert_error(only_post, 405, "method_not_allowed")
+    assert only_post.headers["allow"] == "POST"
+    # HEAD is listed only where the app answers it.
+    head = await chat.client.head(detail)
+    assert head.status_code == 405 and "HEAD" not in head.headers["allow"].split(", ")
+    listing = await chat.client.post(f"{API}/users/u1/sessions")
+    assert_error(listing, 405, "method_not_allowed")
+    assert listing.headers["allow"] == "GET"
+
+
 @pytest.mark.parametrize(
     ("reply", "status", "code"),
     [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 from bench.mock_llm import MockLLM
@@ -116,7 +118,40 @@ async def test_the_cursor_reaches_every_session_once(chat: RunningApp, clock: Fa
     assert order == sorted(order, reverse=True)
     assert {s["template_title"] for s in seen} == {"Pirate"}
     bad = await chat.client.get(f"{API}/users/carol/sessions?cursor=not-a-cursor")
-    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_cursor"
+
+
+def _cursor_of(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_a_cursor_we_did_not_issue_is_invalid_cursor(
+    chat: RunningApp, clock: FakeClock
+) -> None:
+    for _ in range(3):
+        await chat.create_session(user_id="erin")
+        clock.advance(1)
+    page = (await chat.client.get(f"{API}/users/erin/sessions?limit=1")).json()
+    last_activity, session_id = json.loads(base64.urlsafe_b64decode(page["next_cursor"] + "=="))
+    crafted = {
+        "lone surrogate": _cursor_of(b'["2026-01-01T12:00:00.000Z", "\\ud800"]'),
+        "garbage base64": "!!%%$$",
+        "base64 of garbage": _cursor_of(b"\xff\xfe not json"),
+        "base64 of other JSON": _cursor_of(b'{"a": 1}'),
+        "tampered time": _cursor_of(json.dumps(["2026-01-01 12:00", session_id]).encode()),
+        "tampered id": _cursor_of(json.dumps([last_activity, session_id.upper()]).encode()),
+    }
+    for what, cursor in crafted.items():
+        refused = await chat.client.get(f"{API}/users/erin/sessions", params={"cursor": cursor})
+        assert refused.status_code == 400, what
+        body = refused.json()
+        assert body["success"] is False and body["error"]["code"] == "invalid_cursor", what
+    seen, cursor = [], page["next_cursor"]
+    while cursor is not None:
+        more = (await chat.client.get(f"{API}/users/erin/sessions?limit=1&cursor={cursor}")).json()
+        seen += more["sessions"]
+        cursor = more["next_cursor"]
+    assert len(page["sessions"]) + len(seen) == 3
 
 
 async def test_a_session_can_be_renamed_and_its_title_cleared(chat: RunningApp) -> None:

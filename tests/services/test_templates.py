@@ -86,6 +86,24 @@ async def test_disabled_rules_are_left_out(store: SQLiteStore) -> None:
     assert service.resolve("a").system_prompt == "You are A."
 
 
+async def test_blank_tags_in_the_store_or_a_seed_file_are_dropped(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    # Written in the console: not a malformed document, just no tag.
+    doc = {"personalityPrompt": "Good and long enough.", "tags": ["", "a", " "]}
+    await store.seed({"console": doc}, None, overwrite=False)
+    service = TemplateService(store, settings())
+    await service.refresh()
+    assert service.problems() == {}
+    served = service.served("console")
+    assert served is not None and served.tags == ["a"]
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "seeded.json").write_text(json.dumps(doc))
+    templates, _ = read_seed_dir(tmp_path)
+    assert templates["seeded"]["tags"] == ["a"]
+
+
 def test_the_shipped_seed_files_are_valid() -> None:
     templates, rules = read_seed_dir(REPO_ROOT / "templates_seed")
     assert len(templates) == 8 and rules is not None
