@@ -33,6 +33,9 @@ def main() -> None:
         # Protocol pings keep idle WebSockets open through proxies that cut silent ones.
         "ws_ping_interval": settings.ws_ping_seconds,
         "ws_ping_timeout": settings.ws_ping_seconds,
+        # uvicorn closes a socket with 1009 on a larger frame before buffering it (its default
+        # is 16 MiB); the app checks the same limit for servers that do not.
+        "ws_max_size": settings.ws_max_frame_bytes,
     }
     if settings.web_concurrency > 1:
         # Each worker process builds its own app (and reads the same settings) from the

@@ -27,7 +27,7 @@ from api import (
     settings as rules_settings,
 )
 from api.deps import Services
-from api.errors import install_error_handlers
+from api.errors import UnhandledErrors, install_error_handlers
 from api.lane import TurnLane
 from api.middleware import (
     BodyLimitMiddleware,
@@ -134,6 +134,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
             expose_headers=["X-Request-ID", "Retry-After", "ETag"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    # Inside the request log (its status, X-Request-ID and request id on the traceback), and
+    # around everything that can fail, so that a bug does not cost the client its connection.
+    app.add_middleware(UnhandledErrors)
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(TrailingSlashMiddleware)
     return app

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import metrics_of
 from api.schemas import ErrorBody
@@ -169,6 +170,46 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     count_error(request.app, "internal_error")
     return error_response(500, "internal_error", "Internal server error")
+
+
+class UnhandledErrors:
+    """Pure ASGI middleware answering a bug (an exception no handler maps) with the 500
+    ``internal_error`` body, its traceback logged once, and the connection kept open.
+
+    Starlette's ServerErrorMiddleware, which otherwise answers it through the handler for
+    ``Exception`` below, re-raises the exception to the server after sending the 500; uvicorn
+    then logs it a second time and closes the connection, so the client's next request on that
+    keep-alive connection is reset. Raised after a complete response (a background task), the
+    error is logged and the connection kept. Raised mid-response, it is re-raised: a response
+    already under way cannot become a 500, and the server must cut it so the client sees it
+    incomplete."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = complete = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started, complete
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started and not complete:
+                raise
+            request = Request(scope, receive)
+            response = await _unexpected_error(request, exc)
+            if not started:
+                await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

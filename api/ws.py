@@ -7,12 +7,14 @@ import contextlib
 import json
 import logging
 import math
+import re
 import uuid
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.types import Message
 
 from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath
 from api.schemas import MessageBody, MessageResponse, message_problem, tool_data
@@ -26,6 +28,7 @@ from services.errors import (
     Unauthenticated,
 )
 from services.models import SessionRecord, TurnResult
+from services.settings import Settings
 from services.turns import Turn
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,9 @@ CLOSE_CODES = {
     SessionEnded.code: 4409,
     RateLimited.code: 4429,
 }
+MESSAGE_TOO_BIG = 1009  # the WebSocket protocol's close code for a frame over the limit
+# What json.loads leaves of a lone \ud800-\udfff escape (a valid pair becomes one character).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class UserMessageFrame(BaseModel):
@@ -46,6 +52,14 @@ class UserMessageFrame(BaseModel):
     type: Literal["user_message"]
     message: str
     client_message_id: str | None = Field(None, min_length=1, max_length=64)
+
+    @field_validator("message", "client_message_id")
+    @classmethod
+    def _valid_unicode(cls, value: str | None) -> str | None:
+        # A lone surrogate is valid JSON but no text: UTF-8 cannot store or send it.
+        if value is not None and _SURROGATE.search(value):
+            raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not text")
+        return value
 
 
 @router.websocket("/session/{session_id}/ws")
@@ -61,8 +75,8 @@ async def session_socket(
     `session_ended` (then close 4409). Authenticate like HTTP, or with a `token` query parameter
     (browsers cannot set WebSocket headers). Recoverable errors arrive as `error` events; the
     socket closes with 4401 (not authenticated), 4403 (a browser page whose origin is neither
-    this service's nor in CORS_ORIGINS), 4404 (no such session), 4409 (ended) or 4429 (too many
-    open streams)."""
+    this service's nor in CORS_ORIGINS), 4404 (no such session), 4409 (ended), 4429 (too many
+    open streams) or 1009 (a frame over WS_MAX_FRAME_BYTES)."""
     await websocket.accept()
     try:
         if not origin_allowed(websocket, services.settings.cors_origins):
@@ -88,7 +102,7 @@ async def session_socket(
             relay = asyncio.create_task(_relay(websocket, subscription, origin))
             try:
                 while True:
-                    frame = await _next_frame(websocket, services.settings.max_message_chars)
+                    frame = await _next_frame(websocket, services.settings)
                     if frame is not None and not await _turn(
                         websocket, services, record, frame, origin
                     ):
@@ -162,25 +176,38 @@ def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
     return urlsplit(origin).netloc == websocket.headers.get("host")
 
 
-async def _next_frame(websocket: WebSocket, limit: int) -> UserMessageFrame | None:
-    """The next valid frame; a bad one is answered with an ``error`` event and None."""
+async def _next_frame(websocket: WebSocket, settings: Settings) -> UserMessageFrame | None:
+    """The next valid frame; a bad one is answered with an ``error`` event and None. A frame
+    over WS_MAX_FRAME_BYTES closes the socket with 1009 (uvicorn does so itself when it serves
+    with ``ws_max_size``, as ``python -m api`` does; other servers may not)."""
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
+    if _frame_size(message) > settings.ws_max_frame_bytes:
+        await websocket.close(code=MESSAGE_TOO_BIG, reason="message too big")
+        raise WebSocketDisconnect(MESSAGE_TOO_BIG)
     try:
         frame = UserMessageFrame.model_validate(json.loads(message.get("text") or "null"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         code, detail = _frame_problem(exc)
         await _send_error(websocket, code, detail)
         return None
-    problem = message_problem(frame.message.strip(), limit)
+    problem = message_problem(frame.message.strip(), settings.max_message_chars)
     if problem is not None:
         await _send_error(websocket, "validation_error", problem["msg"])
         return None
     return frame.model_copy(update={"message": frame.message.strip()})
 
 
-def _frame_problem(exc: ValueError) -> tuple[str, str]:
+def _frame_size(message: Message) -> int:
+    """The bytes of a received frame, text or binary."""
+    if message.get("bytes") is not None:
+        return len(message["bytes"])
+    text: str = message.get("text") or ""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _frame_problem(exc: Exception) -> tuple[str, str]:
     if not isinstance(exc, ValidationError):
         return "bad_frame", 'Frames are JSON text: {"type": "user_message", "message": "..."}'
     first = exc.errors()[0]

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     session_queue_limit: int = Field(4, ge=0)
     sse_ping_seconds: float = Field(15, gt=0)
     ws_ping_seconds: float = Field(20, gt=0)
+    # Largest WebSocket frame, in bytes; larger closes the socket with 1009. The default fits a
+    # MAX_MESSAGE_CHARS (4000) message with every character JSON-escaped (12 bytes at most).
+    ws_max_frame_bytes: int = Field(65536, ge=1024)
 
     # Storage
     store: Literal["sqlite", "firebase"] = "sqlite"  # firebase when FIREBASE_DATABASE_URL is set

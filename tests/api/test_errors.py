@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
+from tests.api.conftest import Live
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"
@@ -239,3 +240,32 @@ async def test_locked_store_is_503_and_recovers(
         assert retried.status_code == 200 and retried.json()["message_count"] == 1
         detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
         assert [m["content"] for m in detail["conversation_history"]] == ["hi", "Echo: hi"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_an_unhandled_error_is_500_and_the_connection_stays_usable(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    session_id = await live.create_session()
+    sent = await live.client.post(f"{API}/session/{session_id}/message", json={"message": "hi"})
+    assert sent.status_code == 200
+    # A stored row the code cannot read: the store raises a ValueError, which no handler maps.
+    with sqlite3.connect(live.services.settings.sqlite_path, isolation_level=None) as db:
+        db.execute("UPDATE messages SET usage = 'not json' WHERE session_id = ?", (session_id,))
+
+    broken = await live.client.get(f"{API}/session/{session_id}/messages")
+    assert_error(broken, 500, "internal_error")
+    after = await live.client.post(f"{API}/session", json={"user_id": "u1"})
+    assert after.status_code == 201, after.text
+    # The same keep-alive connection served both: the client kept it.
+    assert local_address(broken) == local_address(after)
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert [r.getMessage() for r in tracebacks] == [
+        f"unhandled error on GET {API}/session/{session_id}/messages"
+    ]
+
+
+def local_address(response: httpx.Response) -> tuple[str, int]:
+    """The client's end of the connection that carried ``response``."""
+    address: tuple[str, int] = response.extensions["network_stream"].get_extra_info("client_addr")
+    return address

@@ -251,3 +251,59 @@ async def test_every_socket_on_a_session_sees_every_turn_live(live: Live, llm: M
                 await socket.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409
     assert len(llm.chat_requests()) == 2
+
+
+async def test_a_lone_surrogate_is_a_validation_error_and_the_socket_stays_open(
+    live: Live, llm: MockLLM
+) -> None:
+    session_id = await live.create_session()
+    async with websockets.connect(ws_url(live, session_id)) as socket:
+        await receive(socket)
+        # Valid JSON text whose string decodes to a lone surrogate, which UTF-8 cannot store.
+        await socket.send(
+            '{"type": "user_message", "message": "x\\ud800y", "client_message_id": "s1"}'
+        )
+        error = await receive(socket)
+        assert error["type"] == "error" and error["code"] == "validation_error", error
+        assert error["message"].startswith("message: ")
+        await socket.send(json.dumps({"type": "user_message", "message": "still here?"}))
+        assert (await turn_events(socket))[-2]["response"] == "Echo: still here?"
+    assert len(llm.chat_requests()) == 1
+    assert [m["content"] for m in await live.history(session_id)] == [
+        "still here?",
+        "Echo: still here?",
+    ]
+
+
+async def test_deeply_nested_json_is_a_bad_frame_and_the_socket_stays_open(
+    live: Live, llm: MockLLM
+) -> None:
+    session_id = await live.create_session()
+    async with websockets.connect(ws_url(live, session_id)) as socket:
+        await receive(socket)
+        await socket.send("[" * 10_000 + "]" * 10_000)
+        error = await receive(socket)
+        assert error["type"] == "error" and error["code"] == "bad_frame", error
+        await socket.send(json.dumps({"type": "user_message", "message": "still here?"}))
+        assert (await turn_events(socket))[-2]["response"] == "Echo: still here?"
+    assert len(llm.chat_requests()) == 1
+
+
+async def test_a_frame_over_ws_max_frame_bytes_closes_with_1009(live: Live, llm: MockLLM) -> None:
+    limit = live.services.settings.ws_max_frame_bytes
+    session_id = await live.create_session()
+    async with websockets.connect(ws_url(live, session_id)) as socket:
+        await receive(socket)
+        await socket.send(json.dumps({"type": "user_message", "message": "x" * limit}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await receive(socket)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    # The longest message, every character escaped as a surrogate pair, still fits.
+    longest = "\U0001f600" * live.services.settings.max_message_chars
+    async with websockets.connect(ws_url(live, session_id)) as socket:
+        await receive(socket)
+        frame = json.dumps({"type": "user_message", "message": longest, "client_message_id": "l1"})
+        assert len(frame.encode()) <= limit
+        await socket.send(frame)
+        assert (await turn_events(socket))[-2]["response"] == f"Echo: {longest}"
+    assert len(llm.chat_requests()) == 1

@@ -13,12 +13,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
 import pytest
 import schemathesis
+import websockets
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,6 +36,8 @@ from starlette.types import Message
 
 from api.app import create_app
 from api.schemas import MessageResponse
+from api.ws import MESSAGE_TOO_BIG
+from bench.harness import running, start_service
 from bench.mock_llm import MockLLM
 from services.models import Sampling, SessionRecord, isoformat
 from services.settings import Settings
@@ -681,3 +685,21 @@ async def test_path_traversal_session_id_is_404(served: Served, session_id: byte
     # The real session is untouched.
     detail = await served.client.get(url(served, "/session/{id}"))
     assert detail.json()["status"] == "active"
+
+
+async def test_the_server_refuses_a_frame_over_ws_max_frame_bytes(tmp_path: Path) -> None:
+    """``python -m api`` hands WS_MAX_FRAME_BYTES to uvicorn, which closes with 1009 before
+    the app sees the frame (the app's own check closes with the reason "message too big")."""
+    settings = {"sqlite_path": tmp_path / "chatify.db", "ws_max_frame_bytes": 2048}
+    with running(start_service(**settings)) as service:
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            created = await client.post(f"{API}/session", json={"user_id": "u1"})
+        session_id = created.json()["session_id"]
+        url = service.url.replace("http://", "ws://") + f"{API}/session/{session_id}/ws"
+        async with websockets.connect(url) as socket:
+            await socket.recv()  # chat_history
+            await socket.send(json.dumps({"type": "user_message", "message": "x" * 2048}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await socket.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == MESSAGE_TOO_BIG
+    assert closed.value.rcvd.reason != "message too big"
