@@ -13,15 +13,19 @@ import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import firebase_admin._token_gen
+import jwt
 import pytest
 import websockets
 from fastapi.routing import iter_route_contexts
 
 from api.app import create_app
 from bench.mock_llm import MockLLM, Reply
+from services.errors import Unauthenticated
+from services.identity import Credentials, FirebaseAuthenticator
 from tests.api.conftest import API, Live, LiveFactory, collect, until
 from tests.conftest import FakeClock, SettingsFactory, running_app
 from tests.support.firebase_tokens import PROJECT_ID, TokenIssuer, tampered
@@ -319,6 +323,27 @@ async def test_bad_id_tokens_are_401_and_never_logged(
     assert message in response.json()["error"]["message"]
     assert token not in response.text and token not in caplog.text
     assert good.status_code == 200
+
+
+async def test_a_cached_id_token_is_refused_once_its_exp_passes(
+    make_settings: SettingsFactory, clock: FakeClock, google_certs: TokenIssuer
+) -> None:
+    token = google_certs.token("alice", expires_in=120)
+    expires = datetime.fromtimestamp(
+        jwt.decode(token, options={"verify_signature": False})["exp"], UTC
+    )
+    clock.now = expires - timedelta(seconds=30)
+    auth = FirebaseAuthenticator(make_settings(**auth_settings("firebase")), clock=clock)
+    try:
+        presented = Credentials(bearer=token)
+        assert (await auth.authenticate(presented)).user_id == "alice"
+        clock.advance(29)
+        assert (await auth.authenticate(presented)).user_id == "alice"  # cached, still valid
+        clock.advance(2)  # past exp, well inside the cache's five minutes
+        with pytest.raises(Unauthenticated, match="expired"):
+            await auth.authenticate(presented)
+    finally:
+        await auth.close()
 
 
 async def test_a_bound_user_cannot_act_for_another(
