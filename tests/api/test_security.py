@@ -570,6 +570,24 @@ async def test_a_websocket_token_never_reaches_any_log_line(
     assert "alice-key" not in served
 
 
+@pytest.mark.parametrize("key", ["%74oken", "t%6Fk%65n"])
+async def test_a_percent_encoded_websocket_token_never_reaches_any_log_line(
+    live_app: LiveFactory, caplog: pytest.LogCaptureFixture, key: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with live_app(**auth_settings("api_key")) as live:
+        session_id = await new_session(live, {"Authorization": "Bearer alice-key"}, "alice")
+        url = live.url.replace("http://", "ws://") + SESSION.format(session_id=session_id)
+        async with websockets.connect(f"{url}/ws?{key}=alice-key") as socket:
+            assert json.loads(await socket.recv())["type"] == "chat_history"  # the key worked
+    clients = ("websockets.client", "httpx", "httpcore")
+    served = "\n".join(
+        record.getMessage() for record in caplog.records if not record.name.startswith(clients)
+    )
+    assert f"ws?{key}=[redacted]" in served
+    assert "alice-key" not in served
+
+
 @pytest.mark.parametrize(
     ("origin", "accepted"),
     [
