@@ -168,6 +168,11 @@ class FirebaseAuthenticator:
     mode = "firebase"
 
     def __init__(self, settings: Settings, *, clock: Clock = utc_now) -> None:
+        if settings.firebase_auth_emulator_host:
+            logger.warning(
+                "FIREBASE_AUTH_EMULATOR_HOST is set: ID tokens are not verified; any unsigned "
+                "token is accepted with the claims it states, admin included (emulator use only)"
+            )
         if settings.firebase_auth_emulator_host and not os.environ.get(
             "FIREBASE_AUTH_EMULATOR_HOST"
         ):

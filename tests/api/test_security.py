@@ -549,6 +549,33 @@ async def test_open_auth_on_a_public_interface_warns_at_start(
     assert "AUTH_MODE=none" not in caplog.text
 
 
+async def test_unverified_id_tokens_warn_at_start_and_on_the_readiness_page(
+    make_settings: SettingsFactory,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # firebase-admin reads the process environment; monkeypatch puts it back after the test.
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099")
+    settings = make_settings(
+        **auth_settings("firebase"), firebase_auth_emulator_host="127.0.0.1:9099"
+    )
+    async with running_app(settings, clock) as chat:
+        ready = await chat.client.get("/ready")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ID tokens are not verified" in w for w in warnings), warnings
+    assert ready.json()["auth"] == "unverified (FIREBASE_AUTH_EMULATOR_HOST)"
+
+
+async def test_verified_id_tokens_say_nothing_about_it(
+    make_settings: SettingsFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_app(make_settings(**auth_settings("firebase")), clock) as chat:
+        ready = await chat.client.get("/ready")
+    assert "not verified" not in caplog.text
+    assert "auth" not in ready.json()
+
+
 async def test_a_websocket_token_never_reaches_any_log_line(
     live_app: LiveFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
