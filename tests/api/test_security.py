@@ -567,6 +567,28 @@ async def test_unverified_id_tokens_warn_at_start_and_on_the_readiness_page(
     assert ready.json()["auth"] == "unverified (FIREBASE_AUTH_EMULATOR_HOST)"
 
 
+async def test_an_emulator_token_without_exp_is_accepted_from_the_cache_too(
+    make_settings: SettingsFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099")
+    claims = {
+        "iss": f"https://securetoken.google.com/{PROJECT_ID}",
+        "aud": PROJECT_ID,
+        "sub": "alice",
+        "iat": int(clock().timestamp()),
+    }
+    unsigned = jwt.encode(claims, key=None, algorithm="none")
+    settings = make_settings(
+        **auth_settings("firebase"), firebase_auth_emulator_host="127.0.0.1:9099"
+    )
+    async with running_app(settings, clock) as chat:
+        for _ in range(2):  # the second answer comes from the cache
+            response = await chat.client.get(
+                f"{API}/personalities", headers={"Authorization": f"Bearer {unsigned}"}
+            )
+            assert response.status_code == 200, response.text
+
+
 async def test_verified_id_tokens_say_nothing_about_it(
     make_settings: SettingsFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
