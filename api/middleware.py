@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from urllib.parse import unquote_plus
 
 from fastapi.routing import iter_route_contexts
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -212,21 +213,48 @@ class TrailingSlashMiddleware:
         await self.app(scope, receive, send)
 
 
-_CREDENTIAL_IN_TEXT = re.compile(
-    r"((?:[?&](?:token|access_token|api_key|key)=)|(?:authorization|x-api-key)[\"']?[:=,]\s*[\"']?"
-    r"(?:bearer\s+)?)[^&\s\"',)]+",
+_CREDENTIAL_HEADER_IN_TEXT = re.compile(
+    r"((?:authorization|x-api-key)[\"']?[:=,]\s*[\"']?(?:bearer\s+)?)[^&\s\"',)]+",
     re.IGNORECASE,
+)
+# Any query parameter: its key is judged after decoding, since a server decodes it before use.
+_QUERY_PARAMETER_IN_TEXT = re.compile(r"([?&])([^&=\s\"'?#]+)=([^&\s\"',)]*)")
+CREDENTIAL_QUERY_KEYS = frozenset(
+    {"token", "access_token", "api_key", "key", "authorization", "x-api-key"}
 )
 REDACTED = "[redacted]"
 
 
+def _decoded_key(key: str) -> str:
+    """The query key a server would see, decoding until stable (``%2574oken`` too)."""
+    for _ in range(5):
+        decoded = unquote_plus(key)
+        if decoded == key:
+            break
+        key = decoded
+    return key.strip().lower()
+
+
+def _redact_query_parameter(match: re.Match[str]) -> str:
+    if _decoded_key(match[2]) not in CREDENTIAL_QUERY_KEYS:
+        return match[0]
+    return f"{match[1]}{match[2]}={REDACTED}"
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the values of credential query parameters and headers replaced."""
+    text = _QUERY_PARAMETER_IN_TEXT.sub(_redact_query_parameter, text)
+    return _CREDENTIAL_HEADER_IN_TEXT.sub(rf"\1{REDACTED}", text)
+
+
 class CredentialRedactor(logging.Filter):
     """Rewrites a log record so that no credential survives in it: a WebSocket's ``?token=``
-    reaches uvicorn's own log lines ("WebSocket /…/ws?token=… [accepted]")."""
+    reaches uvicorn's own log lines ("WebSocket /…/ws?token=… [accepted]"), under whatever
+    percent-encoding or case of its key the client chose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _CREDENTIAL_IN_TEXT.sub(rf"\1{REDACTED}", message)
+        redacted = redact_credentials(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

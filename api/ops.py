@@ -16,6 +16,7 @@ from services.errors import StoreUnavailable
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
 PING_TIMEOUT_SECONDS = 3.0
+UNVERIFIED_AUTH = "unverified (FIREBASE_AUTH_EMULATOR_HOST)"
 
 
 class Health(BaseModel):
@@ -38,6 +39,11 @@ class Readiness(BaseModel):
     template_problems: dict[str, list[str]] = Field(
         description="Stored personalities that are invalid (the last good version serves); "
         "they do not make the service unready. Details: GET /api/v1/personalities/problems"
+    )
+    auth: str | None = Field(
+        None,
+        description="Present only when callers are not really authenticated: "
+        "`unverified (FIREBASE_AUTH_EMULATOR_HOST)` means any unsigned ID token is accepted",
     )
 
 
@@ -78,5 +84,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
             key: [f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in found]
             for key, found in services.templates.problems().items()
         },
+        auth=UNVERIFIED_AUTH if services.settings.tokens_unverified else None,
     )
-    return JSONResponse(body.model_dump(), status_code=503 if problems else 200)
+    shown = body.model_dump(exclude={"auth"} if body.auth is None else None)
+    return JSONResponse(shown, status_code=503 if problems else 200)

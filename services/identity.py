@@ -22,11 +22,13 @@ from firebase_admin import auth as firebase_auth
 from firebase_admin import exceptions as firebase_errors
 
 from services.errors import Forbidden, Unauthenticated
+from services.models import Clock, utc_now
 from services.settings import Settings
 from services.store.firebase import firebase_credential
 
 logger = logging.getLogger(__name__)
 Role = Literal["local", "service", "user", "admin"]
+CACHE_SECONDS = 300  # how long a verified ID token is remembered, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +87,12 @@ class Authenticator(Protocol):
         """Release resources."""
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
+def build_authenticator(settings: Settings, *, clock: Clock = utc_now) -> Authenticator:
     """The authenticator AUTH_MODE selects."""
     if settings.auth_mode == "api_key":
         return ApiKeyAuthenticator(settings)
     if settings.auth_mode == "firebase":
-        return FirebaseAuthenticator(settings)
+        return FirebaseAuthenticator(settings, clock=clock)
     return NoAuthenticator()
 
 
@@ -159,13 +161,18 @@ class ApiKeyAuthenticator:
 class FirebaseAuthenticator:
     """Firebase ID tokens (``Authorization: Bearer <ID token>``), verified by firebase-admin.
 
-    Verified tokens are remembered until they expire (at most five minutes), so a busy client
-    costs one signature check per token, not per request.
+    Verified tokens are remembered for five minutes or until their ``exp``, whichever comes
+    first, so a busy client costs one signature check per token, not per request.
     """
 
     mode = "firebase"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = utc_now) -> None:
+        if settings.firebase_auth_emulator_host:
+            logger.warning(
+                "FIREBASE_AUTH_EMULATOR_HOST is set: ID tokens are not verified; any unsigned "
+                "token is accepted with the claims it states, admin included (emulator use only)"
+            )
         if settings.firebase_auth_emulator_host and not os.environ.get(
             "FIREBASE_AUTH_EMULATOR_HOST"
         ):
@@ -177,7 +184,10 @@ class FirebaseAuthenticator:
             options={"projectId": settings.firebase_auth_project_id, "httpTimeout": 10},
             name=f"chatify-auth-{uuid.uuid4()}",
         )
-        self._verified: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10000, ttl=300)
+        self._clock = clock
+        self._verified: TTLCache[str, dict[str, Any]] = TTLCache(
+            maxsize=10000, ttl=CACHE_SECONDS, timer=lambda: clock().timestamp()
+        )
 
     async def authenticate(self, credentials: Credentials) -> Caller:
         """Verify the ID token; its ``uid`` is the user, ``admin: true`` makes an admin."""
@@ -185,13 +195,26 @@ class FirebaseAuthenticator:
         if not token:
             raise Unauthenticated("Send a Firebase ID token: Authorization: Bearer <ID token>")
         cache_key = hashlib.sha256(token.encode()).hexdigest()
-        claims = None if self._check_revoked else self._verified.get(cache_key)
+        claims = None if self._check_revoked else self._cached(cache_key)
         if claims is None:
             claims = await asyncio.to_thread(self._verify, token)
             self._verified[cache_key] = claims
         uid = str(claims["uid"])
         role: Role = "admin" if claims.get("admin") is True else "user"
         return Caller(role, uid, f"uid:{uid}")
+
+    def _cached(self, cache_key: str) -> dict[str, Any] | None:
+        """The remembered claims, or ``None``; ``Unauthenticated`` once their ``exp`` passed.
+
+        The TTL alone would keep a token that expires within the five minutes accepted after it
+        expired."""
+        claims = self._verified.get(cache_key)
+        # Verified tokens always carry exp; the Auth emulator's unsigned ones need not.
+        expires = claims.get("exp") if claims is not None else None
+        if isinstance(expires, int | float) and self._clock().timestamp() >= expires:
+            self._verified.pop(cache_key, None)
+            raise Unauthenticated("The ID token has expired; refresh it and retry")
+        return claims
 
     def _verify(self, token: str) -> dict[str, Any]:
         try:

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -106,7 +107,10 @@ class Settings(BaseSettings):
     admin_api_keys: Annotated[list[str], NoDecode] = Field([], repr=False)
     firebase_project_id: str | None = None
     firebase_check_revoked: bool = False
+    # Set, firebase-admin accepts unsigned ID tokens with any claims (admin too): local use only.
     firebase_auth_emulator_host: str | None = None
+    # true: start with FIREBASE_AUTH_EMULATOR_HOST even on a production database (never do).
+    allow_unverified_tokens: bool = False
     rate_limit_turns_per_minute: int = Field(30, ge=1)
     rate_limit_sessions_per_minute: int = Field(10, ge=1)
     max_streams_per_user: int = Field(4, ge=1)
@@ -266,6 +270,16 @@ class Settings(BaseSettings):
                 "FIREBASE_CHECK_REVOKED=true asks Firebase Auth about each token, which needs "
                 "FIREBASE_CREDENTIALS_JSON or GOOGLE_APPLICATION_CREDENTIALS"
             )
+        if (
+            self.tokens_unverified
+            and self._production_database
+            and not self.allow_unverified_tokens
+        ):
+            raise ValueError(
+                "FIREBASE_AUTH_EMULATOR_HOST turns off ID token verification (any unsigned token "
+                "is accepted, admin claims included) but FIREBASE_DATABASE_URL is a production "
+                "database; unset it, or set ALLOW_UNVERIFIED_TOKENS=true if you really mean it"
+            )
         if self.auth_mode == "firebase" and not self.firebase_auth_project_id:
             raise ValueError(
                 "AUTH_MODE=firebase needs FIREBASE_PROJECT_ID "
@@ -288,6 +302,19 @@ class Settings(BaseSettings):
         except (ValueError, AttributeError):
             return None
         return project if isinstance(project, str) and project else None
+
+    @property
+    def tokens_unverified(self) -> bool:
+        """Whether ID tokens are accepted without verification (the Auth emulator's way)."""
+        return self.auth_mode == "firebase" and bool(self.firebase_auth_emulator_host)
+
+    @property
+    def _production_database(self) -> bool:
+        """Whether FIREBASE_DATABASE_URL is a real database, not an emulator or loopback one."""
+        if not self.firebase_database_url or self.firebase_database_emulator_host:
+            return False
+        host = urlsplit(self.firebase_database_url).hostname or ""
+        return host not in ("127.0.0.1", "localhost", "::1")
 
     @property
     def firebase_uses_emulator(self) -> bool:

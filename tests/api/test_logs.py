@@ -129,3 +129,45 @@ def test_an_exception_is_one_line_with_its_traceback() -> None:
     assert "\n" not in line
     data = json.loads(line)
     assert data["message"] == "failed" and "ValueError: broken" in data["exception"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "token=s3cret-value",
+        "%74oken=s3cret-value",
+        "%74%6F%6B%65%6E=s3cret-value",
+        "To%4Ben=s3cret-value",
+        "%2574oken=s3cret-value",
+        "access%5Ftoken=s3cret-value",
+        "api%5fkey=s3cret-value",
+        "k%65y=s3cret-value",
+        "%61uthorization=Bearer%20s3cret-value",
+        "X%2DApi%2DKey=s3cret-value",
+        "x=1&%74oken=s3cret-value&y=2",
+    ],
+)
+def test_a_credential_in_a_query_string_is_redacted_however_its_key_is_spelled(
+    query: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(CredentialRedactor())
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn.addHandler(handler)
+    try:  # as uvicorn's WebSocket protocol logs a handshake
+        uvicorn.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:50000", f"/ws?{query}")
+    finally:
+        uvicorn.removeHandler(handler)
+    line = stream.getvalue()
+    assert "[accepted]" in line and "[redacted]" in line
+    assert "s3cret" not in line
+
+
+def test_other_query_parameters_are_left_alone() -> None:
+    record = logging.getLogger("uvicorn.access").makeRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, "GET %s", ("/x?monkey=1&tokens=2&k=3",), None
+    )
+    assert CredentialRedactor().filter(record)
+    assert record.getMessage() == "GET /x?monkey=1&tokens=2&k=3"

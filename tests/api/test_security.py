@@ -13,15 +13,19 @@ import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import firebase_admin._token_gen
+import jwt
 import pytest
 import websockets
 from fastapi.routing import iter_route_contexts
 
 from api.app import create_app
 from bench.mock_llm import MockLLM, Reply
+from services.errors import Unauthenticated
+from services.identity import Credentials, FirebaseAuthenticator
 from tests.api.conftest import API, Live, LiveFactory, collect, until
 from tests.conftest import FakeClock, SettingsFactory, running_app
 from tests.support.firebase_tokens import PROJECT_ID, TokenIssuer, tampered
@@ -321,6 +325,27 @@ async def test_bad_id_tokens_are_401_and_never_logged(
     assert good.status_code == 200
 
 
+async def test_a_cached_id_token_is_refused_once_its_exp_passes(
+    make_settings: SettingsFactory, clock: FakeClock, google_certs: TokenIssuer
+) -> None:
+    token = google_certs.token("alice", expires_in=120)
+    expires = datetime.fromtimestamp(
+        jwt.decode(token, options={"verify_signature": False})["exp"], UTC
+    )
+    clock.now = expires - timedelta(seconds=30)
+    auth = FirebaseAuthenticator(make_settings(**auth_settings("firebase")), clock=clock)
+    try:
+        presented = Credentials(bearer=token)
+        assert (await auth.authenticate(presented)).user_id == "alice"
+        clock.advance(29)
+        assert (await auth.authenticate(presented)).user_id == "alice"  # cached, still valid
+        clock.advance(2)  # past exp, well inside the cache's five minutes
+        with pytest.raises(Unauthenticated, match="expired"):
+            await auth.authenticate(presented)
+    finally:
+        await auth.close()
+
+
 async def test_a_bound_user_cannot_act_for_another(
     make_settings: SettingsFactory, clock: FakeClock
 ) -> None:
@@ -524,6 +549,55 @@ async def test_open_auth_on_a_public_interface_warns_at_start(
     assert "AUTH_MODE=none" not in caplog.text
 
 
+async def test_unverified_id_tokens_warn_at_start_and_on_the_readiness_page(
+    make_settings: SettingsFactory,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # firebase-admin reads the process environment; monkeypatch puts it back after the test.
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099")
+    settings = make_settings(
+        **auth_settings("firebase"), firebase_auth_emulator_host="127.0.0.1:9099"
+    )
+    async with running_app(settings, clock) as chat:
+        ready = await chat.client.get("/ready")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ID tokens are not verified" in w for w in warnings), warnings
+    assert ready.json()["auth"] == "unverified (FIREBASE_AUTH_EMULATOR_HOST)"
+
+
+async def test_an_emulator_token_without_exp_is_accepted_from_the_cache_too(
+    make_settings: SettingsFactory, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099")
+    claims = {
+        "iss": f"https://securetoken.google.com/{PROJECT_ID}",
+        "aud": PROJECT_ID,
+        "sub": "alice",
+        "iat": int(clock().timestamp()),
+    }
+    unsigned = jwt.encode(claims, key=None, algorithm="none")
+    settings = make_settings(
+        **auth_settings("firebase"), firebase_auth_emulator_host="127.0.0.1:9099"
+    )
+    async with running_app(settings, clock) as chat:
+        for _ in range(2):  # the second answer comes from the cache
+            response = await chat.client.get(
+                f"{API}/personalities", headers={"Authorization": f"Bearer {unsigned}"}
+            )
+            assert response.status_code == 200, response.text
+
+
+async def test_verified_id_tokens_say_nothing_about_it(
+    make_settings: SettingsFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_app(make_settings(**auth_settings("firebase")), clock) as chat:
+        ready = await chat.client.get("/ready")
+    assert "not verified" not in caplog.text
+    assert "auth" not in ready.json()
+
+
 async def test_a_websocket_token_never_reaches_any_log_line(
     live_app: LiveFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -542,6 +616,24 @@ async def test_a_websocket_token_never_reaches_any_log_line(
         record.getMessage() for record in caplog.records if not record.name.startswith(clients)
     )
     assert "ws?token=[redacted]" in served  # uvicorn's own line was there, redacted
+    assert "alice-key" not in served
+
+
+@pytest.mark.parametrize("key", ["%74oken", "t%6Fk%65n"])
+async def test_a_percent_encoded_websocket_token_never_reaches_any_log_line(
+    live_app: LiveFactory, caplog: pytest.LogCaptureFixture, key: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with live_app(**auth_settings("api_key")) as live:
+        session_id = await new_session(live, {"Authorization": "Bearer alice-key"}, "alice")
+        url = live.url.replace("http://", "ws://") + SESSION.format(session_id=session_id)
+        async with websockets.connect(f"{url}/ws?{key}=alice-key") as socket:
+            assert json.loads(await socket.recv())["type"] == "chat_history"  # the key worked
+    clients = ("websockets.client", "httpx", "httpcore")
+    served = "\n".join(
+        record.getMessage() for record in caplog.records if not record.name.startswith(clients)
+    )
+    assert f"ws?{key}=[redacted]" in served
     assert "alice-key" not in served
 
 

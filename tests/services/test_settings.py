@@ -87,3 +87,44 @@ async def test_invalid_inline_credentials_fail_at_start_without_echoing_them(
             pass
     assert "SECRET" not in str(caught.value)
     assert "SECRET" not in repr(bad)
+
+
+UNVERIFIED = {
+    "auth_mode": "firebase",
+    "firebase_project_id": "chatify-prod",
+    "firebase_auth_emulator_host": "127.0.0.1:9099",
+}
+CREDENTIALS = json.dumps({"type": "service_account", "project_id": "chatify-prod"})
+
+
+def test_unverified_tokens_refuse_a_production_database() -> None:
+    with pytest.raises(ValidationError, match="FIREBASE_AUTH_EMULATOR_HOST") as caught:
+        settings(
+            **UNVERIFIED,
+            firebase_database_url="https://chatify-prod.firebaseio.com",
+            firebase_credentials_json=CREDENTIALS,
+        )
+    assert "ALLOW_UNVERIFIED_TOKENS" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},  # SQLite: a local setup
+        {"firebase_database_url": "http://127.0.0.1:9000?ns=chatify"},
+        {"firebase_database_url": "http://localhost:9000?ns=chatify"},
+        {
+            "firebase_database_url": "https://chatify-prod.firebaseio.com",
+            "firebase_database_emulator_host": "127.0.0.1:9000",
+        },
+        {
+            "firebase_database_url": "https://chatify-prod.firebaseio.com",
+            "firebase_credentials_json": CREDENTIALS,
+            "allow_unverified_tokens": True,
+        },
+    ],
+)
+def test_unverified_tokens_start_with_an_emulated_database_or_when_allowed(
+    values: dict[str, Any],
+) -> None:
+    assert settings(**UNVERIFIED, **values).tokens_unverified
