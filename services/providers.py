@@ -2,13 +2,14 @@
 
 A personality names its ``provider`` (default: ``default``, the ``OPENAI_*`` settings) and may
 list ``fallbacks``; ``LLM_FALLBACKS`` applies after them to every personality. A call goes to
-the first target whose provider is not cooling down. It falls back to the next one on what a
-retry elsewhere can fix (no connection, a timeout, 429, a 5xx, a garbled reply) and **only
-while nothing of the reply has been handed on**: once a delta reached a client, a failure is
-the turn's error. A provider that fails ``PROVIDER_FAILURES_TO_COOL`` times in a row is skipped
-for ``PROVIDER_COOLDOWN_SECONDS`` (a circuit breaker), so turns do not wait for its timeout;
-the last target left is always tried, so a personality with one provider is never refused by
-the breaker alone.
+the first target that is not cooling down. It falls back to the next one on what a retry
+elsewhere can fix (no connection, a timeout, 429, a 5xx, a garbled reply) and **only while
+nothing of the reply has been handed on**: once a delta reached a client, a failure is the
+turn's error. A target (provider and model) that fails ``PROVIDER_FAILURES_TO_COOL`` times in a
+row is skipped for ``PROVIDER_COOLDOWN_SECONDS`` (a circuit breaker), so turns do not wait for
+its timeout. It counts per model, so a failing ``TITLE_MODEL`` or ``SUMMARY_MODEL`` never cools
+the model that serves turns. The last target left is always tried, so a personality with one
+target is never refused by the breaker alone.
 
 Before falling back, a provider gets at most one immediate retry, and only for what a retry
 there can fix at once: a refused or dropped connection, or a 5xx (``LLM_MAX_RETRIES``: 0 or 1).
@@ -53,7 +54,13 @@ ProviderFailure = LLMError | LLMTimeout | LLMUnavailable
 
 
 class Breaker:
-    """Consecutive failures per provider; a provider past the limit cools down for a while."""
+    """Consecutive failures per target (provider and model); one past the limit cools down.
+
+    Counted per model, not per provider, because a call's model is its own product: a failing
+    title or memory model (``TITLE_MODEL``, ``SUMMARY_MODEL``) must not cool the model that
+    serves turns on the same provider. A provider that is down fails for every model, so each
+    of its models still cools after its own run of failures.
+    """
 
     def __init__(
         self, *, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic
@@ -61,25 +68,28 @@ class Breaker:
         self._limit = failures
         self._cooldown = cooldown
         self._clock = clock
-        self._failures: dict[str, int] = {}
-        self._until: dict[str, float] = {}
+        self._failures: dict[Target, int] = {}
+        self._until: dict[Target, float] = {}
 
-    def cooling(self, provider: str) -> bool:
+    def cooling(self, target: Target) -> bool:
         """Whether calls to it are skipped now."""
-        return self._until.get(provider, 0.0) > self._clock()
+        return self._until.get(target, 0.0) > self._clock()
 
-    def failed(self, provider: str) -> None:
+    def failed(self, target: Target) -> None:
         """Count a failure; the one that reaches the limit starts a cooldown."""
-        count = self._failures.get(provider, 0) + 1
-        self._failures[provider] = count
+        count = self._failures.get(target, 0) + 1
+        self._failures[target] = count
         if count >= self._limit:
-            self._until[provider] = self._clock() + self._cooldown
-            self._failures[provider] = 0
-            logger.warning("provider %s cools down for %g s", provider, self._cooldown)
+            self._until[target] = self._clock() + self._cooldown
+            self._failures[target] = 0
+            provider, model = target
+            logger.warning(
+                "provider %s model %s cools down for %g s", provider, model, self._cooldown
+            )
 
-    def succeeded(self, provider: str) -> None:
+    def succeeded(self, target: Target) -> None:
         """A success ends its run of failures."""
-        self._failures.pop(provider, None)
+        self._failures.pop(target, None)
 
 
 class Router:
@@ -166,7 +176,7 @@ class Router:
                 failure = LLMError(f"No model provider named {provider!r} is configured")
                 continue
             last = index == len(targets) - 1
-            if self._breaker.cooling(provider) and not last:
+            if self._breaker.cooling((provider, model)) and not last:
                 continue  # skipped while another target is left; the last one is always tried
             asked = sampling
             if (sampling.provider, sampling.model) != (provider, model):  # a fallback target
@@ -224,11 +234,11 @@ class Router:
                     logger.warning("provider %s rate limits; retrying in %g s", provider, wait)
                     await asyncio.sleep(wait)
                     continue
-                self._breaker.failed(provider)
+                self._breaker.failed((asked.provider, asked.model))
                 if handed_on:
                     raise
                 return error
-            self._breaker.succeeded(provider)
+            self._breaker.succeeded((asked.provider, asked.model))
             return completion
 
     def _wait_before_retry(self, error: LLMError | LLMTimeout | LLMUnavailable) -> float | None:

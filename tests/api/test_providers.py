@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from bench.mock_llm import MockLLM, Reply
 from services.settings import Settings
+from tests.api.conftest import until
 from tests.api.test_metrics import value
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 from tests.support.live import read_events
@@ -398,3 +399,29 @@ async def test_a_failing_provider_gets_one_immediate_retry_then_the_next_one(
         assert reply.status_code == 200 and reply.json()["response"] == answer
         assert len(llm.chat_requests()) == requests
         assert len(backup.chat_requests()) == 1
+
+
+async def test_a_failing_title_model_does_not_cool_the_model_that_serves_turns(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, backup: MockLLM
+) -> None:
+    # The first turn, then the title call and its retry fail on both providers (a title call
+    # falls back like a turn): two failures in a row of the default provider's title model.
+    llm.script(Reply(content="Ahoy"), Reply(status=503), Reply(status=503))
+    backup.script(Reply(status=503), Reply(status=503))
+    settings = with_backup(
+        make_settings,
+        backup,
+        provider_failures_to_cool=2,
+        session_titles=True,
+        title_model="title-model",
+    )
+    async with running_app(settings, clock) as chat:
+        session_id = await chat.create_session("resilient")
+        assert (await chat.send(session_id, "turn 1")).json()["response"] == "Ahoy"
+        await until(lambda: len(backup.chat_requests()) == 2, "the title call and its retry")
+        await until(lambda: chat.services.titles.pending == 0, "the title tasks")
+        reply = await chat.send(session_id, "turn 2")
+        # Served by the default provider's turn model, not by the fallback ("Backup: ...").
+        assert reply.json()["response"] == "Echo: turn 2"
+        turns = [body for body in llm.chat_requests() if body["model"] == "main-model"]
+        assert len(turns) == 2
