@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
-from api.schemas import SendMessageRequest, checked_message
+from api.schemas import USER_ID_PATTERN, SendMessageRequest, checked_message
 from services.admission import Admission, Admitted, owned
 from services.bus import SessionBus
-from services.errors import ChatifyError
+from services.errors import ChatifyError, InvalidInput
 from services.identity import Authenticator, Caller, Credentials
 from services.llm import LLMClient
 from services.memory import Memory
@@ -134,6 +134,39 @@ async def valid_session(
 
 
 ValidSessionDep = Annotated[SessionRecord, Depends(valid_session)]
+
+ME = "me"
+"""The ``user_id`` in a path that means the authenticated caller's own id: reserved, never a
+user's id in these routes (a user whose id is ``me`` reaches their data as ``me`` too)."""
+
+UserIdPath = Annotated[
+    str,
+    Path(
+        pattern=USER_ID_PATTERN,
+        description="A user id (1-128 characters of A-Z a-z 0-9 _ . : @ -), or `me`: the "
+        "authenticated caller's own id, whatever its characters (a Firebase uid with a space, "
+        "`/` or non-ASCII letters is reachable only as `me`). `me` needs a caller bound to a "
+        "user (Firebase ID token, per-user API key); for any other caller it is 422.",
+        examples=["me", "user_12345"],
+    ),
+]
+
+
+async def path_user(user_id: UserIdPath, caller: CallerDep) -> str:
+    """The user a ``/users/{user_id}`` route acts for: ``me`` is the caller's own id."""
+    if user_id != ME:
+        return user_id
+    if caller.user_id is None:
+        problem = {
+            "type": "unbound_caller",
+            "loc": ["path", "user_id"],
+            "msg": "'me' needs a caller bound to a user (an ID token or a per-user key)",
+        }
+        raise InvalidInput("Invalid request", problems=[problem])
+    return caller.user_id
+
+
+PathUserDep = Annotated[str, Depends(path_user)]
 
 
 async def admit_message(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -111,9 +112,11 @@ async def chatify_error(request: Request, exc: Exception) -> JSONResponse:
     count_error(request.app, exc.code)
     if exc.status >= 500:
         logger.warning("%s %s -> %s %s", request.method, request.url.path, exc.status, exc.code)
-    detail = exc.problems if isinstance(exc, InvalidInput) else None
+    detail, message = None, exc.message
+    if isinstance(exc, InvalidInput):
+        detail, message = exc.problems, describe_problems(exc.message, exc.problems)
     response = error_response(
-        exc.status, exc.code, exc.message, detail=detail, retry_after=exc.retry_after
+        exc.status, exc.code, message, detail=detail, retry_after=exc.retry_after
     )
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -124,13 +127,42 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     """A request that does not validate, as 422 ``validation_error``."""
     assert isinstance(exc, RequestValidationError)
     errors = jsonable_encoder(exc.errors(), exclude={"url"})
-    first = errors[0] if errors else {}
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    message = (
-        f"Invalid request: {where}: {first.get('msg', 'invalid')}" if where else "Invalid request"
-    )
     count_error(request.app, "validation_error")
+    message = describe_problems("Invalid request", errors)
     return error_response(422, "validation_error", message, detail=errors)
+
+
+_SHOWN_PROBLEMS = 5
+_MAX_PART = 200
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def describe_problems(summary: str, problems: Sequence[Mapping[str, Any]]) -> str:
+    """A 422's ``error.message``: the summary, then each bad field and what is wrong with it
+    (``Invalid request: message: String should have at least 1 character``).
+
+    Clients that show only ``error.message`` (the Chatify frontend) need every field named;
+    ``detail`` keeps the full list. Only field names and validators' messages, never input
+    values, each cut short; the first few problems, then how many more."""
+    parts = [_describe(problem) for problem in problems[:_SHOWN_PROBLEMS]]
+    if len(problems) > _SHOWN_PROBLEMS:
+        parts.append(f"and {len(problems) - _SHOWN_PROBLEMS} more")
+    return f"{summary}: {'; '.join(parts)}" if parts else summary
+
+
+def _describe(problem: Mapping[str, Any]) -> str:
+    loc = [part for part in problem.get("loc") or () if part is not None]
+    if len(loc) > 1 and loc[0] in _SOURCES:
+        loc = loc[1:]  # "body.message" reads as "message"; a bare "body" stays
+    where = ""
+    for part in loc:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    msg = str(problem.get("msg") or "is not valid")
+    return _shorten(f"{where}: {msg}" if where else msg)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_PART else text[: _MAX_PART - 1] + "\u2026"
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

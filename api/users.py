@@ -8,13 +8,12 @@ import binascii
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import CallerDep, ServicesDep
+from api.deps import CallerDep, PathUserDep, ServicesDep
 from api.errors import documented
 from api.schemas import (
-    USER_ID_PATTERN,
     ExportedMessage,
     ExportedSession,
     SessionListItem,
@@ -45,7 +44,7 @@ router = APIRouter(prefix="/chatbot", tags=["sessions"])
     responses=documented(400, 401, 403, 422, 503),
 )
 async def list_user_sessions(
-    user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)],
+    user_id: PathUserDep,
     services: ServicesDep,
     caller: CallerDep,
     status: Annotated[
@@ -72,15 +71,12 @@ async def list_user_sessions(
     return UserSessions(sessions=items, next_cursor=encode_cursor(page[-1]) if more else None)
 
 
-UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN)]
-
-
 @router.get(
     "/users/{user_id}/export",
     response_model=UserExport,
     responses=documented(401, 403, 422, 503),
 )
-async def export_user(user_id: UserIdPath, services: ServicesDep, caller: CallerDep) -> UserExport:
+async def export_user(user_id: PathUserDep, services: ServicesDep, caller: CallerDep) -> UserExport:
     """Everything stored for a user: every session with every message (the user themself,
     a server key or an admin)."""
     if not caller.may_act_for(user_id):
@@ -105,7 +101,9 @@ async def export_user(user_id: UserIdPath, services: ServicesDep, caller: Caller
     response_model=UserDeleted,
     responses=documented(401, 403, 422, 503),
 )
-async def delete_user(user_id: UserIdPath, services: ServicesDep, caller: CallerDep) -> UserDeleted:
+async def delete_user(
+    user_id: PathUserDep, services: ServicesDep, caller: CallerDep
+) -> UserDeleted:
     """Erase every session and message of a user from the store and the caches (the user
     themself, a server key or an admin). Idempotent: a second call erases nothing."""
     if not caller.may_act_for(user_id):
@@ -192,7 +190,7 @@ class UserUsage(BaseModel):
     responses=documented(401, 403, 422, 503),
 )
 async def get_user_usage(
-    user_id: UserIdPath,
+    user_id: PathUserDep,
     services: ServicesDep,
     caller: CallerDep,
     days: Annotated[

@@ -269,3 +269,42 @@ def local_address(response: httpx.Response) -> tuple[str, int]:
     """The client's end of the connection that carried ``response``."""
     address: tuple[str, int] = response.extensions["network_stream"].get_extra_info("client_addr")
     return address
+
+
+async def test_a_422_message_names_every_bad_field_and_detail_stays_the_list(
+    chat: RunningApp,
+) -> None:
+    secret = "do-not-echo-" + "z" * 20
+    personality = await chat.client.post(
+        "/api/v1/personalities",
+        json={
+            "name": "Two Bad",
+            "personalityPrompt": "You are a careful test bot who answers briefly.",
+            "temperature": 3,
+            "maxTokens": secret,
+        },
+    )
+    body = assert_error(personality, 422, "validation_error")
+    message = body["error"]["message"]
+    assert message.startswith("The personality is not valid: ")
+    assert "temperature: " in message and "maxTokens: " in message
+    assert secret not in message
+    assert isinstance(body["detail"], list) and len(body["detail"]) == 2
+
+    session_id = await chat.create_session()
+    turn = assert_error(await chat.send(session_id, ""), 422, "validation_error")
+    assert turn["error"]["message"].startswith("Invalid request: message: ")
+    assert [p["loc"] for p in turn["detail"]] == [["body", "message"]]
+
+
+async def test_a_422_message_is_bounded_when_many_fields_are_bad(chat: RunningApp) -> None:
+    fields = {f"unknown{n}": n for n in range(8)}
+    response = await chat.client.post(
+        "/api/v1/personalities",
+        json={"name": "Many Bad", "personalityPrompt": "You are a test bot.", **fields},
+    )
+    body = assert_error(response, 422, "validation_error")
+    message = body["error"]["message"]
+    assert len(body["detail"]) >= 8
+    assert message.endswith(f"; and {len(body['detail']) - 5} more")
+    assert "unknown0: " in message and "unknown7" not in message
