@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import (
+    ME,
     CallerDep,
     QuotasDep,
     Services,
@@ -56,6 +57,10 @@ async def create_session(
     user_id = caller.resolve_user(body.user_id)
     if user_id is None:
         raise invalid("body", "user_id", msg="Field required", kind="missing")
+    if user_id == ME and caller.role != "user":
+        # The user routes read `me` as the caller's own id: a user named so could not reach
+        # its data there.
+        raise invalid("body", "user_id", msg="'me' is reserved: it names the caller's own id")
     await quotas.take_session(user_id)
     created = await sessions.create_session(
         user_id=user_id,

@@ -83,3 +83,11 @@ async def test_me_without_a_bound_user_is_422_naming_user_id(chat: RunningApp, p
     assert [p["loc"] for p in body["detail"]] == [["path", "user_id"]]
     deleted = await chat.client.delete(f"{API}/users/me")
     assert deleted.status_code == 422, deleted.text
+
+
+async def test_no_session_is_created_for_a_user_named_me(chat: RunningApp) -> None:
+    """`me` names the caller on the user routes, so no one else may be called so."""
+    response = await chat.client.post(f"{API}/session", json={"user_id": "me"})
+    assert response.status_code == 422, response.text
+    assert [p["loc"] for p in response.json()["detail"]] == [["body", "user_id"]]
+    assert "reserved" in response.json()["error"]["message"]
