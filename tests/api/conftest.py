@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import firebase_admin._token_gen
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.deps import Services
 from tests.conftest import FakeClock, SettingsFactory
+from tests.support.firebase_tokens import TokenIssuer
 from tests.support.live import Event, live_server, read_events
 from tests.support.node_ai import node_script
 
@@ -96,3 +98,18 @@ async def until(condition: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[TokenIssuer]:
+    """Signs test ID tokens and serves their certificates."""
+    tokens = TokenIssuer()
+    yield tokens
+    tokens.close()
+
+
+@pytest.fixture
+def google_certs(issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch) -> TokenIssuer:
+    """firebase-admin fetches its certificates from the test issuer instead of Google."""
+    monkeypatch.setattr(firebase_admin._token_gen, "ID_TOKEN_CERT_URI", issuer.certs_url)
+    return issuer

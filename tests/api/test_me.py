@@ -3,9 +3,6 @@ a space, a non-ASCII letter or a `/` cannot be written in the path), on both sto
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import firebase_admin._token_gen
 import pytest
 
 from bench.mock_llm import MockLLM
@@ -14,21 +11,6 @@ from tests.support.firebase_tokens import PROJECT_ID, TokenIssuer
 
 API = "/api/v1/chatbot"
 UID = "jürgen müller/ü 7"
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[TokenIssuer]:
-    """Signs test ID tokens and serves their certificates."""
-    tokens = TokenIssuer()
-    yield tokens
-    tokens.close()
-
-
-@pytest.fixture
-def google_certs(issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch) -> TokenIssuer:
-    """firebase-admin fetches its certificates from the test issuer instead of Google."""
-    monkeypatch.setattr(firebase_admin._token_gen, "ID_TOKEN_CERT_URI", issuer.certs_url)
-    return issuer
 
 
 async def test_a_uid_with_a_space_umlaut_and_slash_reaches_its_data_as_me(

@@ -12,11 +12,10 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import firebase_admin._token_gen
 import jwt
 import pytest
 import websockets
@@ -126,21 +125,6 @@ def test_every_route_has_a_policy() -> None:
         methods = getattr(context.original_route, "methods", None) or {"WS"}
         routes |= {(method, context.path) for method in methods if method != "HEAD"}
     assert routes == set(POLICY), "give every new route a line in POLICY"
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[TokenIssuer]:
-    """Signs test ID tokens and serves their certificates."""
-    tokens = TokenIssuer()
-    yield tokens
-    tokens.close()
-
-
-@pytest.fixture
-def google_certs(issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch) -> TokenIssuer:
-    """firebase-admin fetches its certificates from the test issuer instead of Google."""
-    monkeypatch.setattr(firebase_admin._token_gen, "ID_TOKEN_CERT_URI", issuer.certs_url)
-    return issuer
 
 
 def auth_settings(mode: str) -> dict[str, Any]:
