@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -50,8 +51,9 @@ MAX_BYTES = Settings.model_fields["max_request_bytes"].default
 FUZZ_USER = "fuzz-user"
 
 # Bounded and reproducible: the same cases on every run, no example database on disk.
+# CHATIFY_FUZZ_EXAMPLES raises the count per operation for a longer run (README).
 FUZZ = settings(
-    max_examples=40,
+    max_examples=int(os.environ.get("CHATIFY_FUZZ_EXAMPLES", "40")),
     derandomize=True,
     deadline=None,
     database=None,
@@ -60,9 +62,30 @@ FUZZ = settings(
 STATEFUL = settings(FUZZ, max_examples=25, stateful_step_count=8)
 
 
+# The fuzzing runs as three callers: keyless on SQLite (the embedded default), and with a
+# user key and an admin key on the Firebase store (our RTDB test server), as outside testing
+# ran it. The hand-written abuse below runs keyless on SQLite.
+USER_KEY, ADMIN_KEY = "fuzz-user-key", "fuzz-admin-key"
+CALLERS = {
+    "keyless-sqlite": ("sqlite", {}),
+    "user-key-firebase": ("firebase-test-server", {"X-API-Key": USER_KEY}),
+    "admin-key-firebase": ("firebase-test-server", {"X-API-Key": ADMIN_KEY}),
+}
+
+
+@pytest.fixture(params=[*CALLERS])
+def caller(request: pytest.FixtureRequest) -> str:
+    """Who the schemathesis tests call as (one of CALLERS); plain tests ignore it."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def backend() -> str:
-    """SQLite only: this module is about input handling, not storage."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """SQLite unless a schemathesis caller says otherwise: this module is about input
+    handling, not storage."""
+    if "caller" in request.fixturenames:
+        return CALLERS[request.getfixturevalue("caller")][0]
     return "sqlite"
 
 
@@ -161,17 +184,28 @@ def with_links(raw: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Fuzzed:
-    """An app served by schemathesis' ASGI transport, its schema and the sessions that exist."""
+    """An app served by schemathesis' ASGI transport, its schema, the sessions that exist and
+    the headers every call sends (the caller's key, if any)."""
 
     schema: schemathesis.BaseSchema
     session_ids: list[str]
+    headers: dict[str, str]
+    admin: bool
 
 
 @pytest.fixture
-def fuzzed(make_settings: SettingsFactory, clock: FakeClock) -> Iterator[Fuzzed]:
+def fuzzed(make_settings: SettingsFactory, clock: FakeClock, caller: str) -> Iterator[Fuzzed]:
     """The app in process; schemathesis' transport runs its lifespan (stopped at the end).
     FUZZ_USER holds an active session with one turn and an ended one."""
-    app = create_app(make_settings(), clock=clock)
+    backend, headers = CALLERS[caller]
+    keys: dict[str, Any] = {}
+    if headers:
+        keys = {
+            "auth_mode": "api_key",
+            "user_api_keys": f"{FUZZ_USER}={USER_KEY}",
+            "admin_api_keys": ADMIN_KEY,
+        }
+    app = create_app(make_settings(**keys), clock=clock)
     try:
         with asgi.get_client(app) as client:  # type: ignore[arg-type]
             served = client.get("/openapi.json").json()
@@ -182,15 +216,16 @@ def fuzzed(make_settings: SettingsFactory, clock: FakeClock) -> Iterator[Fuzzed]
         create = schema[f"{API}/session"]["POST"]
         ids = []
         for _ in range(2):
-            created = create.Case(body={"user_id": FUZZ_USER}).call()
+            created = create.Case(body={"user_id": FUZZ_USER}).call(headers=headers)
             assert created.status_code == 201, created.text
             ids.append(created.json()["session_id"])
         send = schema[f"{API}/session/{{session_id}}/message"]["POST"]
-        turn = send.Case(path_parameters={"session_id": ids[0]}, body={"message": "hi"}).call()
-        assert turn.status_code == 200, turn.text
+        turn = send.Case(path_parameters={"session_id": ids[0]}, body={"message": "hi"})
+        assert turn.call(headers=headers).status_code == 200
         end = schema[f"{API}/session/{{session_id}}"]["DELETE"]
-        assert end.Case(path_parameters={"session_id": ids[1]}).call().status_code == 200
-        yield Fuzzed(schema, ids)
+        ended = end.Case(path_parameters={"session_id": ids[1]}).call(headers=headers)
+        assert ended.status_code == 200, ended.text
+        yield Fuzzed(schema, ids, headers, admin=caller != "user-key-firebase")
     finally:
         asgi.shutdown_lifespans()
 
@@ -235,13 +270,26 @@ def test_schemathesis_operation(label: str, fuzzed: Fuzzed) -> None:
     @FUZZ
     @given(case=cases(operation, fuzzed))
     def run(case: schemathesis.Case[Any]) -> None:
-        response = case.call()
+        response = case.call(headers=fuzzed.headers)
         statuses.add(response.status_code)
         case.validate_response(response, checks=checks_for(case))
 
     run()
-    # The cases reached the operation itself, not only its 404s and 422s.
-    assert statuses & {200, 201, 204}, statuses
+    if fuzzed.admin or not admin_only(operation):
+        # The cases reached the operation itself, not only its 404s and 422s.
+        assert statuses & {200, 201, 204}, statuses
+    else:  # a user key never gets past an admin route's door
+        assert not statuses & {200, 201, 204}, statuses
+        assert 403 in statuses, statuses
+
+
+def admin_only(operation: schemathesis.APIOperation[Any, Any, Any, Any]) -> bool:
+    """Whether the operation needs an admin key (docs/security.md: authoring, settings, the
+    admin stats, and metrics when no METRICS_TOKEN is set)."""
+    return operation.path.startswith(ADMIN_PATHS)
+
+
+ADMIN_PATHS = ("/api/v1/personalities", "/api/v1/settings", "/api/v1/admin", "/metrics")
 
 
 def test_schemathesis_stateful(fuzzed: Fuzzed) -> None:
@@ -252,6 +300,9 @@ def test_schemathesis_stateful(fuzzed: Fuzzed) -> None:
     machine: Any = sessions_only.as_state_machine()
 
     class Machine(machine):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"headers": fuzzed.headers}
+
         def validate_response(
             self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any
         ) -> None:
