@@ -127,6 +127,12 @@ class ToolUseBody(ToolCallBody):
     result: str = Field(description="What the model was given (an error's message, if one)")
     is_error: bool = Field(description="The tool failed, timed out or was called wrongly")
     images: list[str] | None = Field(None, description="Image URLs the tool made (images tool)")
+    round_text: str | None = Field(
+        None,
+        description="On a round's first call: the text the model wrote with that round's "
+        "calls. The reply's `content` has it too: every round's text in order, a blank line "
+        "between two",
+    )
 
     @classmethod
     def of_use(cls, use: ToolUse) -> ToolUseBody:
@@ -136,6 +142,7 @@ class ToolUseBody(ToolCallBody):
             result=use.result,
             is_error=use.is_error,
             images=list(use.images) or None,
+            round_text=use.round_text or None,
         )
 
 

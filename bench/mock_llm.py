@@ -70,7 +70,8 @@ class Reply:
     gate: threading.Event | None = None
     arrived: threading.Event | None = None
     raw_body: bytes | None = None
-    # Tool calls to answer with: ``{"name": <function>, "arguments": <dict or JSON text>}``.
+    # Tool calls to answer with: ``{"name": <function>, "arguments": <dict or JSON text>}``;
+    # with ``content``, that text comes with them (streamed before the calls).
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -276,7 +277,7 @@ class MockLLM:
             return True
         calls = _tool_calls(body) if reply.tool_calls is None else reply.tool_calls
         if calls:
-            await self._send_calls(writer, body, calls)
+            await self._send_calls(writer, body, calls, reply.content if reply.tool_calls else None)
             return True
         content = reply.content if reply.content is not None else self._echo(body)
         if body.get("stream"):
@@ -285,9 +286,13 @@ class MockLLM:
         return True
 
     async def _send_calls(
-        self, writer: asyncio.StreamWriter, body: dict[str, Any], calls: list[dict[str, Any]]
+        self,
+        writer: asyncio.StreamWriter,
+        body: dict[str, Any],
+        calls: list[dict[str, Any]],
+        content: str | None = None,
     ) -> None:
-        """A reply that only calls tools, streamed in pieces or whole."""
+        """A reply that calls tools (after some text, with ``content``), streamed or whole."""
         wire = [
             {
                 "id": f"call_{len(self.requests)}_{index}",
@@ -299,7 +304,7 @@ class MockLLM:
         usage = _usage(body, json.dumps(wire))
         if not body.get("stream"):
             result = _completion(body, "", True)
-            result["choices"][0]["message"] = {"role": "assistant", "content": None}
+            result["choices"][0]["message"] = {"role": "assistant", "content": content}
             result["choices"][0]["message"]["tool_calls"] = wire
             result["choices"][0]["finish_reason"] = "tool_calls"
             result["usage"] = usage
@@ -310,6 +315,8 @@ class MockLLM:
             "transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
         )
         writer.write(head.encode())
+        for piece in _split(content, 2) if content else ():
+            _write_chunk(writer, _sse(_chunk(body, {"content": piece}, None)))
         for index, call in enumerate(wire):
             arguments = call["function"]["arguments"]
             half = len(arguments) // 2

@@ -98,6 +98,9 @@ class ToolUse:
     result: str
     is_error: bool = False
     images: tuple[str, ...] = ()  # image URLs the tool returned (the image tool)
+    # On a round's first call: the text the model wrote with that round's calls (the reply's
+    # content has it too, before the next round's text; services.tools.messages).
+    round_text: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """As stored with the reply and shown in history (docs/data.md)."""
@@ -108,6 +111,8 @@ class ToolUse:
         }  # fmt: skip
         if self.images:
             doc["images"] = list(self.images)
+        if self.round_text:
+            doc["round_text"] = self.round_text
         return doc
 
     @classmethod
@@ -121,7 +126,8 @@ class ToolUse:
             int(doc.get("round") or 1),
         )  # fmt: skip
         images = tuple(str(url) for url in doc.get("images") or ())
-        return cls(call, str(doc.get("result") or ""), bool(doc.get("is_error")), images)
+        result, is_error = str(doc.get("result") or ""), bool(doc.get("is_error"))
+        return cls(call, result, is_error, images, str(doc.get("round_text") or ""))
 
 
 def tool_uses(raw: Any) -> tuple[ToolUse, ...]:

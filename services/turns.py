@@ -50,6 +50,7 @@ from services.store.base import Store
 from services.templates.stats import TemplateStats
 from services.titles import Titles
 from services.tools.loop import ToolLoop
+from services.tools.messages import ROUND_SEPARATOR
 from services.usage import UsageMeter
 
 logger = logging.getLogger(__name__)
@@ -647,12 +648,26 @@ def _replay(
     turn.replayed = True
     if not started:
         turn.emit("start", turn=result.message_count)
-    for use in stored.assistant.tools:
-        turn.emit("tool_call", tool=use.call)
-        turn.emit("tool_result", tool=use)
-    turn.emit("delta", content=result.reply)
+    _replay_reply(turn, stored.assistant.tools, result.reply)
     turn.emit("done", result=result)
     return result
+
+
+def _replay_reply(turn: Turn, uses: tuple[ToolUse, ...], reply: str) -> None:
+    """A stored reply's deltas and tool events in the order they first came: the text written
+    with a round's calls before them (``ToolUse.round_text``), the rest after the last."""
+    texts = [use.round_text for use in uses if use.round_text]
+    placed = bool(texts) and reply.startswith(ROUND_SEPARATOR.join(texts))
+    sent = 0
+    for use in uses:
+        if placed and use.round_text:
+            piece = (ROUND_SEPARATOR if sent else "") + use.round_text
+            turn.emit("delta", content=piece)
+            sent += len(piece)
+        turn.emit("tool_call", tool=use.call)
+        turn.emit("tool_result", tool=use)
+    if reply[sent:] or not sent:
+        turn.emit("delta", content=reply[sent:])
 
 
 def _result(

@@ -5,13 +5,15 @@ A personality with ``tools`` is offered its MCP tools on every model call of a t
 ``TOOL_TURN_DEADLINE_SECONDS``) offers none, so the model answers in words. A tool that
 fails, times out (``TOOL_TIMEOUT_SECONDS``) or is called with arguments that do not fit its
 input schema gives the model an error result; the turn goes on. The returned ``Completion``
-is the whole turn: every round's text (as streamed), every call and result in order, and the
-tokens of every model call.
+is the whole turn: every round's text (as streamed, apart: ``ROUND_SEPARATOR`` before a round's
+text when an earlier round wrote some), every call and result in order (a round's first result
+keeps the text written with its calls), and the tokens of every model call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -26,7 +28,7 @@ from services.tools import images
 from services.tools.config import allowed
 from services.tools.images import ImageTool
 from services.tools.mcp import McpServers, ToolOutcome, ToolSpec
-from services.tools.messages import exchange
+from services.tools.messages import ROUND_SEPARATOR, exchange
 
 logger = logging.getLogger(__name__)
 ToolSink = Callable[[ToolCall | ToolUse], None]  # a call as it starts, then its result
@@ -79,11 +81,12 @@ class ToolLoop:
         specs = {spec.function: spec for spec in listed}
         definitions = [spec.definition() for spec in specs.values()]
         ends = self._clock() + self._limits.turn_deadline
-        prompt, done = list(messages), _Turn()
+        prompt, done, apart = list(messages), _Turn(), _Apart(on_delta)
         for round_number in range(1, self._limits.max_rounds + 2):
             offered = definitions if self._offers(round_number, ends) else []
+            apart.next_round()
             try:
-                completion = await self._ask(prompt, sampling, stream, on_delta, offered)
+                completion = await self._ask(prompt, sampling, stream, apart, offered)
             except ContextTooLong as error:
                 if round_number == 1:
                     raise  # the turn may retry with less history: nothing has run yet
@@ -101,6 +104,8 @@ class ToolLoop:
             uses = await asyncio.gather(
                 *(self._use(call, spec, ends, sampling) for call, spec in calls)
             )
+            if completion.content:  # kept with the round, to replay it in its place later
+                uses[0] = dataclasses.replace(uses[0], round_text=completion.content)
             for use in uses:
                 on_tool(use)
             done.uses += uses
@@ -159,6 +164,27 @@ class ToolLoop:
             return ToolOutcome(f"The tool did not answer within {within:g} s", True)
 
 
+class _Apart:
+    """Passes each round's text on, ``ROUND_SEPARATOR`` first when an earlier round wrote
+    some, so the deltas add up to the reply (``_Turn.completion``)."""
+
+    def __init__(self, on_delta: DeltaSink) -> None:
+        self._on_delta = on_delta
+        self._said = False  # an earlier piece of the turn
+        self._round_said = False  # an earlier piece of this round
+
+    def next_round(self) -> None:
+        self._round_said = False
+
+    def __call__(self, piece: str) -> None:
+        if not piece:
+            return
+        if self._said and not self._round_said:
+            self._on_delta(ROUND_SEPARATOR)
+        self._said = self._round_said = True
+        self._on_delta(piece)
+
+
 class _Turn:
     """What the rounds add up to."""
 
@@ -179,7 +205,7 @@ class _Turn:
             sum(p.usage.total_tokens for p in self.parts),
         )
         return Completion(
-            content="".join(p.content for p in self.parts),
+            content=ROUND_SEPARATOR.join(p.content for p in self.parts if p.content),
             usage=usage,
             model=last.model,
             usage_reported=all(p.usage_reported for p in self.parts),

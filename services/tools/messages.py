@@ -11,6 +11,10 @@ from services.llm import ChatMessage
 from services.models import ToolUse
 from services.tools.config import function_name
 
+# Between the texts of a turn's rounds: in the reply's content and in its deltas, so text the
+# model wrote with its calls never runs into the next round's ("…for you.Tool said").
+ROUND_SEPARATOR = "\n\n"
+
 
 def exchange(uses: Sequence[ToolUse], content: str = "") -> list[ChatMessage]:
     """One round: the assistant's message calling the tools, then each result, in order.
@@ -36,9 +40,26 @@ def exchange(uses: Sequence[ToolUse], content: str = "") -> list[ChatMessage]:
 
 
 def replayed_reply(uses: Sequence[ToolUse], reply: str) -> list[ChatMessage]:
-    """A stored reply that called tools: each round's exchange, then the reply's text."""
+    """A stored reply that called tools: each round's exchange, carrying the text the model
+    wrote with those calls, then the rest of the reply: the text of the round that answered."""
     messages: list[ChatMessage] = []
-    for _, round_uses in groupby(uses, key=lambda use: use.call.round):
-        messages += exchange(list(round_uses))
-    messages.append({"role": "assistant", "content": reply})
+    said: list[str] = []
+    for _, grouped in groupby(uses, key=lambda use: use.call.round):
+        round_uses = list(grouped)
+        text = round_uses[0].round_text
+        messages += exchange(round_uses, text)
+        if text:
+            said.append(text)
+    messages.append({"role": "assistant", "content": _last_round_text(reply, said)})
     return messages
+
+
+def _last_round_text(reply: str, said: list[str]) -> str:
+    """The reply without the rounds' texts it starts with (a reply stored before round texts
+    were kept has none: it is sent whole, as it was)."""
+    if not said:
+        return reply
+    head = ROUND_SEPARATOR.join(said)
+    if reply == head:
+        return ""
+    return reply.removeprefix(head + ROUND_SEPARATOR)

@@ -174,6 +174,60 @@ async def test_stored_calls_and_results_are_replayed_in_order_into_the_next_prom
     assert last_prompt[5] == {"role": "assistant", "content": stored["content"]}
 
 
+FIVE_KM = {
+    "name": "demo__convert_units",
+    "arguments": {"value": 5, "from_unit": "km", "to_unit": "mi"},
+}
+SAID = "Let me convert that."
+ANSWER = "Tool said: 5 km = 3.10686 mi"
+
+
+async def test_text_sent_with_calls_is_stored_and_replayed_with_its_round(
+    chat: RunningApp, llm: MockLLM
+) -> None:
+    llm.script(Reply(content=SAID, tool_calls=[FIVE_KM]))
+    session_id = await chat.create_session("clock")
+    reply = (await chat.send(session_id, "5 km in miles?")).json()
+    await chat.send(session_id, "Thanks!")
+
+    # The user saw both texts (streamed as they came), so the reply keeps both, apart.
+    assert reply["response"] == f"{SAID}\n\n{ANSWER}"
+    stored = (await history(chat, session_id))[1]
+    assert stored["content"] == reply["response"]
+    assert [use.get("round_text") for use in stored["tools"]] == [SAID]
+    last_prompt = llm.chat_requests()[-1]["messages"]
+    assert [m["role"] for m in last_prompt] == [
+        "system", "user", "assistant", "tool", "assistant", "user"
+    ]  # fmt: skip
+    calling, result, final = last_prompt[2:5]
+    assert calling["content"] == SAID and len(calling["tool_calls"]) == 1
+    assert result["tool_call_id"] == calling["tool_calls"][0]["id"]
+    assert final == {"role": "assistant", "content": ANSWER}
+
+
+async def test_streamed_text_before_a_call_is_apart_from_the_reply_and_adds_up_to_it(
+    live_app: LiveFactory, demo_http: str, llm: MockLLM
+) -> None:
+    llm.script(Reply(content=SAID, tool_calls=[FIVE_KM]))
+    async with live_app(mcp_servers={"demo": {"url": demo_http}}) as live:
+        session_id = await live.create_session("clock")
+        async with live.stream(session_id, "5 km in miles?", body={"client_message_id": "k"}) as r:
+            events = await collect(r)
+        async with live.stream(session_id, "5 km in miles?", body={"client_message_id": "k"}) as r:
+            replayed = await collect(r)
+
+    for turn in (events, replayed):
+        kinds = [e.event for e in turn]
+        call = kinds.index("tool_call")
+        assert set(kinds[1:call]) == {"delta"} and kinds[call + 1] == "tool_result"
+        deltas = [e.json()["content"] for e in turn if e.event == "delta"]
+        before = "".join(deltas[: call - 1])
+        assert before == SAID
+        done = turn[-1].json()
+        assert done["response"] == "".join(deltas) == f"{SAID}\n\n{ANSWER}"
+    assert replayed[-1].json()["replayed"] is True
+
+
 async def test_a_streamed_turn_shows_each_call_and_result_before_the_reply(
     live_app: LiveFactory, demo_http: str
 ) -> None:
