@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import pyspy
-from bench.__main__ import overhead_row, scenario
 from bench.harness import REPO
 from bench.lean_targets import SIDES, TARGETS, target_row
 from bench.load import summary_table
+from bench.scenario import overhead_row, scenario
 
 logger = logging.getLogger(__name__)
 DEFAULT_BASELINE = "a553ade"
@@ -38,7 +38,7 @@ Pair = tuple[dict[str, Any], dict[str, Any]]
 
 @dataclass(frozen=True, kw_only=True)
 class Spec:
-    """One scenario: what ``bench.__main__.scenario`` runs, and how many rounds per side."""
+    """One scenario: what ``bench.scenario.scenario`` runs, and how many rounds per side."""
 
     name: str
     title: str

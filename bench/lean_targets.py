@@ -1,6 +1,6 @@
 """The lean-turn issue's targets, and how one line of ``bench.lean``'s table judges them.
 
-Figures come from ``bench.__main__.overhead_row`` of each (direct, service) pair: a latency
+Figures come from ``bench.scenario.overhead_row`` of each (direct, service) pair: a latency
 target is each side's p50 over the direct call measured next to it, a throughput target its
 turns/s over direct's, an overhead target the difference, and a CPU target HEAD's service CPU
 per turn over the baseline's. Several rounds give the median, with every value shown.

@@ -1,0 +1,82 @@
+"""One configuration measured direct and through the service in the same run (``scenario``),
+and the overhead row of the two (``overhead_row``): what ``python -m bench`` and
+``python -m bench.lean`` both run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.harness import REPO, running, start_mock_llm, start_rtdb, start_service
+from bench.load import Phase, bench_settings, measure, summary_table
+
+logger = logging.getLogger("bench")
+
+
+def scenario(
+    *,
+    store: str,
+    users: int,
+    turns: int,
+    latency_ms: float,
+    transport: str = "rest",
+    chunks: int = 4,
+    processes: int = 4,
+    ramp_seconds: float = 0.0,
+    llm_flags: Sequence[str] = (),
+    warmup_turns: int = 0,
+    repo: Path = REPO,
+    sampler: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
+    **settings: object,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(direct, service) summaries of one configuration, the service run from ``repo``;
+    ``llm_flags`` go to the mock LLM, ``sampler(pid)`` wraps the service phase (a profiler).
+
+    ``warmup_turns``: one user's turns through the service first, not measured, so that its
+    one-time work (FastAPI building routes on first use, the first title and memory fold)
+    is not counted as the turns' cost."""
+    llm_args = ["--latency-ms", str(latency_ms), "--chunks", str(chunks), *llm_flags]
+    with running(start_mock_llm(*llm_args)) as llm:
+        rtdb = start_rtdb() if store == "firebase" else None
+        try:
+            config = bench_settings(llm.url, rtdb.url if rtdb else None, **settings)
+            with running(start_service(repo=repo, **config)) as service:
+                direct_mode = "direct" if transport == "rest" else "direct-stream"
+                base = (service.url, f"{llm.url}/v1")
+                if warmup_turns:
+                    measure(Phase(transport, 1, warmup_turns, *base, 1))
+                direct = measure(
+                    Phase(direct_mode, users, turns, *base, processes, 60, ramp_seconds)
+                )
+                pid = service.popen.pid
+                with sampler(pid) if sampler else contextlib.nullcontext():
+                    through = measure(
+                        Phase(transport, users, turns, *base, processes, 60, ramp_seconds), pid
+                    )
+        finally:
+            if rtdb:
+                rtdb.stop()
+    for row in (direct, through):
+        row.update(store=store, latency_ms=latency_ms)
+    logger.info("%s", summary_table([direct, through]))
+    return direct, through
+
+
+def overhead_row(name: str, pair: tuple[dict[str, Any], dict[str, Any]], op: str) -> dict[str, Any]:
+    """Service minus direct, side by side."""
+    direct, through = pair
+    d, t = direct["ops"][op], through["ops"][op]
+    return {
+        "name": name,
+        "direct_p50": d["p50"],
+        "service_p50": t["p50"],
+        "over_p50": t["p50"] - d["p50"],
+        "over_p99": t["p99"] - d["p99"],
+        "direct_tps": direct["turns_per_s"],
+        "service_tps": through["turns_per_s"],
+        "cpu": through["service_cpu_ms_per_turn"],
+        "errors": sum(through["errors"].values()),
+    }
