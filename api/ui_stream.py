@@ -10,7 +10,9 @@ chat) and runs one turn with the last user message's text, its message id as the
 ``client_message_id``, through the same pipeline, limits and storage as every transport. The
 reply streams as SSE ``data:`` parts (``start``, ``text-start``, ``text-delta``…, ``text-end``,
 ``finish`` or ``error``), then ``data: [DONE]``. ``GET /chat/{id}/stream`` resumes the turn in
-flight (``useChat({resume: true})``), or answers 204 when there is none.
+flight (``useChat({resume: true})``), or answers 204 when there is none. ``GET
+/chat/{id}/messages`` gives the stored history as ``UIMessage``s (``useChat({id, messages})``
+after a reload), with the ids and parts the stream gave.
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import CallerDep, ServicesDep, ValidSessionDep
+from api.deps import CallerDep, ServicesDep, SessionServiceDep, ValidSessionDep
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
-from services.models import ToolCall, ToolUse
+from services.models import StoredMessage, ToolCall, ToolUse
 from services.quotas import StreamSlot
 from services.turns import Turn, TurnEvent
 
@@ -62,6 +64,71 @@ class UIChatRequest(BaseModel):
     messages: Annotated[list[UIMessage], Field(min_length=1)]
     trigger: str | None = None
     messageId: str | None = None
+
+
+class UITextPart(BaseModel):
+    """A message's text."""
+
+    type: Literal["text"] = "text"
+    text: str
+    state: Literal["done"] = "done"
+
+
+class UIToolImages(BaseModel):
+    """The image tool's result: its text and the images it made."""
+
+    text: str
+    images: list[str]
+
+
+class UIToolOutputPart(BaseModel):
+    """A tool the reply called and its result; the service ran it (``providerExecuted``)."""
+
+    type: Literal["dynamic-tool"] = "dynamic-tool"
+    toolName: str = Field(description="`server/tool`")
+    toolCallId: str
+    state: Literal["output-available"] = "output-available"
+    input: dict[str, Any]
+    output: str | UIToolImages = Field(description="The result (with images: `{text, images}`)")
+    providerExecuted: Literal[True] = True
+
+
+class UIToolErrorPart(BaseModel):
+    """A tool call that failed, timed out or was made wrongly; the model was told so."""
+
+    type: Literal["dynamic-tool"] = "dynamic-tool"
+    toolName: str = Field(description="`server/tool`")
+    toolCallId: str
+    state: Literal["output-error"] = "output-error"
+    input: dict[str, Any]
+    errorText: str
+    providerExecuted: Literal[True] = True
+
+
+class UIMessageMetadata(BaseModel):
+    session_id: str
+    seq: int = Field(description="Position in the session, from 0")
+    timestamp: str
+
+
+class UIStoredMessage(BaseModel):
+    """A stored message as the AI SDK's ``UIMessage``."""
+
+    id: str = Field(
+        description="A user message's id (its `client_message_id`, else `{session_id}-{seq}`); "
+        "a reply's is its user message's id plus `-reply`, as its stream's `messageId`"
+    )
+    role: Literal["user", "assistant"]
+    metadata: UIMessageMetadata
+    parts: list[UITextPart | UIToolOutputPart | UIToolErrorPart] = Field(
+        description="The text, then a reply's tool calls in order"
+    )
+
+
+class UIMessagesPage(BaseModel):
+    success: Literal[True] = True
+    messages: list[UIStoredMessage] = Field(description="Oldest first: `useChat`'s `messages`")
+    next_before: int | None = Field(description="Pass as `before` for the previous page")
 
 
 _STREAM_DOC = {
@@ -117,6 +184,60 @@ async def resume_ui_chat(session: ValidSessionDep, services: ServicesDep) -> Res
     return _response(turn, slot, services.settings.sse_ping_seconds)
 
 
+@router.get(
+    "/chat/{session_id}/messages",
+    response_model=UIMessagesPage,
+    responses=documented(401, 404, 422, 503),
+)
+async def list_ui_messages(
+    session: ValidSessionDep,
+    sessions: SessionServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="Messages per page")] = 50,
+    before: Annotated[
+        int | None, Query(ge=0, le=2**62, description="Only messages with seq below this")
+    ] = None,
+) -> UIMessagesPage:
+    """The stored history as AI SDK `UIMessage`s for `useChat({id, messages})` after a reload,
+    with the ids and parts the stream gave: the newest page, oldest first (follow
+    `next_before` back)."""
+    page = await sessions.messages(session.session_id, limit=limit, before=before)
+    asked = None
+    if page and page[0].role == "assistant":
+        # A reply's id is its user message's, which the page starts after.
+        earlier = await sessions.messages(session.session_id, limit=1, before=page[0].seq)
+        asked = earlier[-1] if earlier else None
+    messages = []
+    for message in page:
+        messages.append(ui_message(session.session_id, message, asked))
+        asked = message
+    next_before = page[0].seq if page and page[0].seq > 0 else None
+    return UIMessagesPage(messages=messages, next_before=next_before)
+
+
+def ui_message(
+    session_id: str, message: StoredMessage, asked: StoredMessage | None
+) -> UIStoredMessage:
+    """A stored message as a ``UIMessage``; ``asked`` is the message before it."""
+    if message.role == "user":
+        message_id = message.client_message_id or f"{session_id}-{message.seq}"
+    else:
+        asked_id = asked.client_message_id if asked is not None else None
+        message_id = f"{asked_id or f'{session_id}-{message.seq - 1}'}-reply"
+    parts: list[UITextPart | UIToolOutputPart | UIToolErrorPart] = [
+        UITextPart(text=message.content)
+    ]
+    for use in message.tools:
+        call = {"toolName": use.call.name, "toolCallId": use.call.id, "input": use.call.arguments}
+        if use.is_error:
+            parts.append(UIToolErrorPart(**call, errorText=use.result))
+        else:
+            parts.append(UIToolOutputPart(**call, output=_tool_output(use)))
+    metadata = UIMessageMetadata(
+        session_id=session_id, seq=message.seq, timestamp=message.timestamp
+    )
+    return UIStoredMessage(id=message_id, role=message.role, metadata=metadata, parts=parts)
+
+
 def _last_user_message(body: UIChatRequest, limit: int) -> tuple[str, str]:
     for index in range(len(body.messages) - 1, -1, -1):
         message = body.messages[index]
@@ -161,9 +282,13 @@ def _tool_part(item: ToolCall | ToolUse) -> dict[str, Any]:
     if item.is_error:
         return {"type": "tool-output-error", "toolCallId": item.call.id,
                 "errorText": item.result, "providerExecuted": True, "dynamic": True}  # fmt: skip
-    output: Any = {"text": item.result, "images": list(item.images)} if item.images else item.result
-    return {"type": "tool-output-available", "toolCallId": item.call.id, "output": output,
-            "providerExecuted": True, "dynamic": True}  # fmt: skip
+    return {"type": "tool-output-available", "toolCallId": item.call.id,
+            "output": _tool_output(item), "providerExecuted": True, "dynamic": True}  # fmt: skip
+
+
+def _tool_output(use: ToolUse) -> Any:
+    """A tool's result as the UI shows it: its text, with the image tool's images beside."""
+    return {"text": use.result, "images": list(use.images)} if use.images else use.result
 
 
 def ui_parts(turn: Turn, event: TurnEvent) -> list[dict[str, Any]]:

@@ -56,6 +56,7 @@ POLICY: dict[tuple[str, str], str] = {
     ("PATCH", SESSION): "owner",
     ("POST", "/api/v1/chatbot/chat"): "owner",
     ("GET", "/api/v1/chatbot/chat/{session_id}/stream"): "owner",
+    ("GET", "/api/v1/chatbot/chat/{session_id}/messages"): "owner",
     ("DELETE", SESSION): "owner",
     ("GET", "/api/v1/admin/stats"): "admin",
     ("GET", "/metrics"): "admin",
