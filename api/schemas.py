@@ -48,7 +48,9 @@ class CreateSessionRequest(BaseModel):
     variables: dict[str, str] | None = Field(
         None,
         description="Values for the variables the personality declares (`{{name}}` in its "
-        "prompt and greeting); undeclared names or values over the declared maxLength are 422",
+        "prompt and greeting); undeclared names or values over the declared maxLength are 422. "
+        "Each value becomes one line of plain text: line breaks and control characters turn "
+        "into spaces, bidirectional controls are removed, double quotes become '",
         examples=[{"user_name": "Sam"}],
     )
     timezone: str | None = Field(
@@ -371,7 +373,10 @@ class RenameSessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(
-        description="The new title; null clears it", min_length=1, max_length=TITLE_MAX_CHARS
+        description="The new title; null clears it. A line break, a control character or a "
+        "bidirectional control in it is 422 (`invalid_characters`)",
+        min_length=1,
+        max_length=TITLE_MAX_CHARS,
     )
 
 

@@ -37,6 +37,7 @@ from api.schemas import (
 )
 from services.identity import Caller
 from services.models import parse_iso
+from services.titles import client_title
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
 HISTORY_IN_DETAIL = 50
@@ -202,8 +203,5 @@ async def rename_session(
 ) -> SessionResponse:
     """Rename a session (`{"title": null}` clears it). A generated title never overwrites
     one set here."""
-    title = body.title.strip() if body.title is not None else None
-    if title == "":
-        raise invalid("body", "title", msg="Title is blank")
-    record = await sessions.rename(session.session_id, title)
+    record = await sessions.rename(session.session_id, client_title(body.title))
     return SessionResponse(**SessionSummary.fields_of(record))

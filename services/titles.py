@@ -7,6 +7,9 @@ times, then the title stays null (never an error text). A title is only written 
 session has none, so a user's rename always wins. The offline responder has no model to ask:
 its title is the first words of the user's message.
 
+A title is one line of plain text (``services.plain_text``): a generated one has its control
+and bidirectional characters taken out; one a client sets with them is refused.
+
 Each answered call's tokens count as one background call of the session's user
 (``services.usage.BackgroundCalls``), added by the title's own write, never holding up or
 failing the title.
@@ -19,9 +22,10 @@ import logging
 
 from services.background import Tasks
 from services.bus import SessionBus, SessionEvent
-from services.errors import ChatifyError
+from services.errors import ChatifyError, InvalidInput
 from services.llm import ChatMessage, LLMClient
 from services.models import CallUsage, SessionRecord, StoredTurn, background_sampling
+from services.plain_text import is_plain, one_line
 from services.store.base import Store
 from services.usage import BackgroundCalls
 
@@ -130,10 +134,28 @@ class EmptyTitle(Exception):
 
 
 def clean_title(text: str) -> str:
-    """One line of at most ``TITLE_MAX_CHARS``, without quotes or final punctuation."""
-    line = next((part for part in text.splitlines() if part.strip()), "")
+    """One line of plain text of at most ``TITLE_MAX_CHARS``, without quotes or final
+    punctuation."""
+    line = next((plain for part in text.splitlines() if (plain := one_line(part))), "")
     line = " ".join(line.split()).strip("\"'“”‘’`*#").strip()
     line = line.rstrip(".!?:;,").strip()
     if len(line) > TITLE_MAX_CHARS:
         line = line[: TITLE_MAX_CHARS - 1].rstrip() + "…"
     return line[:1].upper() + line[1:]
+
+
+def client_title(text: str | None) -> str | None:
+    """A title a client sets, stripped (None clears it); ``InvalidInput`` naming ``title``
+    when it is blank or holds a control or bidirectional character."""
+    if text is None:
+        return None
+    title = text.strip()
+    problem = None
+    if not title:
+        problem = {"type": "value_error", "msg": "Title is blank"}
+    elif not is_plain(title):
+        msg = "Title holds a line break, a control or a bidirectional character"
+        problem = {"type": "invalid_characters", "msg": msg}
+    if problem is not None:
+        raise InvalidInput("Invalid request", problems=[{**problem, "loc": ["body", "title"]}])
+    return title

@@ -2,8 +2,10 @@
 
 Built-ins: ``date``, ``time`` and ``weekday`` (in the session's time zone), ``model`` and
 ``personality`` (the template's title). Others are declared by the template with a default and
-a maximum length, and passed by the client as data: control characters and line breaks in a
-value become spaces, so a value cannot start a new line of instructions.
+a maximum length, and passed by the client as data, made one line of plain text
+(``services.plain_text``: line breaks and control characters become spaces, bidirectional
+controls go) so a value cannot start a new line of instructions, and its double quotes become
+``'`` so a value framed in quotes (``"{{user_name}}"``) cannot close them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.errors import InvalidInput
+from services.plain_text import one_line
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 BUILT_INS = frozenset({"date", "time", "weekday", "model", "personality"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+# ASCII's double quote and its typographic forms, any of which may close a frame.
+_DOUBLE_QUOTES = re.compile(r'["\u00ab\u00bb\u201c-\u201f\u301d-\u301f\uff02]')
 TIMEZONE_MAX = 64
 
 
@@ -58,5 +62,5 @@ def built_in_values(*, now: datetime, model: str, personality: str) -> dict[str,
 
 
 def clean_value(value: str) -> str:
-    """A client's value as plain data on one line."""
-    return _CONTROL.sub(" ", value).strip()
+    """A client's value as plain data on one line, with no double quote."""
+    return _DOUBLE_QUOTES.sub("'", one_line(value))

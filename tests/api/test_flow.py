@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.mock_llm import MockLLM
+from services.prompt import WELCOME_PREFIX
 from tests.conftest import RULES, FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"
@@ -129,7 +130,7 @@ async def test_conversation_survives_a_restart(
         assert reply.json()["message_count"] == 2
     # The stored welcome opens the conversation the model sees, after a restart too.
     assert llm.chat_requests()[-1]["messages"][1:] == [
-        {"role": "assistant", "content": "Ahoy!"},
+        {"role": "system", "content": WELCOME_PREFIX + "Ahoy!"},
         {"role": "user", "content": "remember the treasure"},
         {"role": "assistant", "content": "Echo: remember the treasure"},
         {"role": "user", "content": "what did I say?"},
@@ -202,7 +203,8 @@ async def test_the_welcome_opens_the_conversation_until_the_window_moves_on(
     for n in range(4):
         await chat.send(session_id, f"m{n}")
     prompts = [request["messages"] for request in llm.chat_requests()]
-    assert [p[1] for p in prompts[:3]] == [{"role": "assistant", "content": "Ahoy!"}] * 3
+    welcome = {"role": "system", "content": WELCOME_PREFIX + "Ahoy!"}
+    assert [p[1] for p in prompts[:3]] == [welcome] * 3
     assert prompts[3][1] == {"role": "user", "content": "m1"}  # seq 0 left the window
     detail = (await chat.client.get(f"{API}/session/{session_id}")).json()
     assert detail["welcome_message"] == "Ahoy!" and detail["message_count"] == 4

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
+from services.prompt import WELCOME_PREFIX
 from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
@@ -143,7 +144,7 @@ async def test_failed_llm_call_stores_nothing_and_the_retry_succeeds(
     assert retried.status_code == 200
     assert retried.json()["replayed"] is False and retried.json()["message_count"] == 1
     assert llm.chat_requests()[-1]["messages"][1:] == [
-        {"role": "assistant", "content": "Ahoy!"},
+        {"role": "system", "content": WELCOME_PREFIX + "Ahoy!"},
         {"role": "user", "content": "hi"},
     ]
 
