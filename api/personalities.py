@@ -16,7 +16,7 @@ from api.schemas import Personalities
 from services.errors import TemplateNotFound
 from services.models import ModelCounts, TemplateCounts
 from services.provider_config import Target, target_key
-from services.templates.schema import draft_json_schema, template_json_schema
+from services.templates.schema import draft_json_schema, template_json_schema, typed_document
 from services.templates.versions import DocRef, DocWrite, etag_of
 
 router = APIRouter(tags=["personalities"])
@@ -91,7 +91,8 @@ def _personality(
     template_id: str, document: dict[str, Any], *, problems: list[Any], usage: int
 ) -> dict[str, Any]:
     fields = dict.fromkeys(Personality.model_fields)
-    return {**fields, **document, "id": template_id, "usageCount": usage, "problems": problems}
+    typed = typed_document(document)
+    return {**fields, **typed, "id": template_id, "usageCount": usage, "problems": problems}
 
 
 async def _one(

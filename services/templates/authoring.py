@@ -22,6 +22,7 @@ from services.templates.schema import (
     parse_rules,
     template_id_for,
     template_problems,
+    typed_document,
     with_prefix,
     with_tags_cleaned,
 )
@@ -195,13 +196,14 @@ def _editable(draft: Any) -> dict[str, Any]:
 
 def _checked(document: dict[str, Any], *, also: Sequence[Problem] = ()) -> dict[str, Any]:
     """The document if it is a valid template, else ``InvalidInput`` naming every problem
-    (located under body), ``also`` included. Fields an author added in the console and the
-    schema does not know are kept as they are."""
+    (located under body), ``also`` included, with its values typed ("1.3" stored as 1.3).
+    Fields an author added in the console and the schema does not know are kept as they are."""
     document = with_tags_cleaned(document)
     problems = [*also, *with_prefix(template_problems(document), "body")]
     if problems:
         raise InvalidInput("The personality is not valid", problems=problems)
-    return document
+    typed: dict[str, Any] = typed_document(document)
+    return typed
 
 
 def _checked_rules(document: dict[str, Any]) -> dict[str, Any]:

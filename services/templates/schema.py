@@ -160,6 +160,20 @@ def with_tags_cleaned(doc: Any) -> Any:
     return {**doc, "tags": without_blank_tags(doc["tags"])}
 
 
+def typed_document(doc: Any) -> Any:
+    """A valid template document with each value in the type the schema gives it: the lax
+    coercion the original backend applied (``"1.3"``, ``"200"``, ``"true"``) is stored and
+    read typed. An invalid document is given back as it is (its problems say why)."""
+    if not isinstance(doc, dict):
+        return doc
+    try:
+        template = Template.model_validate(doc)
+    except ValidationError:
+        return doc
+    typed = template.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return {**doc, **{key: typed[key] for key in doc if key in typed}}
+
+
 class UniversalRules(BaseModel):
     """Rules put before every personality prompt."""
 

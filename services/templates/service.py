@@ -23,6 +23,7 @@ from services.templates.schema import (
     rules_problems,
     template_problems,
     tool_problems,
+    typed_document,
     with_tags_cleaned,
 )
 from services.templates.variables import built_in_values, clean_value, render, zone
@@ -270,6 +271,7 @@ def read_seed_dir(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
         found += [f"universal_rules.json: {p['msg']}" for p in rules_problems(rules, strict=True)]
     if found:
         raise ValueError(f"invalid seed files in {folder}: " + "; ".join(found))
+    templates = {key: typed_document(doc) for key, doc in templates.items()}
     for doc in templates.values():
         doc.setdefault("version", 1)
     if rules is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
+from services.templates.versions import DocRef
 from tests.api.conftest import Live, LiveFactory, collect
 from tests.conftest import RULES, FakeClock, RunningApp, SettingsFactory, running_app
 
@@ -144,6 +145,58 @@ async def test_empty_and_blank_tags_are_dropped(chat: RunningApp) -> None:
         assert edited.json()["tags"] == ["b"]
     assert (await chat.client.get(f"{P}/mixed")).json()["tags"] == ["b"]
     assert chat.services.templates.problems().get("mixed", []) == []
+
+
+async def stored(chat: RunningApp, template_id: str) -> dict[str, Any]:
+    """The document as the store holds it."""
+    document = await chat.services.store.read_document(DocRef("template", template_id))
+    assert document is not None
+    return document
+
+
+async def test_string_numbers_and_booleans_are_stored_typed(chat: RunningApp) -> None:
+    created = await create(
+        chat,
+        temperature="1.3",
+        maxTokens="200",
+        presencePenalty=" -0.5 ",
+        contextMessages="12",
+        isPublic="false",
+        isDefault="true",
+        variables={"who": {"maxLength": "40"}},
+    )
+    typed = {
+        "temperature": 1.3, "maxTokens": 200, "presencePenalty": -0.5, "contextMessages": 12,
+        "isPublic": False, "isDefault": True,
+    }  # fmt: skip
+    document = await stored(chat, "test-bot")
+    for field, value in typed.items():
+        for where in (created, document, (await chat.client.get(f"{P}/test-bot")).json()):
+            assert where[field] == value and type(where[field]) is type(value), (field, where)
+    assert document["variables"] == {"who": {"maxLength": 40}}
+    patched = await chat.client.patch(f"{P}/test-bot", json={"maxTokens": "300"})
+    assert patched.json()["maxTokens"] == 300
+    assert (await stored(chat, "test-bot"))["maxTokens"] == 300
+
+    # What does not coerce is refused, nothing written.
+    refused = await chat.client.put(
+        f"{P}/test-bot", json={"temperature": "warm", "maxTokens": "1.5", "isPublic": "maybe"}
+    )
+    assert problems_at(refused) == {
+        "temperature": "float_parsing", "maxTokens": "int_parsing", "isPublic": "bool_parsing",
+    }  # fmt: skip
+    # A template written in the console: what coerces is served typed, without a problem.
+    await chat.services.store.seed(
+        {"console": {"personalityPrompt": PROMPT, "temperature": "0.4", "isPublic": "false"}},
+        None,
+        overwrite=True,
+    )
+    console = (await chat.client.get(f"{P}/console")).json()
+    assert console["temperature"] == 0.4 and console["isPublic"] is False
+    assert console["problems"] == []
+    listed = {p["id"]: p for p in (await chat.client.get(P)).json()}
+    assert listed["console"]["temperature"] == 0.4
+    assert chat.services.templates.resolve("console").sampling.temperature == 0.4
 
 
 async def test_a_bad_write_names_every_bad_field(chat: RunningApp) -> None:
