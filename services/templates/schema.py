@@ -47,8 +47,11 @@ VARIABLES_MAX = 20
 VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
 VARIABLE_LENGTH_MAX = 500
 RULES_MAX = 8000
-# Fields the service maintains: tolerated in a write body (clients send objects back), ignored.
-READ_ONLY_FIELDS = frozenset({"id", "usageCount", "createdAt", "updatedAt", "version", "problems"})
+# Fields the service maintains: tolerated in a write body (clients send objects back), ignored
+# (``inherited`` tells a write which values read back are only defaults: ``effective.py``).
+READ_ONLY_FIELDS = frozenset(
+    {"id", "usageCount", "createdAt", "updatedAt", "version", "problems", "inherited"}
+)
 READ_ONLY_RULES_FIELDS = frozenset({"updatedAt", "revision"})
 
 Problem = dict[str, Any]
@@ -377,6 +380,13 @@ def template_json_schema() -> dict[str, Any]:
     properties["id"] = {"type": "string", "pattern": ID_PATTERN, "readOnly": True}
     properties["usageCount"] = {"type": "integer", "readOnly": True}
     properties["problems"] = {"type": "array", "readOnly": True}
+    properties["inherited"] = {
+        "type": "array",
+        "items": {"type": "string"},
+        "readOnly": True,
+        "description": "The fields read at their default, not stored (sent back, it keeps "
+        "them inherited)",
+    }
     return schema
 
 

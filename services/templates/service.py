@@ -14,6 +14,7 @@ from services.models import Clock, MemoryMode, Sampling, utc_now
 from services.provider_config import DEFAULT_PROVIDER
 from services.settings import Settings
 from services.store.base import Store
+from services.templates.effective import as_read, inherited_values
 from services.templates.schema import (
     Problem,
     Template,
@@ -85,6 +86,15 @@ class TemplateService:
     def served(self, template_id: str) -> Template | None:
         """The version of a template new sessions get, if any."""
         return self._templates.get(template_id)
+
+    def as_read(self, template_id: str, document: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored document as the authoring API reads it: typed, every unset field at the
+        value a new session would use, and ``inherited`` naming those."""
+        return as_read(template_id, document, self._settings)
+
+    def inherited_values(self, template_id: str, document: Mapping[str, Any]) -> dict[str, Any]:
+        """The value each field a document leaves unset reads as."""
+        return inherited_values(template_id, document, self._settings)
 
     def provider_problems(self, doc: Any) -> list[Problem]:
         """The providers a template names that this service does not have."""
