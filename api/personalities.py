@@ -57,7 +57,8 @@ class Problem(BaseModel):
 
 
 class Personality(BaseModel):
-    """A personality as stored, with its id, usage count and validation state."""
+    """A personality as stored, typed, with every field it leaves unset at the value a new
+    session would use (named in `inherited`), its id, usage count and validation state."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -85,13 +86,25 @@ class Personality(BaseModel):
     problems: list[Problem] = Field(
         [], description="What is wrong with the stored document (then the last good one serves)"
     )
+    inherited: list[str] = Field(
+        [],
+        description="The fields the document leaves unset, read at the value a new session "
+        "would use (settings' defaults included). Sent back in a write, a field it names whose "
+        "value is unchanged stays inherited",
+    )
 
 
 def _personality(
-    template_id: str, document: dict[str, Any], *, problems: list[Any], usage: int
+    services: Services,
+    template_id: str,
+    document: dict[str, Any],
+    *,
+    problems: list[Any],
+    usage: int,
 ) -> dict[str, Any]:
     fields = dict.fromkeys(Personality.model_fields)
-    return {**fields, **document, "id": template_id, "usageCount": usage, "problems": problems}
+    read = services.templates.as_read(template_id, document)
+    return {**fields, **read, "id": template_id, "usageCount": usage, "problems": problems}
 
 
 async def _one(
@@ -100,6 +113,7 @@ async def _one(
     assert written.document is not None
     totals = await services.stats.totals()
     body = _personality(
+        services,
         template_id,
         written.document,
         problems=services.templates.problems().get(template_id, []),
@@ -116,6 +130,7 @@ async def list_all(services: ServicesDep, admin: AdminDep) -> list[dict[str, Any
     problems = services.templates.problems()
     return [
         _personality(
+            services,
             key,
             doc if isinstance(doc, dict) else {},
             problems=problems.get(key, []),

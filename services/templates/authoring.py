@@ -13,6 +13,7 @@ from typing import Any
 from services.errors import DefaultTemplate, InvalidInput, TemplateExists, TemplateNotFound
 from services.models import Clock, isoformat
 from services.store.base import Store
+from services.templates.effective import INHERITED_FIELD, without_inherited
 from services.templates.schema import (
     EDITABLE_RULES_FIELDS,
     READ_ONLY_FIELDS,
@@ -22,6 +23,7 @@ from services.templates.schema import (
     parse_rules,
     template_id_for,
     template_problems,
+    typed_document,
     with_prefix,
     with_tags_cleaned,
 )
@@ -76,12 +78,18 @@ class Authoring:
         if problems:
             raise InvalidInput("The personality is not valid", problems=problems)
         now = isoformat(self._clock())
+        sent = _editable(draft)
+        defaults = self._templates.inherited_values(template_id, {"name": name})
 
         def create(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is not None:
                 raise TemplateExists(f"A personality with the id {template_id!r} already exists")
-            return _checked(
-                {**CREATE_DEFAULTS, **_editable(draft), "createdAt": now, "updatedAt": now}
+            document = _checked({**CREATE_DEFAULTS, **sent, "createdAt": now, "updatedAt": now})
+            return without_inherited(
+                document,
+                sent=sent.keys() - CREATE_DEFAULTS.keys(),
+                inherited=defaults,
+                named=draft.get(INHERITED_FIELD),
             )
 
         written = await self._write(DocRef("template", template_id), create, None, "api")
@@ -90,19 +98,25 @@ class Authoring:
     async def update(
         self, template_id: str, changes: Mapping[str, Any], *, if_match: str | None
     ) -> DocWrite:
-        """Partial update: the fields sent replace the stored ones, the rest stay."""
+        """Partial update: the fields sent replace the stored ones, the rest stay; a field sent
+        back at the value it inherits stays inherited."""
         unknown = [p for p in self.validate(changes) if p["type"] == "extra_forbidden"]
         now = isoformat(self._clock())
+        sent = _editable(changes)
 
         def update(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is None:
                 raise TemplateNotFound(f"Template {template_id!r} not found")
             merged = {k: v for k, v in current.items() if k not in READ_ONLY_FIELDS}
-            merged.update(_editable(changes))
+            defaults = self._templates.inherited_values(template_id, merged)  # what was read
+            merged.update(sent)
             merged = {k: v for k, v in merged.items() if v is not None}
             stamped = {**merged, "createdAt": current.get("createdAt"), "updatedAt": now}
             providers = with_prefix(self._templates.reference_problems(stamped), "body")
-            return _checked(stamped, also=[*unknown, *providers])
+            document = _checked(stamped, also=[*unknown, *providers])
+            return without_inherited(
+                document, sent=sent, inherited=defaults, named=changes.get(INHERITED_FIELD)
+            )
 
         return await self._write(DocRef("template", template_id), update, if_match, "api")
 
@@ -195,13 +209,14 @@ def _editable(draft: Any) -> dict[str, Any]:
 
 def _checked(document: dict[str, Any], *, also: Sequence[Problem] = ()) -> dict[str, Any]:
     """The document if it is a valid template, else ``InvalidInput`` naming every problem
-    (located under body), ``also`` included. Fields an author added in the console and the
-    schema does not know are kept as they are."""
+    (located under body), ``also`` included, with its values typed ("1.3" stored as 1.3).
+    Fields an author added in the console and the schema does not know are kept as they are."""
     document = with_tags_cleaned(document)
     problems = [*also, *with_prefix(template_problems(document), "body")]
     if problems:
         raise InvalidInput("The personality is not valid", problems=problems)
-    return document
+    typed: dict[str, Any] = typed_document(document)
+    return typed
 
 
 def _checked_rules(document: dict[str, Any]) -> dict[str, Any]:

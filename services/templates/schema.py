@@ -47,8 +47,11 @@ VARIABLES_MAX = 20
 VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
 VARIABLE_LENGTH_MAX = 500
 RULES_MAX = 8000
-# Fields the service maintains: tolerated in a write body (clients send objects back), ignored.
-READ_ONLY_FIELDS = frozenset({"id", "usageCount", "createdAt", "updatedAt", "version", "problems"})
+# Fields the service maintains: tolerated in a write body (clients send objects back), ignored
+# (``inherited`` tells a write which values read back are only defaults: ``effective.py``).
+READ_ONLY_FIELDS = frozenset(
+    {"id", "usageCount", "createdAt", "updatedAt", "version", "problems", "inherited"}
+)
 READ_ONLY_RULES_FIELDS = frozenset({"updatedAt", "revision"})
 
 Problem = dict[str, Any]
@@ -158,6 +161,20 @@ def with_tags_cleaned(doc: Any) -> Any:
     if not isinstance(doc, dict) or not isinstance(doc.get("tags"), list):
         return doc
     return {**doc, "tags": without_blank_tags(doc["tags"])}
+
+
+def typed_document(doc: Any) -> Any:
+    """A valid template document with each value in the type the schema gives it: the lax
+    coercion the original backend applied (``"1.3"``, ``"200"``, ``"true"``) is stored and
+    read typed. An invalid document is given back as it is (its problems say why)."""
+    if not isinstance(doc, dict):
+        return doc
+    try:
+        template = Template.model_validate(doc)
+    except ValidationError:
+        return doc
+    typed = template.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return {**doc, **{key: typed[key] for key in doc if key in typed}}
 
 
 class UniversalRules(BaseModel):
@@ -363,6 +380,13 @@ def template_json_schema() -> dict[str, Any]:
     properties["id"] = {"type": "string", "pattern": ID_PATTERN, "readOnly": True}
     properties["usageCount"] = {"type": "integer", "readOnly": True}
     properties["problems"] = {"type": "array", "readOnly": True}
+    properties["inherited"] = {
+        "type": "array",
+        "items": {"type": "string"},
+        "readOnly": True,
+        "description": "The fields read at their default, not stored (sent back, it keeps "
+        "them inherited)",
+    }
     return schema
 
 

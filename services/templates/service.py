@@ -14,6 +14,7 @@ from services.models import Clock, MemoryMode, Sampling, utc_now
 from services.provider_config import DEFAULT_PROVIDER
 from services.settings import Settings
 from services.store.base import Store
+from services.templates.effective import as_read, inherited_values
 from services.templates.schema import (
     Problem,
     Template,
@@ -23,6 +24,7 @@ from services.templates.schema import (
     rules_problems,
     template_problems,
     tool_problems,
+    typed_document,
     with_tags_cleaned,
 )
 from services.templates.variables import built_in_values, clean_value, render, zone
@@ -84,6 +86,15 @@ class TemplateService:
     def served(self, template_id: str) -> Template | None:
         """The version of a template new sessions get, if any."""
         return self._templates.get(template_id)
+
+    def as_read(self, template_id: str, document: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored document as the authoring API reads it: typed, every unset field at the
+        value a new session would use, and ``inherited`` naming those."""
+        return as_read(template_id, document, self._settings)
+
+    def inherited_values(self, template_id: str, document: Mapping[str, Any]) -> dict[str, Any]:
+        """The value each field a document leaves unset reads as."""
+        return inherited_values(template_id, document, self._settings)
 
     def provider_problems(self, doc: Any) -> list[Problem]:
         """The providers a template names that this service does not have."""
@@ -270,6 +281,7 @@ def read_seed_dir(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
         found += [f"universal_rules.json: {p['msg']}" for p in rules_problems(rules, strict=True)]
     if found:
         raise ValueError(f"invalid seed files in {folder}: " + "; ".join(found))
+    templates = {key: typed_document(doc) for key, doc in templates.items()}
     for doc in templates.values():
         doc.setdefault("version", 1)
     if rules is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bench.mock_llm import MockLLM, Reply
+from services.templates.versions import DocRef
 from tests.api.conftest import Live, LiveFactory, collect
 from tests.conftest import RULES, FakeClock, RunningApp, SettingsFactory, running_app
 
@@ -53,7 +54,7 @@ async def test_chatify_shapes_list_create_read_partial_update(chat: RunningApp) 
     assert created["tags"] == ["a", "b"] and created["usageCount"] == 0
     plain = await chat.client.post(P, json={"name": "Bare", "personalityPrompt": PROMPT})
     assert plain.json()["isPublic"] is True and plain.json()["isDefault"] is False
-    assert plain.json()["tags"] == [] and plain.json()["temperature"] is None  # default applies
+    assert plain.json()["tags"] == [] and "temperature" in plain.json()["inherited"]
 
     again = await chat.client.post(f"{P}/", json={"name": "test bot", "personalityPrompt": PROMPT})
     assert again.status_code == 409 and again.json()["error"]["code"] == "template_exists"
@@ -144,6 +145,150 @@ async def test_empty_and_blank_tags_are_dropped(chat: RunningApp) -> None:
         assert edited.json()["tags"] == ["b"]
     assert (await chat.client.get(f"{P}/mixed")).json()["tags"] == ["b"]
     assert chat.services.templates.problems().get("mixed", []) == []
+
+
+# What the Chatify Personalities tab reads: its cards and its edit form need every one of these.
+CHATIFY_FIELDS = ("name", "title", "description", "category", "personalityPrompt",
+                  "welcomeMessage", "model", "temperature", "maxTokens", "presencePenalty",
+                  "frequencyPenalty", "contextMessages", "tags", "isPublic", "isDefault",
+                  "variables", "usageCount", "createdAt", "updatedAt", "version")  # fmt: skip
+
+
+async def stored(chat: RunningApp, template_id: str) -> dict[str, Any]:
+    """The document as the store holds it."""
+    document = await chat.services.store.read_document(DocRef("template", template_id))
+    assert document is not None
+    return document
+
+
+async def test_string_numbers_and_booleans_are_stored_typed(chat: RunningApp) -> None:
+    created = await create(
+        chat,
+        temperature="1.3",
+        maxTokens="200",
+        presencePenalty=" -0.5 ",
+        contextMessages="12",
+        isPublic="false",
+        isDefault="true",
+        variables={"who": {"maxLength": "40"}},
+    )
+    typed = {
+        "temperature": 1.3, "maxTokens": 200, "presencePenalty": -0.5, "contextMessages": 12,
+        "isPublic": False, "isDefault": True,
+    }  # fmt: skip
+    document = await stored(chat, "test-bot")
+    for field, value in typed.items():
+        for where in (created, document, (await chat.client.get(f"{P}/test-bot")).json()):
+            assert where[field] == value and type(where[field]) is type(value), (field, where)
+    assert document["variables"] == {"who": {"maxLength": 40}}
+    patched = await chat.client.patch(f"{P}/test-bot", json={"maxTokens": "300"})
+    assert patched.json()["maxTokens"] == 300
+    assert (await stored(chat, "test-bot"))["maxTokens"] == 300
+
+    # What does not coerce is refused, nothing written.
+    refused = await chat.client.put(
+        f"{P}/test-bot", json={"temperature": "warm", "maxTokens": "1.5", "isPublic": "maybe"}
+    )
+    assert problems_at(refused) == {
+        "temperature": "float_parsing", "maxTokens": "int_parsing", "isPublic": "bool_parsing",
+    }  # fmt: skip
+    # A template written in the console: what coerces is served typed, without a problem.
+    await chat.services.store.seed(
+        {"console": {"personalityPrompt": PROMPT, "temperature": "0.4", "isPublic": "false"}},
+        None,
+        overwrite=True,
+    )
+    console = (await chat.client.get(f"{P}/console")).json()
+    assert console["temperature"] == 0.4 and console["isPublic"] is False
+    assert console["problems"] == []
+    listed = {p["id"]: p for p in (await chat.client.get(P)).json()}
+    assert listed["console"]["temperature"] == 0.4
+    assert chat.services.templates.resolve("console").sampling.temperature == 0.4
+
+
+async def test_unset_fields_read_as_what_a_session_would_use_and_say_so(
+    make_settings: SettingsFactory, clock: FakeClock
+) -> None:
+    settings = make_settings(default_model="model-a", default_temperature=0.3)
+    async with running_app(settings, clock) as chat:
+        await create(chat)
+        read = (await chat.client.get(f"{P}/test-bot")).json()
+        assert [field for field in CHATIFY_FIELDS if read[field] is None] == []
+        sampling = chat.services.templates.resolve("test-bot").sampling
+        assert (read["model"], read["temperature"]) == ("model-a", 0.3)
+        assert (read["maxTokens"], read["presencePenalty"], read["frequencyPenalty"]) == (
+            sampling.max_tokens, sampling.presence_penalty, sampling.frequency_penalty,
+        )  # fmt: skip
+        assert (
+            read["contextMessages"] == chat.services.templates.resolve("test-bot").context_messages
+        )
+        assert read["title"] == "Test Bot" and read["category"] == "" and read["tags"] == []
+        assert {"title", "category", "model", "temperature", "maxTokens"} <= set(read["inherited"])
+        assert "name" not in read["inherited"] and "personalityPrompt" not in read["inherited"]
+        for field in ("model", "temperature", "title", "category"):
+            assert field not in await stored(chat, "test-bot")  # defaults are not written
+
+        # The edit form sends back what it read: accepted, and the defaults stay inherited.
+        saved = await chat.client.put(f"{P}/test-bot", json={**read, "description": "Edited"})
+        assert saved.status_code == 200, saved.text
+        assert saved.json()["inherited"] == read["inherited"]
+        assert "model" not in await stored(chat, "test-bot")
+        renamed = await chat.client.put(f"{P}/test-bot", json={**read, "name": "Renamed"})
+        assert renamed.json()["title"] == "Renamed" and "title" in renamed.json()["inherited"]
+        # A value chosen is stored; null makes it inherited again.
+        chosen = await chat.client.patch(f"{P}/test-bot", json={"temperature": 1.1})
+        assert (
+            chosen.json()["temperature"] == 1.1 and "temperature" not in chosen.json()["inherited"]
+        )
+        cleared = await chat.client.patch(f"{P}/test-bot", json={"temperature": None})
+        assert cleared.json()["temperature"] == 0.3 and "temperature" in cleared.json()["inherited"]
+        # Pinning the current default: leave its name out of `inherited`.
+        pinned = await chat.client.patch(
+            f"{P}/test-bot", json={"model": "model-a", "inherited": ["temperature"]}
+        )
+        assert pinned.status_code == 200 and "model" not in pinned.json()["inherited"]
+        assert (await stored(chat, "test-bot"))["model"] == "model-a"
+
+    # Another default model: the personality that inherits follows it.
+    async with running_app(make_settings(default_temperature=0.5), clock) as chat:
+        read = (await chat.client.get(f"{P}/test-bot")).json()
+        assert read["temperature"] == 0.5 and read["model"] == "model-a"
+
+
+async def test_personalities_form_round_trip(chat: RunningApp) -> None:
+    # What Chatify's Personalities form sends: numbers and booleans as strings, an empty tag,
+    # the optional fields left out.
+    form = {
+        "name": "Form Bot", "description": "From the form", "personalityPrompt": PROMPT,
+        "temperature": "1.3", "maxTokens": "200", "isPublic": "true", "tags": [""],
+    }  # fmt: skip
+    created = await chat.client.post(f"{P}/", json=form)
+    assert created.status_code == 201, created.text
+    # Its cards read the list: no nulls.
+    card = next(p for p in (await chat.client.get(f"{P}/")).json() if p["id"] == "form-bot")
+    assert [field for field in CHATIFY_FIELDS if card[field] is None] == []
+    assert card["temperature"] == 1.3 and card["maxTokens"] == 200 and card["tags"] == []
+
+    # The edit form reads one, the author edits in text fields, and it saves the whole object.
+    read = (await chat.client.get(f"{P}/form-bot")).json()
+    edited = {**read, "title": "Formed", "temperature": "0.4", "contextMessages": "6",
+              "isDefault": "false", "tags": ["", "pirate"]}  # fmt: skip
+    saved = await chat.client.put(f"{P}/form-bot", json=edited)
+    assert saved.status_code == 200, saved.text
+
+    again = (await chat.client.get(f"{P}/form-bot")).json()
+    assert [field for field in CHATIFY_FIELDS if again[field] is None] == []
+    expected = {
+        "title": "Formed", "description": "From the form", "temperature": 0.4, "maxTokens": 200,
+        "contextMessages": 6, "isPublic": True, "isDefault": False, "tags": ["pirate"],
+        "model": chat.services.templates.resolve("form-bot").sampling.model, "version": 2,
+    }  # fmt: skip
+    for field, value in expected.items():
+        assert again[field] == value and type(again[field]) is type(value), field
+    assert "model" in again["inherited"] and "temperature" not in again["inherited"]
+    document = await stored(chat, "form-bot")
+    assert document["temperature"] == 0.4 and document["contextMessages"] == 6
+    assert "model" not in document and "inherited" not in document
 
 
 async def test_a_bad_write_names_every_bad_field(chat: RunningApp) -> None:

@@ -104,6 +104,14 @@ async def test_blank_tags_in_the_store_or_a_seed_file_are_dropped(
     assert templates["seeded"]["tags"] == ["a"]
 
 
+def test_a_seed_file_with_string_numbers_is_seeded_typed(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    doc = {"personalityPrompt": "Good and long enough.", "maxTokens": "200", "isPublic": "no"}
+    (tmp_path / "templates" / "typed.json").write_text(json.dumps(doc))
+    templates, _ = read_seed_dir(tmp_path)
+    assert templates["typed"]["maxTokens"] == 200 and templates["typed"]["isPublic"] is False
+
+
 def test_the_shipped_seed_files_are_valid() -> None:
     templates, rules = read_seed_dir(REPO_ROOT / "templates_seed")
     assert len(templates) == 8 and rules is not None
