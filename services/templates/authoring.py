@@ -18,6 +18,7 @@ from services.templates.schema import (
     EDITABLE_RULES_FIELDS,
     READ_ONLY_FIELDS,
     READ_ONLY_RULES_FIELDS,
+    TYPED_FIELDS,
     Problem,
     id_problems,
     parse_rules,
@@ -84,7 +85,8 @@ class Authoring:
         def create(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is not None:
                 raise TemplateExists(f"A personality with the id {template_id!r} already exists")
-            document = _checked({**CREATE_DEFAULTS, **sent, "createdAt": now, "updatedAt": now})
+            chosen = {k: v for k, v in sent.items() if v is not None}
+            document = _checked({**CREATE_DEFAULTS, **chosen, "createdAt": now, "updatedAt": now})
             return without_inherited(
                 document,
                 sent=sent.keys() - CREATE_DEFAULTS.keys(),
@@ -202,9 +204,15 @@ class Authoring:
 
 
 def _editable(draft: Any) -> dict[str, Any]:
+    """The fields an author may write; a number or boolean sent as an empty or blank string (a
+    form's emptied input) is ``None``: unset, as if left out (on an edit, cleared as null is)."""
     if not isinstance(draft, Mapping):
         return {}
-    return {k: v for k, v in draft.items() if k not in READ_ONLY_FIELDS}
+    return {
+        k: None if k in TYPED_FIELDS and isinstance(v, str) and not v.strip() else v
+        for k, v in draft.items()
+        if k not in READ_ONLY_FIELDS
+    }
 
 
 def _checked(document: dict[str, Any], *, also: Sequence[Problem] = ()) -> dict[str, Any]:

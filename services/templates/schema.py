@@ -9,7 +9,7 @@ with ``loc`` naming the field by its camelCase name.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -146,6 +146,14 @@ class Template(BaseModel):
     @classmethod
     def _drop_blank_tags(cls, tags: Any) -> Any:
         return without_blank_tags(tags)
+
+
+# Fields a form sends as text that are numbers or booleans (by their JSON names).
+TYPED_FIELDS = frozenset(
+    field.alias or name
+    for name, field in Template.model_fields.items()
+    if {int, float, bool} & set(get_args(field.annotation) or (field.annotation,))
+)
 
 
 def without_blank_tags(tags: Any) -> Any:

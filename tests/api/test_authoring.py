@@ -642,3 +642,20 @@ async def test_a_preview_ends_with_its_error_when_the_provider_sends_a_line_that
         # Its stream slot was given back: the caller's one allowed stream opens again.
         async with live.client.stream("POST", f"{P}/preview", json=body) as response:
             assert [e.event for e in await collect(response)][-1] == "done"
+
+
+async def test_an_emptied_number_field_is_unset(chat: RunningApp) -> None:
+    """A form's emptied number input sends "": the field is left unset (it inherits), as if it
+    were left out; on an edit it clears the choice, as null does."""
+    form = {"name": "Blank Bot", "personalityPrompt": PROMPT, "temperature": "", "maxTokens": " "}
+    created = await chat.client.post(f"{P}/", json=form)
+    assert created.status_code == 201, created.text
+    assert {"temperature", "maxTokens"} <= set(created.json()["inherited"])
+    assert not {"temperature", "maxTokens"} & set(await stored(chat, "blank-bot"))
+
+    chosen = await chat.client.patch(f"{P}/blank-bot", json={"temperature": "0.5"})
+    assert chosen.json()["temperature"] == 0.5 and "temperature" not in chosen.json()["inherited"]
+    cleared = await chat.client.patch(f"{P}/blank-bot", json={"temperature": ""})
+    assert cleared.status_code == 200, cleared.text
+    assert "temperature" in cleared.json()["inherited"]
+    assert "temperature" not in await stored(chat, "blank-bot")
