@@ -9,7 +9,7 @@ import uvicorn
 
 from api.app import create_app
 from api.logs import logging_config
-from services.settings import Settings
+from services.core.settings import Settings
 
 WORKER_HEALTHCHECK_SECONDS = 30
 

@@ -36,38 +36,38 @@ from api.middleware import (
     redact_credentials_in_logs,
 )
 from api.openapi import install_openapi, operation_id
-from services.admission import Admission
-from services.background import Tasks
-from services.bus import LocalBus, SessionBus
-from services.cache import ActiveSessions
-from services.gate import TurnGate
+from services.conversation.admission import Admission
+from services.conversation.bus import LocalBus, SessionBus
+from services.conversation.gate import TurnGate
+from services.conversation.memory import Memory
+from services.conversation.preview import Previews
+from services.conversation.registry import ActiveSessions
+from services.conversation.scheduler import build_scheduler
+from services.conversation.sessions import SessionService
+from services.conversation.titles import Titles
+from services.conversation.turns import TurnPipeline
+from services.conversation.user_data import UserData
+from services.core.background import Tasks
+from services.core.metrics import Metrics
+from services.core.records import Clock, utc_now
+from services.core.redis_link import RedisLink
+from services.core.settings import Settings
 from services.identity import build_authenticator
-from services.llm import LLMClient
-from services.memory import Memory
-from services.metrics import Metrics
-from services.models import Clock, utc_now
-from services.providers import build_llm
-from services.quotas import Quotas
+from services.limits.quotas import Quotas
+from services.limits.usage import BackgroundCalls, UsageService
+from services.llm.client import LLMClient
+from services.llm.providers import build_llm
+from services.llm.tokens import TokenCounter
+from services.llm.tools.images import ImageTool
+from services.llm.tools.loop import ToolLimits, ToolLoop
+from services.llm.tools.mcp import McpServers
 from services.redis.bus import RedisBus
-from services.redis.link import RedisLink
 from services.redis.turns import RedisTurns
-from services.scheduler import build_scheduler
-from services.sessions import SessionService
-from services.settings import Settings
 from services.store import build_store
 from services.store.metered import metered
 from services.templates.authoring import Authoring
-from services.templates.preview import Previews
 from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
-from services.titles import Titles
-from services.tokens import TokenCounter
-from services.tools.images import ImageTool
-from services.tools.loop import ToolLimits, ToolLoop
-from services.tools.mcp import McpServers
-from services.turns import TurnPipeline
-from services.usage import BackgroundCalls, UsageService
-from services.user_data import UserData
 
 logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"

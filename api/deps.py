@@ -9,28 +9,28 @@ from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
 from api.schemas import USER_ID_PATTERN, SendMessageRequest, checked_message
-from services.admission import Admission, Admitted, owned
-from services.bus import SessionBus
-from services.errors import ChatifyError, InvalidInput
+from services.conversation.admission import Admission, Admitted, owned
+from services.conversation.bus import SessionBus
+from services.conversation.memory import Memory
+from services.conversation.preview import Previews
+from services.conversation.sessions import SessionService
+from services.conversation.titles import Titles
+from services.conversation.turns import Turn, TurnPipeline
+from services.conversation.user_data import UserData
+from services.core.errors import ChatifyError, InvalidInput
+from services.core.metrics import Metrics
+from services.core.records import SessionRecord
+from services.core.redis_link import RedisLink
+from services.core.settings import Settings
 from services.identity import Authenticator, Caller, Credentials
-from services.llm import LLMClient
-from services.memory import Memory
-from services.metrics import Metrics
-from services.models import SessionRecord
-from services.quotas import Quotas
-from services.redis.link import RedisLink
+from services.limits.quotas import Quotas
+from services.limits.usage import BackgroundCalls, UsageService
+from services.llm.client import LLMClient
 from services.redis.turns import RedisTurns
-from services.sessions import SessionService
-from services.settings import Settings
 from services.store.base import Store
 from services.templates.authoring import Authoring
-from services.templates.preview import Previews
 from services.templates.service import TemplateService
 from services.templates.stats import TemplateStats
-from services.titles import Titles
-from services.turns import Turn, TurnPipeline
-from services.usage import BackgroundCalls, UsageService
-from services.user_data import UserData
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import metrics_of
 from api.schemas import ErrorBody
-from services.errors import ChatifyError, InvalidInput
+from services.core.errors import ChatifyError, InvalidInput
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from api.middleware import replay
 from api.schemas import SendMessageRequest
 from api.sessions import answer_message
 from api.stream import open_message_stream
-from services.errors import ChatifyError
+from services.core.errors import ChatifyError
 
 LaneKind = Literal["message", "message/stream"]
 _KINDS: tuple[LaneKind, ...] = ("message", "message/stream")

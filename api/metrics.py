@@ -9,7 +9,7 @@ from starlette.requests import HTTPConnection
 
 from api.deps import ServicesDep, credentials_of
 from api.errors import documented
-from services.errors import Unauthenticated
+from services.core.errors import Unauthenticated
 from services.identity import key_matches
 
 router = APIRouter(tags=["operations"])

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.deps import ServicesDep
-from services.errors import StoreUnavailable
+from services.core.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])

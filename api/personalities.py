@@ -13,11 +13,11 @@ from api.deps import AdminDep, CallerDep, Services, ServicesDep
 from api.errors import documented
 from api.preview import router as previews
 from api.schemas import Personalities
-from services.errors import TemplateNotFound
-from services.models import ModelCounts, TemplateCounts
-from services.provider_config import Target, target_key
+from services.core.errors import TemplateNotFound
+from services.core.provider_config import Target, target_key
+from services.core.records import ModelCounts, TemplateCounts
+from services.store.versions import DocRef, DocWrite, etag_of
 from services.templates.schema import draft_json_schema, template_json_schema
-from services.templates.versions import DocRef, DocWrite, etag_of
 
 router = APIRouter(tags=["personalities"])
 authoring = APIRouter(prefix="/personalities", tags=["authoring"])

@@ -12,10 +12,10 @@ from api.deps import AdminDep, ServicesDep
 from api.errors import documented
 from api.schemas import message_problem
 from api.stream import event_stream
-from services.errors import InvalidInput
-from services.templates.preview import PreviewMessage
+from services.conversation.preview import PreviewMessage
+from services.conversation.turns import Turn, TurnEvent
+from services.core.errors import InvalidInput
 from services.templates.schema import draft_json_schema
-from services.turns import Turn, TurnEvent
 
 router = APIRouter(prefix="/personalities", tags=["authoring"])
 

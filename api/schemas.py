@@ -7,7 +7,9 @@ from typing import Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.models import (
+from services.conversation.titles import TITLE_MAX_CHARS
+from services.core.provider_config import target_key
+from services.core.records import (
     DayUsage,
     ModelUsage,
     SessionRecord,
@@ -18,9 +20,7 @@ from services.models import (
     Usage,
     UsageTotals,
 )
-from services.provider_config import target_key
-from services.settings import Settings
-from services.titles import TITLE_MAX_CHARS
+from services.core.settings import Settings
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 

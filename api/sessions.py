@@ -35,9 +35,9 @@ from api.schemas import (
     SessionUsage,
     invalid,
 )
+from services.conversation.titles import client_title
+from services.core.records import parse_iso
 from services.identity import Caller
-from services.models import parse_iso
-from services.titles import client_title
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
 HISTORY_IN_DETAIL = 50

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from api.deps import AdminDep, ServicesDep
 from api.errors import documented
 from api.personalities import IfMatch, Versions, versions_of
-from services.templates.versions import RULES, DocWrite
+from services.store.versions import RULES, DocWrite
 
 router = APIRouter(prefix="/settings/universal-rules", tags=["authoring"])
 

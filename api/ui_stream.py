@@ -31,9 +31,9 @@ from api.deps import CallerDep, ServicesDep, SessionServiceDep, ValidSessionDep
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
-from services.models import StoredMessage, ToolCall, ToolUse
-from services.quotas import StreamSlot
-from services.turns import Turn, TurnEvent
+from services.conversation.turns import Turn, TurnEvent
+from services.core.records import StoredMessage, ToolCall, ToolUse
+from services.limits.quotas import StreamSlot
 
 router = APIRouter(prefix="/chatbot", tags=["streaming"])
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Cache-Control": "no-cache"}

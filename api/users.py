@@ -23,8 +23,8 @@ from api.schemas import (
     UserExport,
     UserSessions,
 )
-from services.errors import Forbidden, InvalidCursor
-from services.models import (
+from services.core.errors import Forbidden, InvalidCursor
+from services.core.records import (
     DayUsage,
     SessionCursor,
     SessionRecord,
@@ -33,7 +33,7 @@ from services.models import (
     parse_iso,
     utc_now,
 )
-from services.usage import MAX_DAYS
+from services.limits.usage import MAX_DAYS
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
 

@@ -18,8 +18,9 @@ from starlette.types import Message
 
 from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath
 from api.schemas import MessageBody, MessageResponse, message_problem, tool_data
-from services.bus import Overflowed, SessionEvent, Subscription
-from services.errors import (
+from services.conversation.bus import Overflowed, SessionEvent, Subscription
+from services.conversation.turns import Turn
+from services.core.errors import (
     ChatifyError,
     Forbidden,
     RateLimited,
@@ -27,9 +28,8 @@ from services.errors import (
     SessionNotFound,
     Unauthenticated,
 )
-from services.models import SessionRecord, TurnResult
-from services.settings import Settings
-from services.turns import Turn
+from services.core.records import SessionRecord, TurnResult
+from services.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/chatbot", tags=["streaming"])

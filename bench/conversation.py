@@ -32,10 +32,10 @@ from typing import Any
 import httpx
 
 from api.app import create_app
-from bench.mock_llm import MockLLM, MockLLMConfig
-from services import memory
-from services.settings import Settings
-from services.tokens import TokenCounter
+from services.conversation import memory
+from services.core.settings import Settings
+from services.llm.tokens import TokenCounter
+from testkit.mock_llm import MockLLM, MockLLMConfig
 
 logger = logging.getLogger("bench.conversation")
 API = "/api/v1/chatbot"

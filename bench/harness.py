@@ -105,10 +105,10 @@ def start_service(port: int | None = None, *, repo: Path = REPO, **settings: obj
 
 
 def start_mock_llm(*extra: str) -> Proc:
-    """``python -m bench.mock_llm`` with extra flags; its URL is the server root."""
+    """``python -m testkit.mock_llm`` with extra flags; its URL is the server root."""
     port = free_port()
     return start(
-        [sys.executable, "-m", "bench.mock_llm", "--port", str(port), *extra],
+        [sys.executable, "-m", "testkit.mock_llm", "--port", str(port), *extra],
         env=clean_env(),
         ready_url=f"http://127.0.0.1:{port}/health",
         name="mock-llm",
@@ -119,7 +119,7 @@ def start_rtdb() -> Proc:
     """The Realtime Database test server as its own process."""
     port = free_port()
     return start(
-        [sys.executable, "-m", "tests.support.rtdb_server", "--port", str(port)],
+        [sys.executable, "-m", "testkit.rtdb_server", "--port", str(port)],
         env=clean_env(),
         ready_url=f"http://127.0.0.1:{port}/.json?ns=ping",
         name="rtdb",

@@ -5,8 +5,8 @@ here counts only the client's side. Each client sends the same 12-message prompt
 a time, as a plain completion and as a stream of about 65 chunks with usage in the last one:
 
 - ``openai SDK``: the client before ``lean-llm`` (the SDK's low-level ``post`` over its aiohttp
-  transport, as ``services/llm.py`` had it);
-- ``aiohttp (ours)``: ``services.llm.OpenAIChat`` as it ships;
+  transport, as ``services/llm/client.py`` had it);
+- ``aiohttp (ours)``: ``services.llm.client.OpenAIChat`` as it ships;
 - ``httpx``: the same body, parsing and SSE decoder over ``httpx.AsyncClient``.
 
     python -m bench.llm_client [--calls 2000]
@@ -28,8 +28,10 @@ import openai
 import orjson
 
 from bench.harness import running, start_mock_llm
-from services.errors import LLMError
-from services.llm import (
+from services.core.errors import LLMError
+from services.core.records import Sampling
+from services.core.settings import Settings
+from services.llm.client import (
     ChatMessage,
     Completion,
     DeltaSink,
@@ -42,9 +44,7 @@ from services.llm import (
     parse_completion,
     request_body,
 )
-from services.llm_wire import SSEDecoder
-from services.models import Sampling
-from services.settings import Settings
+from services.llm.wire import SSEDecoder
 
 logger = logging.getLogger("bench.llm_client")
 SAMPLING = Sampling("gpt-bench", 0.7, 200, 0.0, 0.0)

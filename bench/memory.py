@@ -17,8 +17,8 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
-from services.cache import ActiveSessions
-from services.models import NewTurn, Sampling, SessionRecord, Usage, utc_now
+from services.conversation.registry import ActiveSessions
+from services.core.records import NewTurn, Sampling, SessionRecord, Usage, utc_now
 from services.store.sqlite import SQLiteStore
 
 logger = logging.getLogger("bench.memory")

@@ -27,7 +27,7 @@ import httpx
 
 from bench.harness import running, start_mock_llm, start_service
 from bench.load import bench_settings
-from tests.support.rtdb_server import RTDBServer
+from testkit.rtdb_server import RTDBServer
 
 logger = logging.getLogger("bench.roundtrips")
 ROUND_TRIPS_MS = (0, 20, 40, 80)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=40, help="turns per measurement")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("httpx", "bench.harness", "tests.support.rtdb_server"):
+    for name in ("httpx", "bench.harness", "testkit.rtdb_server"):
         logging.getLogger(name).setLevel(logging.WARNING)
     rows = []
     with RTDBServer() as rtdb:

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 
 from api.app import create_app
-from bench.mock_llm import MockLLM, MockLLMConfig
-from services.settings import REPO_ROOT, Settings
-from tests.support.rtdb_server import RTDBServer
+from services.core.settings import REPO_ROOT, Settings
+from testkit.mock_llm import MockLLM, MockLLMConfig
+from testkit.rtdb_server import RTDBServer
 
 logger = logging.getLogger("bench.store_bytes")
 

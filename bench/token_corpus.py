@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from services.llm import ChatMessage
+from services.llm.client import ChatMessage
 
 SEED = Path(__file__).resolve().parent.parent / "templates_seed"
 

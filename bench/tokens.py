@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 from bench.memory import rss_kib
 from bench.token_corpus import COOKBOOK_MESSAGES, KINDS, conversation, prompts, system_prompts
-from services.llm import ChatMessage
-from services.tokens import TokenCounter
-from services.tokens.encodings import DATA_DIR, ENCODING_NAMES, read_encoding
+from services.llm.client import ChatMessage
+from services.llm.tokens import TokenCounter
+from services.llm.tokens.encodings import DATA_DIR, ENCODING_NAMES, read_encoding
 
 logger = logging.getLogger("bench.tokens")
 PROVIDERS = {"o200k_base": "gpt-4o", "cl100k_base": "gpt-4"}
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=12, help="per conversation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("services.tokens").setLevel(logging.WARNING)
+    logging.getLogger("services.llm.tokens").setLevel(logging.WARNING)
     costs = asyncio.run(preparing())  # first: the encodings are not loaded yet
     costs += load_times(3)
     data = corpus(args.conversations, args.turns)

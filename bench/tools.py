@@ -30,8 +30,8 @@ import httpx
 from api.app import create_app
 from bench.harness import clean_env, free_port, running, start, start_mock_llm, start_service
 from bench.load import Phase, bench_settings, measure
-from bench.mock_llm import MockLLM
-from services.settings import REPO_ROOT, Settings
+from services.core.settings import REPO_ROOT, Settings
+from testkit.mock_llm import MockLLM
 
 logger = logging.getLogger("bench.tools")
 API = "/api/v1/chatbot"

@@ -21,10 +21,10 @@ from cachetools import TTLCache
 from firebase_admin import auth as firebase_auth
 from firebase_admin import exceptions as firebase_errors
 
-from services.errors import Forbidden, Unauthenticated
-from services.models import Clock, utc_now
-from services.settings import Settings
-from services.store.firebase import firebase_credential
+from services.core.errors import Forbidden, Unauthenticated
+from services.core.firebase_credentials import firebase_credential
+from services.core.records import Clock, utc_now
+from services.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 Role = Literal["local", "service", "user", "admin"]

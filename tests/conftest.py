@@ -19,10 +19,10 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.deps import Services
-from bench.mock_llm import MockLLM
-from services.settings import Settings
-from tests.support.redis_server import RedisServer, require_redis_server
-from tests.support.rtdb_server import RTDBServer
+from services.core.settings import Settings
+from testkit.mock_llm import MockLLM
+from testkit.redis_server import RedisServer, require_redis_server
+from testkit.rtdb_server import RTDBServer
 
 # Google's emulator, when the Firebase suite runs against it (`-m firebase_emulator`, README).
 GOOGLE_EMULATOR = os.environ.get("FIREBASE_DATABASE_EMULATOR_HOST")

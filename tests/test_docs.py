@@ -8,7 +8,7 @@ import pytest
 
 from api.app import API_PREFIX, create_app
 from api.errors import error_codes
-from services.settings import REPO_ROOT, Settings
+from services.core.settings import REPO_ROOT, Settings
 
 
 @pytest.mark.parametrize("name", sorted(n.upper() for n in Settings.model_fields))

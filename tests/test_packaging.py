@@ -19,7 +19,7 @@ import httpx
 import yaml
 
 from bench.harness import free_port
-from services.settings import REPO_ROOT, Settings
+from services.core.settings import REPO_ROOT, Settings
 
 
 def instructions() -> list[tuple[str, str]]:

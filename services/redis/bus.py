@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from services.bus import LocalBus, SessionEvent, Subscription
+from services.conversation.bus import LocalBus, SessionEvent, Subscription
+from services.core.redis_link import RedisDown, RedisLink
 from services.redis import codec
-from services.redis.link import RedisDown, RedisLink
 
 logger = logging.getLogger(__name__)
 OUTBOX_LIMIT = 10_000  # events waiting to be published; older ones are dropped past it

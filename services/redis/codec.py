@@ -12,7 +12,7 @@ import types
 from collections.abc import Hashable
 from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
-from services.errors import ChatifyError
+from services.core.errors import ChatifyError
 
 T = TypeVar("T")
 _ERROR = "$error"

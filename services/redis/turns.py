@@ -32,11 +32,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.errors import ChatifyError, IdempotencyConflict, LLMUnavailable
-from services.models import TurnResult
+from services.conversation.turns import Turn, TurnEvent
+from services.core.errors import ChatifyError, IdempotencyConflict, LLMUnavailable
+from services.core.records import TurnResult
+from services.core.redis_link import RedisDown, RedisLink
 from services.redis import codec
-from services.redis.link import RedisDown, RedisLink
-from services.turns import Turn, TurnEvent
 
 logger = logging.getLogger(__name__)
 RUNNING_MS = 15_000
@@ -72,7 +72,7 @@ return 1
 
 
 class RedisTurns:
-    """The ``TurnRelay`` of ``services/turns.py``, over Redis Streams."""
+    """The ``TurnRelay`` of ``services/conversation/turns.py``, over Redis Streams."""
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link

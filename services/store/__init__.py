@@ -1,8 +1,12 @@
-"""Storage backends behind one contract (``base.Store``)."""
+"""Storage backends behind one contract (``base.Store``), and the version history every
+document write keeps (``versions``).
+
+May import: ``core``.
+"""
 
 from __future__ import annotations
 
-from services.settings import Settings
+from services.core.settings import Settings
 from services.store.base import Store
 
 

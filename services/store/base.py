@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from services.models import (
+from services.core.provider_config import Target
+from services.core.records import (
     CallUsage,
     DayUsage,
     NewTurn,
@@ -23,8 +24,7 @@ from services.models import (
     TurnClaim,
     Usage,
 )
-from services.provider_config import Target
-from services.templates.versions import Change, DocRef, DocVersion, DocWrite, Source
+from services.store.versions import Change, DocRef, DocVersion, DocWrite, Source
 
 
 class Store(Protocol):

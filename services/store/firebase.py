@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import threading
@@ -42,8 +41,9 @@ from firebase_admin import credentials, db
 from firebase_admin import exceptions as firebase_errors
 from urllib3.util import retry
 
-from services.errors import StoreUnavailable
-from services.models import (
+from services.core.errors import StoreUnavailable
+from services.core.firebase_credentials import firebase_credential
+from services.core.records import (
     CallUsage,
     Sampling,
     SeedReport,
@@ -52,7 +52,7 @@ from services.models import (
     SessionStatus,
     StoredMessage,
 )
-from services.settings import Settings
+from services.core.settings import Settings
 from services.store.firebase_documents import FirebaseDocuments
 from services.store.firebase_memory import FirebaseMemory
 from services.store.firebase_turns import FirebaseTurns, messages_of, refused, short
@@ -466,24 +466,6 @@ def _credential(settings: Settings) -> credentials.Base | None:
     if settings.firebase_uses_emulator:
         return None  # firebase-admin sends the emulator's owner token itself
     return firebase_credential(settings)
-
-
-def firebase_credential(settings: Settings) -> credentials.Base:
-    """The service-account credential from the settings; ``ValueError`` naming the variable."""
-    try:
-        if settings.firebase_credentials_json is not None:
-            info = json.loads(settings.firebase_credentials_json.get_secret_value())
-            return credentials.Certificate(info)
-        return credentials.Certificate(str(settings.google_application_credentials))
-    except (ValueError, OSError) as exc:
-        which = (
-            "FIREBASE_CREDENTIALS_JSON"
-            if settings.firebase_credentials_json is not None
-            else "GOOGLE_APPLICATION_CREDENTIALS"
-        )
-        raise ValueError(
-            f"{which} is not a valid service-account key: {type(exc).__name__}"
-        ) from None
 
 
 def _database_url(settings: Settings) -> str:

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from firebase_admin import db
 
-from services.errors import StoreUnavailable
-from services.models import TemplateCounts
-from services.provider_config import target_key, target_of_key
+from services.core.errors import StoreUnavailable
+from services.core.provider_config import target_key, target_of_key
+from services.core.records import TemplateCounts
 from services.store.rtdb_keys import decode_key, encode_key
-from services.templates.versions import (
+from services.store.versions import (
     Change,
     DocRef,
     DocVersion,

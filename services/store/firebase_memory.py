@@ -19,7 +19,7 @@ from typing import Any
 from cachetools import LRUCache
 from firebase_admin import db
 
-from services.models import CallUsage
+from services.core.records import CallUsage
 
 logger = logging.getLogger(__name__)
 _WRITE_ATTEMPTS = 2  # a refusal that still shows the expected seq is retried once

@@ -26,8 +26,9 @@ from cachetools import LRUCache
 from firebase_admin import db
 from firebase_admin import exceptions as firebase_errors
 
-from services.errors import StoreUnavailable
-from services.models import (
+from services.core.errors import StoreUnavailable
+from services.core.provider_config import Target
+from services.core.records import (
     NewTurn,
     SessionRecord,
     StoredMessage,
@@ -37,7 +38,6 @@ from services.models import (
     preview_of,
     tool_uses,
 )
-from services.provider_config import Target
 from services.store.firebase_usage_nodes import usage_updates
 from services.store.rtdb_keys import decode_key, encode_key, message_key
 from services.store.seq_node import SeqNode

@@ -16,9 +16,9 @@ from typing import Any
 
 from firebase_admin import db
 
-from services.errors import StoreUnavailable
-from services.models import CallUsage, DayUsage, Usage
-from services.provider_config import Target
+from services.core.errors import StoreUnavailable
+from services.core.provider_config import Target
+from services.core.records import CallUsage, DayUsage, Usage
 from services.store.firebase_turns import refused
 from services.store.firebase_usage_nodes import DAY_SHARES, day_of_node, usage_updates
 from services.store.rtdb_keys import encode_key

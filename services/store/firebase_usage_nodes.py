@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.models import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
-from services.provider_config import Target, target_key, target_of_key
+from services.core.provider_config import Target, target_key, target_of_key
+from services.core.records import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
 from services.store.rtdb_keys import decode_key, encode_key
 
 FIELDS = ("prompt_tokens", "completion_tokens", "turns", "calls")

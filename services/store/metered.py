@@ -7,8 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from services.errors import StoreUnavailable
-from services.metrics import StoreObserver
+from services.core.errors import StoreUnavailable
+from services.core.metrics import StoreObserver
 from services.store.base import Store
 
 # The contract's methods: the operation label's only values.

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.errors import SessionEnded, SessionNotFound
+from services.core.errors import SessionEnded, SessionNotFound
 from services.store.rtdb_keys import message_key
 
 RING = 16  # claims remembered: far more than can be in flight on one session at once

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.errors import SessionEnded, SessionNotFound, StoreUnavailable
-from services.models import (
+from services.core.errors import SessionEnded, SessionNotFound, StoreUnavailable
+from services.core.provider_config import Target
+from services.core.records import (
     CallUsage,
     DayUsage,
     ModelUsage,
@@ -36,9 +37,8 @@ from services.models import (
     preview_of,
     tool_uses,
 )
-from services.provider_config import Target
 from services.store import sqlite_usage
-from services.templates.versions import (
+from services.store.versions import (
     Change,
     DocRef,
     DocVersion,

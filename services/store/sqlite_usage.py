@@ -12,8 +12,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from services.models import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
-from services.provider_config import Target
+from services.core.provider_config import Target
+from services.core.records import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
 
 # Added to ``sessions`` (for new and older files alike, by the store's add-column migration).
 USAGE_COLUMNS = {

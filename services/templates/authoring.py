@@ -10,9 +10,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from services.errors import DefaultTemplate, InvalidInput, TemplateExists, TemplateNotFound
-from services.models import Clock, isoformat
+from services.core.errors import DefaultTemplate, InvalidInput, TemplateExists, TemplateNotFound
+from services.core.records import Clock, isoformat
 from services.store.base import Store
+from services.store.versions import (
+    RULES,
+    Change,
+    DocRef,
+    DocVersion,
+    DocWrite,
+    Source,
+    etag_of,
+    plan_write,
+)
 from services.templates.effective import INHERITED_FIELD, without_inherited
 from services.templates.schema import (
     EDITABLE_RULES_FIELDS,
@@ -29,16 +39,6 @@ from services.templates.schema import (
     with_tags_cleaned,
 )
 from services.templates.service import TemplateService
-from services.templates.versions import (
-    RULES,
-    Change,
-    DocRef,
-    DocVersion,
-    DocWrite,
-    Source,
-    etag_of,
-    plan_write,
-)
 
 logger = logging.getLogger(__name__)
 # Stored explicitly on creation, as Chatify did (sampling fields stay unset: defaults apply).

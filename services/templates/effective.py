@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from services.provider_config import DEFAULT_PROVIDER
-from services.settings import Settings
+from services.core.provider_config import DEFAULT_PROVIDER
+from services.core.settings import Settings
 from services.templates.schema import typed_document
 
 # Tolerated in a write body (an edit form sends back what it read), never stored.

@@ -20,11 +20,11 @@ from pydantic import (
     field_validator,
 )
 
-from services.errors import InvalidInput
-from services.provider_config import NAME_PATTERN as PROVIDER_NAME_PATTERN
-from services.provider_config import TargetConfig
+from services.core.errors import InvalidInput
+from services.core.provider_config import NAME_PATTERN as PROVIDER_NAME_PATTERN
+from services.core.provider_config import TargetConfig
+from services.core.tool_config import IMAGES_SERVER, TOOL_PATTERN, TOOLS_MAX
 from services.templates.variables import BUILT_INS, placeholders
-from services.tools.config import IMAGES_SERVER, TOOL_PATTERN, TOOLS_MAX
 
 # Limits, named once; the docs (docs/authoring.md) list the same numbers.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"

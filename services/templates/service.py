@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.errors import InvalidInput, TemplateNotFound
-from services.models import Clock, MemoryMode, Sampling, utc_now
-from services.provider_config import DEFAULT_PROVIDER
-from services.settings import Settings
+from services.core.errors import InvalidInput, TemplateNotFound
+from services.core.provider_config import DEFAULT_PROVIDER
+from services.core.records import Clock, MemoryMode, Sampling, utc_now
+from services.core.settings import Settings
 from services.store.base import Store
 from services.templates.effective import as_read, inherited_values
 from services.templates.schema import (

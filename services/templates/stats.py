@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from services.models import Clock, TemplateCounts, isoformat
-from services.provider_config import Target
+from services.core.provider_config import Target
+from services.core.records import Clock, TemplateCounts, isoformat
 from services.store.base import Store
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Built-ins: ``date``, ``time`` and ``weekday`` (in the session's time zone), ``model`` and
 ``personality`` (the template's title). Others are declared by the template with a default and
 a maximum length, and passed by the client as data, made one line of plain text
-(``services.plain_text``: line breaks and control characters become spaces, bidirectional
+(``services.core.plain_text``: line breaks and control characters become spaces, bidirectional
 controls go) so a value cannot start a new line of instructions, and its double quotes become
 ``'`` so a value framed in quotes (``"{{user_name}}"``) cannot close them.
 """
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.errors import InvalidInput
-from services.plain_text import one_line
+from services.core.errors import InvalidInput
+from services.core.plain_text import one_line
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 BUILT_INS = frozenset({"date", "time", "weekday", "model", "personality"})

@@ -16,10 +16,10 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.deps import Services
+from testkit.firebase_tokens import TokenIssuer
+from testkit.live import Event, live_server, read_events
+from testkit.node_ai import node_script
 from tests.conftest import FakeClock, SettingsFactory
-from tests.support.firebase_tokens import TokenIssuer
-from tests.support.live import Event, live_server, read_events
-from tests.support.node_ai import node_script
 
 API = "/api/v1/chatbot"
 
@@ -69,7 +69,7 @@ async def serve(app: FastAPI) -> AsyncIterator[Live]:
 
 @pytest.fixture(scope="session")
 def node_ai() -> Path:
-    """The AI SDK's client script (tests/support/node_ai.py)."""
+    """The AI SDK's client script (testkit/node_ai.py)."""
     return node_script()
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
-from services.templates.versions import DocRef
+from services.store.versions import DocRef
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import Live, LiveFactory, collect
 from tests.conftest import RULES, FakeClock, RunningApp, SettingsFactory, running_app
 

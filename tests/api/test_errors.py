@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import Live
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
-from services.models import CallUsage, Sampling, SessionRecord, Usage
+from services.core.records import CallUsage, Sampling, SessionRecord, Usage
 from services.store import build_store
+from testkit.mock_llm import MockLLM, Reply
+from testkit.rtdb_server import RecordedRequest, RTDBServer
 from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
-from tests.support.rtdb_server import RecordedRequest, RTDBServer
 
 pytestmark = pytest.mark.parametrize("backend", ["firebase-test-server"])
 API = "/api/v1/chatbot"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.mock_llm import MockLLM
-from services.prompt import WELCOME_PREFIX
+from services.conversation.prompt import WELCOME_PREFIX
+from testkit.mock_llm import MockLLM
 from tests.conftest import RULES, FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from playwright.async_api import expect
 
-from bench.mock_llm import MockLLM, Reply
-from services.llm import OfflineResponder
-from services.models import Sampling
+from services.core.records import Sampling
+from services.llm.client import OfflineResponder
+from testkit.browser import chromium_page
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import LiveFactory
 from tests.api.test_metrics import value
 from tests.conftest import FakeClock, SettingsFactory, running_app
-from tests.support.browser import chromium_page
 
 API = "/api/v1/chatbot"
 DRAW = '[[call images__generate {"prompt": "a red fox in the snow"}]]'

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.mock_llm import MockLLM, Reply
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 

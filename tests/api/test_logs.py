@@ -74,7 +74,7 @@ async def test_a_turn_logs_one_json_line_with_its_fields(
     assert response.headers["x-request-id"]
     lines = parsed(json_lines.getvalue())
 
-    turn = one(lines, "services.turns", session_id=session_id)
+    turn = one(lines, "services.conversation.turns", session_id=session_id)
     assert TIMESTAMP.match(turn["timestamp"]) and turn["level"] == "INFO"
     assert turn["request_id"] == response.headers["x-request-id"]
     expected = {
@@ -113,7 +113,7 @@ async def test_a_client_request_id_is_every_lines_request_id(
     assert response.headers["x-request-id"] == "client-id-42"
     tagged = [line for line in parsed(json_lines.getvalue()) if line.get("request_id")]
     assert {line["logger"] for line in tagged if line["request_id"] == "client-id-42"} >= {
-        "services.turns",
+        "services.conversation.turns",
         "chatify.requests",
     }
 

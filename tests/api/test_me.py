@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.mock_llm import MockLLM
+from testkit.firebase_tokens import PROJECT_ID, TokenIssuer
+from testkit.mock_llm import MockLLM
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
-from tests.support.firebase_tokens import PROJECT_ID, TokenIssuer
 
 API = "/api/v1/chatbot"
 UID = "jürgen müller/ü 7"

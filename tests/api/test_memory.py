@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
-from services import memory as memory_module
-from services.prompt import MEMORY_PREFIX
+from services.conversation import memory as memory_module
+from services.conversation.prompt import MEMORY_PREFIX
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 

@@ -10,8 +10,8 @@ import threading
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.mock_llm import MockLLM, Reply
-from services.metrics import MAX_LABEL_VALUES, Metrics
+from services.core.metrics import MAX_LABEL_VALUES, Metrics
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import API, until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 

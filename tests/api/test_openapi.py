@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 from api.events import SSE_EVENTS, WS_SERVER_FRAMES
-from services.errors import ChatifyError
+from services.core.errors import ChatifyError
 from tests.api.conftest import API, Live, collect
 from tests.api.test_ws import turn_events, ws_url
 

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bench.mock_llm import MockLLM, Reply
-from services.settings import Settings
+from services.core.settings import Settings
+from testkit.live import read_events
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import until
 from tests.api.test_metrics import value
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
-from tests.support.live import read_events
 
 API = "/api/v1/chatbot"
 TEMPLATES: dict[str, dict[str, Any]] = {

@@ -6,8 +6,8 @@ import base64
 import json
 from pathlib import Path
 
-from bench.mock_llm import MockLLM
-from services.settings import REPO_ROOT
+from services.core.settings import REPO_ROOT
+from testkit.mock_llm import MockLLM
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"

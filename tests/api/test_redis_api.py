@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
+from testkit.live import read_events
+from testkit.mock_llm import MockLLM, Reply
+from testkit.redis_server import RedisServer, require_redis_server
 from tests.api.conftest import API, Live, LiveFactory, collect
-from tests.support.live import read_events
-from tests.support.redis_server import RedisServer, require_redis_server
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 COUNT_KEY = "chatify:tokens:2026-01-01:u1"  # the FakeClock's day

@@ -22,13 +22,13 @@ import websockets
 from fastapi.routing import iter_route_contexts
 
 from api.app import create_app
-from bench.mock_llm import MockLLM, Reply
-from services.errors import Unauthenticated
+from services.conversation.prompt import WELCOME_PREFIX
+from services.core.errors import Unauthenticated
 from services.identity import Credentials, FirebaseAuthenticator
-from services.prompt import WELCOME_PREFIX
+from testkit.firebase_tokens import PROJECT_ID, TokenIssuer, tampered
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import API, Live, LiveFactory, collect, until
 from tests.conftest import FakeClock, SettingsFactory, running_app
-from tests.support.firebase_tokens import PROJECT_ID, TokenIssuer, tampered
 
 SESSION = "/api/v1/chatbot/session/{session_id}"
 PERSONALITY = "/api/v1/personalities/{template_id}"

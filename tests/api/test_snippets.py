@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
-from services.settings import REPO_ROOT
+from services.core.settings import REPO_ROOT
+from testkit.mock_llm import MockLLM, Reply
+from testkit.tools import unavailable
 from tests.api.conftest import API, Live, LiveFactory
-from tests.support.tools import unavailable
 
 PLACEHOLDER = '"https://your-host"'
 NO_TOKEN = "const TOKEN = null;"

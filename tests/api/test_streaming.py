@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
+from testkit.live import Event, read_events
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import API, Live, LiveFactory, collect, until
-from tests.support.live import Event, read_events
 
 
 async def test_events_arrive_in_order_with_ids_and_add_up_to_the_stored_reply(
@@ -210,7 +210,7 @@ async def test_a_bug_in_a_turn_ends_its_stream_with_an_internal_error(
         raise RuntimeError("a bug in the prompt builder")
 
     session_id = await live.create_session()
-    monkeypatch.setattr("services.turns.build_prompt", broken)
+    monkeypatch.setattr("services.conversation.turns.build_prompt", broken)
     async with live.stream(session_id, "hi") as response:
         events = await asyncio.wait_for(collect(response), 10)  # not pings forever
     assert [e.event for e in events] == ["start", "error"]

@@ -8,9 +8,9 @@ import os
 import pytest
 from playwright.async_api import Page, expect
 
-from bench.mock_llm import MockLLM, Reply
+from testkit.browser import chromium_page
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import API, LiveFactory
-from tests.support.browser import chromium_page
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 SERVICE = {"X-API-Key": "service-key"}

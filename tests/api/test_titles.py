@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from bench.mock_llm import MockLLM, Reply
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 

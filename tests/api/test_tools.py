@@ -2,7 +2,7 @@
 the mock LLM asking for calls at the HTTP level, the turn storing calls and results in order.
 
 The mock LLM calls a tool when the user's message says ``[[call <function> <JSON>]]`` and
-tools are offered, and answers ``Tool said: <results>`` once they ran (bench/mock_llm.py).
+tools are offered, and answers ``Tool said: <results>`` once they ran (testkit/mock_llm.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pytest
 import websockets
 
 from bench.harness import clean_env, free_port, running, start
-from bench.mock_llm import MockLLM, Reply
-from services.settings import REPO_ROOT
+from services.core.settings import REPO_ROOT
+from testkit.mock_llm import MockLLM, Reply
+from testkit.node_ai import lines_of, run_node
 from tests.api.conftest import Live, LiveFactory, collect
 from tests.api.test_providers import snapshot_reply
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
-from tests.support.node_ai import lines_of, run_node
 
 API = "/api/v1/chatbot"
 TIME = '[[call demo__current_time {"zone": "Europe/Lisbon"}]]'
@@ -293,7 +293,7 @@ async def test_a_failing_a_slow_and_a_wrongly_called_tool_give_the_model_errors(
     make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
 ) -> None:
     settings = make_settings(
-        mcp_servers={"faulty": stdio("tests.support.mcp_faulty")},
+        mcp_servers={"faulty": stdio("testkit.mcp_faulty")},
         tool_timeout_seconds=1.5,
         tool_result_max_chars=100,
     )
@@ -427,7 +427,7 @@ async def test_tool_results_too_long_for_the_model_fail_the_turn_without_rerunni
     # The question fits; with the tool's 5,000 characters, not. (Undone after the test: the
     # mock serves the whole run.)
     monkeypatch.setattr(llm.config, "context_chars", 3000)
-    settings = make_settings(mcp_servers={"faulty": stdio("tests.support.mcp_faulty")})
+    settings = make_settings(mcp_servers={"faulty": stdio("testkit.mcp_faulty")})
     async with running_app(settings, clock) as chat:
         session_id = await chat.create_session("faulty")
         await chat.send(session_id, "An earlier turn, so there is history to drop.")

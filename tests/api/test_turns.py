@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
-from services.prompt import WELCOME_PREFIX
+from services.conversation.prompt import WELCOME_PREFIX
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 

@@ -2,7 +2,7 @@
 in Node) rebuild a reply streamed by the service, resume a turn in flight, and get 204 when
 there is none; after a reload, the stored history loads as the ``UIMessage``s ``useChat`` takes,
 and the chat goes on from them. The package is installed by ``npm ci`` the first time (pinned
-in tests/support/node/package-lock.json)."""
+in testkit/node/package-lock.json)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from api.ui_stream import ui_message
-from bench.mock_llm import MockLLM, Reply
-from services.models import StoredMessage, ToolCall, ToolUse
-from services.settings import REPO_ROOT
+from services.core.records import StoredMessage, ToolCall, ToolUse
+from services.core.settings import REPO_ROOT
+from testkit.mock_llm import MockLLM, Reply
+from testkit.node_ai import lines_of, run_node
 from tests.api.conftest import API, Live, LiveFactory
 from tests.api.test_tools import CONVERT, TEMPLATES, stdio
-from tests.support.node_ai import lines_of, run_node
 
 # useChat after a reload, outside React: the documented loader (docs/streaming.md) fetches the
 # history, the SDK's own validator checks it, and the SDK's own chat (what @ai-sdk/react's

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import websockets
 
-from bench.mock_llm import MockLLM, Reply
-from services.errors import StoreUnavailable
-from services.models import NewTurn, Usage, UsageTotals
+from services.core.errors import StoreUnavailable
+from services.core.records import NewTurn, Usage, UsageTotals
 from services.store import build_store
 from services.store.sqlite import _SCHEMA, SQLiteStore
+from testkit.mock_llm import MockLLM, Reply
+from testkit.rtdb_server import RTDBServer
 from tests.api.conftest import API, Live, LiveFactory, until
 from tests.api.test_firebase import namespace_of, writes
 from tests.api.test_ws import receive, ws_url
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
-from tests.support.rtdb_server import RTDBServer
 
 LONG = "a" * 1500  # about 765 tokens a turn at first, more as the context grows
 QUOTA = 1000

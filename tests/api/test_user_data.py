@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.mock_llm import MockLLM
+from testkit.mock_llm import MockLLM
+from testkit.rtdb_server import RTDBServer
 from tests.conftest import RunningApp
-from tests.support.rtdb_server import RTDBServer
 
 API = "/api/v1/chatbot"
 SECRET = "my-unforgettable-secret-7731"

@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from bench.mock_llm import MockLLM, Reply
+from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import API, Live, collect, until
 
 

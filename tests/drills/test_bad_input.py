@@ -39,9 +39,9 @@ from api.app import create_app
 from api.schemas import MessageResponse
 from api.ws import MESSAGE_TOO_BIG
 from bench.harness import running, start_service
-from bench.mock_llm import MockLLM
-from services.models import Sampling, SessionRecord, isoformat
-from services.settings import Settings
+from services.core.records import Sampling, SessionRecord, isoformat
+from services.core.settings import Settings
+from testkit.mock_llm import MockLLM
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from bench.harness import running, start_mock_llm, start_service
-from tests.support.live import read_events
+from testkit.live import read_events
 from tests.support.stored import DrillStore, Msg, Snapshot, history_problems
 
 API = "/api/v1/chatbot"

@@ -27,8 +27,8 @@ import pytest
 
 from bench.harness import Proc, clean_env, running, start, start_mock_llm, start_service
 from bench.load import bench_settings, percentile
-from tests.support.live import read_events
-from tests.support.rtdb_server import Fault, RTDBServer
+from testkit.live import read_events
+from testkit.rtdb_server import Fault, RTDBServer
 from tests.support.stored import (
     Msg,
     firebase_snapshot,
@@ -179,7 +179,7 @@ async def faulty_client(
 def start_mock_on(port: int, *flags: str) -> Proc:
     """The mock LLM on a given port (to replace one without the service noticing)."""
     return start(
-        [sys.executable, "-m", "bench.mock_llm", "--port", str(port), *flags],
+        [sys.executable, "-m", "testkit.mock_llm", "--port", str(port), *flags],
         env=clean_env(),
         ready_url=f"http://127.0.0.1:{port}/health",
         name="mock-llm",

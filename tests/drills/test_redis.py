@@ -26,11 +26,11 @@ import pytest
 import websockets
 
 from bench.harness import Proc, running, start_service
-from bench.mock_llm import MockLLM, Reply
+from testkit.live import read_events
+from testkit.mock_llm import MockLLM, Reply
+from testkit.redis_server import RedisServer, require_redis_server
 from tests.drills.test_replicas import Ack, ack_problems
 from tests.drills.test_workers import children
-from tests.support.live import read_events
-from tests.support.redis_server import RedisServer, require_redis_server
 from tests.support.stored import DrillStore, history_problems
 
 API = "/api/v1/chatbot"

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from bench.harness import running, start_service
-from bench.mock_llm import MockLLM
+from testkit.mock_llm import MockLLM
 
 API = "/api/v1/chatbot"
 
@@ -60,5 +60,5 @@ async def test_two_workers_share_one_port_and_one_store(tmp_path: Path, llm: Moc
     lines = [json.loads(line) for line in service.log_text().splitlines() if line]
     started = [line for line in lines if line["message"].startswith("Started server process")]
     assert len(started) >= 2
-    turns = [line for line in lines if line["logger"] == "services.turns"]
+    turns = [line for line in lines if line["logger"] == "services.conversation.turns"]
     assert sorted(line["turn"] for line in turns) == list(range(1, 21))

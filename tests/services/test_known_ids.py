@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.cache import SeenIds
-from services.errors import SessionEnded, SessionNotFound
+from services.conversation.registry import SeenIds
+from services.core.errors import SessionEnded, SessionNotFound
 from services.store.seq_node import RING, SeqNode, created_node
 
 

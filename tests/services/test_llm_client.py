@@ -10,18 +10,18 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.mock_llm import MockLLM, Reply
-from services.errors import (
+from services.core.errors import (
     ContextTooLong,
     LLMError,
     LLMTimeout,
     ProviderRateLimited,
     ProviderUnreachable,
 )
-from services.llm import OpenAIChat, env_proxy, estimate_usage
-from services.llm_wire import DONE, SSEDecoder, status_error
-from services.models import Sampling
-from services.settings import Settings
+from services.core.records import Sampling
+from services.core.settings import Settings
+from services.llm.client import OpenAIChat, env_proxy, estimate_usage
+from services.llm.wire import DONE, SSEDecoder, status_error
+from testkit.mock_llm import MockLLM, Reply
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
 SAMPLING = Sampling("gpt-test", 0.5, 40, 0.0, 0.0)

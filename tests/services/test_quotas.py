@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.quotas import TokenBuckets
+from services.limits.quotas import TokenBuckets
 
 
 class Clock:

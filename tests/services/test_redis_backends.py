@@ -9,18 +9,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from services.bus import SessionEvent
-from services.errors import LLMTimeout, QuotaExceeded, RateLimited
-from services.models import StoredMessage, ToolCall, ToolUse, TurnResult, Usage
-from services.quotas import Quotas
+from services.conversation.bus import SessionEvent
+from services.conversation.turns import Turn, TurnEvent
+from services.core.errors import LLMTimeout, QuotaExceeded, RateLimited
+from services.core.records import StoredMessage, ToolCall, ToolUse, TurnResult, Usage
+from services.core.redis_link import PROBE_SECONDS, RedisDown, RedisLink
+from services.core.settings import Settings
+from services.limits.quotas import Quotas
+from services.limits.redis import RedisStreams, RedisTokenBuckets
 from services.redis import codec
 from services.redis.bus import RedisBus
-from services.redis.limits import RedisStreams, RedisTokenBuckets
-from services.redis.link import PROBE_SECONDS, RedisDown, RedisLink
 from services.redis.turns import RedisTurns
-from services.settings import Settings
-from services.turns import Turn, TurnEvent
-from tests.support.redis_server import RedisServer, require_redis_server
+from testkit.redis_server import RedisServer, require_redis_server
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ def own_redis() -> Iterator[RedisServer]:
 async def test_redis_down_falls_back_logs_once_and_recovers(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.redis.link")
+    caplog.set_level(logging.INFO, logger="services.core.redis_link")
     link = RedisLink(own_redis.url, prefix="t:", timeout=3.0)
     await link.start()
     settings = Settings(_env_file=None, rate_limit_turns_per_minute=2)

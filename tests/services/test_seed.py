@@ -6,15 +6,15 @@ import os
 import subprocess
 import sys
 
-from services.settings import REPO_ROOT
-from tests.support.rtdb_server import RTDBServer
+from services.core.settings import REPO_ROOT
+from testkit.rtdb_server import RTDBServer
 
 
 def run_seed(url: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIREBASE", "STORE"))}
     env["FIREBASE_DATABASE_URL"] = url
     done = subprocess.run(
-        [sys.executable, "-m", "services.seed", *args],
+        [sys.executable, "-m", "services.templates.seed", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

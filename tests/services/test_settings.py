@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.app import create_app
-from services.settings import Settings
+from services.core.settings import Settings
 from services.store.firebase import _database_url
 
 

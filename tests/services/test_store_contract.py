@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from services.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
-from services.models import (
+from services.core.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
+from services.core.records import (
     CallUsage,
     DayUsage,
     ModelCounts,
@@ -26,7 +26,7 @@ from services.models import (
 )
 from services.store import build_store
 from services.store.base import Store
-from services.templates.versions import DocRef, etag_of
+from services.store.versions import DocRef, etag_of
 from tests.conftest import SettingsFactory
 
 T0 = "2026-01-01T12:00:00.000Z"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.errors import TemplateNotFound
-from services.settings import REPO_ROOT, Settings
+from services.core.errors import TemplateNotFound
+from services.core.settings import REPO_ROOT, Settings
 from services.store.sqlite import SQLiteStore
 from services.templates.service import TemplateService, read_seed_dir
 

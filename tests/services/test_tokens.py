@@ -18,11 +18,11 @@ import pytest
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
-import services.tokens
+import services.llm.tokens
 from bench.token_corpus import COOKBOOK_MESSAGES
-from services.llm import ChatMessage
-from services.tokens import MAX_MODELS, TokenCounter, encoding_for_model
-from services.tokens.encodings import (
+from services.llm.client import ChatMessage
+from services.llm.tokens import MAX_MODELS, TokenCounter, encoding_for_model
+from services.llm.tokens.encodings import (
     DATA_DIR,
     ENCODING_NAMES,
     ENCODINGS,
@@ -250,7 +250,7 @@ async def test_prepare_loads_in_a_thread_and_counts_meanwhile_are_estimates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fresh = Encodings(DATA_DIR)  # as in a new process: nothing loaded yet
-    monkeypatch.setattr(services.tokens, "ENCODINGS", fresh)
+    monkeypatch.setattr(services.llm.tokens, "ENCODINGS", fresh)
     counter, messages = TokenCounter(), chat(3)
     loading = asyncio.create_task(counter.prepare("gpt-4"))
     await asyncio.sleep(0)  # one loop step: prepare runs up to its first await

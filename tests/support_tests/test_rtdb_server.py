@@ -1,4 +1,4 @@
-"""Tests for tests.support.rtdb_server, driven through the real firebase-admin SDK."""
+"""Tests for testkit.rtdb_server, driven through the real firebase-admin SDK."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 import requests
 from firebase_admin import db, exceptions
 
-from tests.support.rtdb_server import PUSH_CHARS, PushIdGenerator, RTDBServer
+from testkit.rtdb_server import PUSH_CHARS, PushIdGenerator, RTDBServer
 
 NS = "chatify-test"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -454,7 +454,7 @@ def test_keep_alive_and_low_latency(server: RTDBServer) -> None:
 
 def test_standalone_process_mode() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.rtdb_server", "--port", "0"],
+        [sys.executable, "-m", "testkit.rtdb_server", "--port", "0"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

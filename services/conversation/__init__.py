@@ -1,0 +1,10 @@
+"""The conversation: sessions and their turns.
+
+Owns the one way a turn gets in (``admission``), the turn pipeline (``turns``) and the prompt
+it builds (``prompt``), session lifecycle (``sessions``), the active-session registry
+(``registry``), one turn at a time per session (``gate``), live events (``bus``), rolling memory
+(``memory``), titles (``titles``), a draft tried out (``preview``), data rights
+(``user_data``) and the housekeeping schedule (``scheduler``).
+
+May import: ``core``, ``store``, ``templates``, ``llm``, ``limits`` and ``services.identity``.
+"""
