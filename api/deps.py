@@ -1,63 +1,23 @@
-"""Dependencies as named ``Annotated`` aliases; the lifespan puts ``Services`` on app state."""
+"""Dependencies as named ``Annotated`` aliases; the lifespan puts ``Services``
+(``services.application``) on app state."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
 from api.schemas import USER_ID_PATTERN, SendMessageRequest, checked_message
-from services.conversation.admission import Admission, Admitted, owned
-from services.conversation.bus import SessionBus
-from services.conversation.memory import Memory
-from services.conversation.preview import Previews
+from services.application import Services
+from services.conversation.admission import Admitted, owned
 from services.conversation.sessions import SessionService
-from services.conversation.titles import Titles
-from services.conversation.turns import Turn, TurnPipeline
-from services.conversation.user_data import UserData
+from services.conversation.turns import Turn
 from services.core.errors import ChatifyError, InvalidInput
 from services.core.metrics import Metrics
 from services.core.records import SessionRecord
-from services.core.redis_link import RedisLink
-from services.core.settings import Settings
-from services.identity import Authenticator, Caller, Credentials
+from services.identity import Caller, Credentials
 from services.limits.quotas import Quotas
-from services.limits.usage import BackgroundCalls, UsageService
-from services.llm.client import LLMClient
-from services.redis.turns import RedisTurns
-from services.store.base import Store
-from services.templates.authoring import Authoring
-from services.templates.service import TemplateService
-from services.templates.stats import TemplateStats
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    """Everything the lifespan built, for the routes."""
-
-    settings: Settings
-    store: Store
-    templates: TemplateService
-    llm: LLMClient
-    sessions: SessionService
-    turns: TurnPipeline
-    admission: Admission  # the one way in for a turn, on every transport
-    auth: Authenticator
-    quotas: Quotas
-    authoring: Authoring
-    stats: TemplateStats
-    previews: Previews
-    titles: Titles
-    memory: Memory
-    user_data: UserData
-    bus: SessionBus
-    usage: UsageService
-    calls: BackgroundCalls
-    metrics: Metrics
-    redis: RedisLink | None = None  # REDIS_URL set: shared limits, resume, live events
-    relay: RedisTurns | None = None
 
 
 def metrics_of(app: Any) -> Metrics | None:

@@ -3,8 +3,9 @@
 ``POST …/session/{id}/message`` and ``…/message/stream`` are most of the traffic. For them this
 middleware, the innermost of ours (request ids, logs, metrics, the body limit and CORS still
 apply), parses the body once from bytes with pydantic-core and calls the functions the FastAPI
-routes call (``api.sessions.answer_message``, ``api.stream.open_message_stream``), skipping
-route matching over every route, dependency solving and a second parse of the body.
+routes call (``api.routes.sessions.answer_message``,
+``api.routes.stream.open_message_stream``), skipping route matching over every route,
+dependency solving and a second parse of the body.
 
 What it does not take on as it is (another content type, a body that does not validate) goes
 on to the FastAPI route with its body, so every such error is answered exactly as there. The
@@ -23,12 +24,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import Services, credentials_of
+from api.deps import credentials_of
 from api.errors import chatify_error, validation_error
 from api.middleware import replay
+from api.routes.sessions import answer_message
+from api.routes.stream import open_message_stream
 from api.schemas import SendMessageRequest
-from api.sessions import answer_message
-from api.stream import open_message_stream
+from services.application import Services
 from services.core.errors import ChatifyError
 
 LaneKind = Literal["message", "message/stream"]

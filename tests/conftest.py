@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.deps import Services
+from services.application import Services
 from services.core.settings import Settings
 from testkit.mock_llm import MockLLM
 from testkit.redis_server import RedisServer, require_redis_server

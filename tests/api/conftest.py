@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.deps import Services
+from services.application import Services
 from testkit.firebase_tokens import TokenIssuer
 from testkit.live import Event, live_server, read_events
 from testkit.node_ai import node_script

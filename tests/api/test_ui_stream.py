@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from api.ui_stream import ui_message
+from api.routes.ui_stream import ui_message
 from services.core.records import StoredMessage, ToolCall, ToolUse
 from services.core.settings import REPO_ROOT
 from testkit.mock_llm import MockLLM, Reply

@@ -36,8 +36,8 @@ from schemathesis.specs.openapi.checks import (
 from starlette.types import Message
 
 from api.app import create_app
+from api.routes.ws import MESSAGE_TOO_BIG
 from api.schemas import MessageResponse
-from api.ws import MESSAGE_TOO_BIG
 from bench.harness import running, start_service
 from services.core.records import Sampling, SessionRecord, isoformat
 from services.core.settings import Settings

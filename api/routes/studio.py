@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from api.playground import page, script
+from api.routes.playground import page, script
 
 router = APIRouter(include_in_schema=False)
 

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Body, Header, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AdminDep, CallerDep, Services, ServicesDep
+from api.deps import AdminDep, CallerDep, ServicesDep
 from api.errors import documented
-from api.preview import router as previews
+from api.routes.preview import router as previews
 from api.schemas import Personalities
+from services.application import Services
 from services.core.errors import TemplateNotFound
 from services.core.provider_config import Target, target_key
 from services.core.records import ModelCounts, TemplateCounts

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import CallerDep, Services, ServicesDep, SessionIdPath, admit_message
+from api.deps import CallerDep, ServicesDep, SessionIdPath, admit_message
 from api.errors import documented
 from api.schemas import MessageResponse, SendMessageRequest, tool_data
+from services.application import Services
 from services.conversation.turns import Turn, TurnEvent
 from services.core.settings import Settings
 from services.identity import Caller

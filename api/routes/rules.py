@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, ServicesDep
 from api.errors import documented
-from api.personalities import IfMatch, Versions, versions_of
+from api.routes.personalities import IfMatch, Versions, versions_of
 from services.store.versions import RULES, DocWrite
 
 router = APIRouter(prefix="/settings/universal-rules", tags=["authoring"])

@@ -11,7 +11,6 @@ from api.deps import (
     ME,
     CallerDep,
     QuotasDep,
-    Services,
     ServicesDep,
     SessionIdPath,
     SessionServiceDep,
@@ -35,6 +34,7 @@ from api.schemas import (
     SessionUsage,
     invalid,
 )
+from services.application import Services
 from services.conversation.titles import client_title
 from services.core.records import parse_iso
 from services.identity import Caller

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, ServicesDep
 from api.errors import documented
+from api.routes.stream import event_stream
 from api.schemas import message_problem
-from api.stream import event_stream
 from services.conversation.preview import PreviewMessage
 from services.conversation.turns import Turn, TurnEvent
 from services.core.errors import InvalidInput
