@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -87,7 +88,7 @@ def start(
     return Proc(popen, "/".join(base[:3]), log, args)
 
 
-def start_service(port: int | None = None, *, repo: Path = REPO, **settings: object) -> Proc:
+def start_service(port: int | None = None, *, repo: Path = REPO, **settings: Any) -> Proc:
     """``python -m api`` (the Procfile's command) with settings from the environment only, run
     from the checkout ``repo`` (another commit's worktree, for a baseline)."""
     port = port or free_port()

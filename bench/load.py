@@ -330,9 +330,9 @@ def main() -> None:
     logger.info("%s", summary_table(rows))
 
 
-def bench_settings(llm_url: str, rtdb_url: str | None, **extra: object) -> dict[str, object]:
+def bench_settings(llm_url: str, rtdb_url: str | None, **extra: object) -> dict[str, Any]:
     """Service settings for load: limits that a benchmark must not hit."""
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "openai_base_url": f"{llm_url}/v1",
         "openai_api_key": "bench",
         "rate_limit_turns_per_minute": 10_000_000,

@@ -191,7 +191,7 @@ async def soak(args: argparse.Namespace) -> bool:
                 pid,
                 settings["sqlite_path"],
             )
-            totals, samples = Totals(), []
+            totals, samples = Totals(), list[Sample]()
             limits = httpx.Limits(max_connections=args.users + 4)
             async with httpx.AsyncClient(base_url=service.url, timeout=30, limits=limits) as client:
                 start = time.monotonic()

@@ -16,6 +16,7 @@ import sqlite3
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -94,7 +95,7 @@ def main_with(*, turns: int) -> None:
         RTDBServer() as rtdb,
         tempfile.TemporaryDirectory() as folder,
     ):
-        common = {
+        common: dict[str, Any] = {
             "openai_base_url": llm.url,
             "openai_api_key": "bench",
             "templates_seed_dir": REPO_ROOT / "templates_seed",

@@ -293,7 +293,7 @@ class MockLLM:
         content: str | None = None,
     ) -> None:
         """A reply that calls tools (after some text, with ``content``), streamed or whole."""
-        wire = [
+        wire: list[dict[str, Any]] = [
             {
                 "id": f"call_{len(self.requests)}_{index}",
                 "type": "function",
@@ -321,11 +321,11 @@ class MockLLM:
             arguments = call["function"]["arguments"]
             half = len(arguments) // 2
             first = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
-            for piece in (first, *(
+            for call_delta in (first, *(
                 {"index": index, "function": {"arguments": part}}
                 for part in (arguments[:half], arguments[half:])
             )):  # fmt: skip
-                _write_chunk(writer, _sse(_chunk(body, {"tool_calls": [piece]}, None)))
+                _write_chunk(writer, _sse(_chunk(body, {"tool_calls": [call_delta]}, None)))
         _write_chunk(writer, _sse(_chunk(body, {}, "tool_calls")))
         final = _chunk(body, None, None)
         final["choices"], final["usage"] = [], usage

@@ -510,11 +510,12 @@ async def test_variables_are_filled_once_at_session_start(
     default = await chat.client.post(SESSIONS, json={"user_id": "u1", "template_id": "test-bot"})
     assert default.json()["welcome_message"] == "Hi friend!"
 
-    for body, field, kind in [
+    cases: list[tuple[dict[str, Any], str, str]] = [
         ({"variables": {"other": "x"}}, "variables.other", "undeclared_variable"),
         ({"variables": {"user_name": "x" * 11}}, "variables.user_name", "string_too_long"),
         ({"timezone": "Mars/Olympus"}, "timezone", "invalid_timezone"),
-    ]:
+    ]
+    for body, field, kind in cases:
         bad = await chat.client.post(
             SESSIONS, json={"user_id": "u1", "template_id": "test-bot", **body}
         )

@@ -565,7 +565,7 @@ async def test_an_emulator_token_without_exp_is_accepted_from_the_cache_too(
         "sub": "alice",
         "iat": int(clock().timestamp()),
     }
-    unsigned = jwt.encode(claims, key=None, algorithm="none")
+    unsigned = jwt.encode(claims, key="", algorithm="none")
     settings = make_settings(
         **auth_settings("firebase"), firebase_auth_emulator_host="127.0.0.1:9099"
     )

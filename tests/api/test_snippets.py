@@ -38,7 +38,7 @@ def doc_snippet(marker: str) -> str:
     """The ```js block of docs/streaming.md that contains ``marker``."""
     text = (REPO_ROOT / "docs" / "streaming.md").read_text()
     blocks = re.findall(r"```js\n(.*?)```", text, re.S)
-    found = [block for block in blocks if marker in block]
+    found: list[str] = [block for block in blocks if marker in block]
     assert len(found) == 1, f"one snippet with {marker!r}"
     return found[0]
 

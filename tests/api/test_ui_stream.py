@@ -57,7 +57,8 @@ def ai_module(node_ai: Path) -> str:
 def doc_loader() -> str:
     """The ```js block of docs/streaming.md that loads a chat after a reload."""
     text = (REPO_ROOT / "docs" / "streaming.md").read_text()
-    [block] = [b for b in re.findall(r"```js\n(.*?)```", text, re.S) if "function loadChat" in b]
+    blocks: list[str] = re.findall(r"```js\n(.*?)```", text, re.S)
+    [block] = [b for b in blocks if "function loadChat" in b]
     return block
 
 
@@ -105,7 +106,7 @@ async def test_the_ai_sdk_resumes_a_turn_in_flight(live: Live, llm: MockLLM, nod
                 break  # the client goes away mid-reply; the turn goes on, paused in the model
     resumed = await run_node(node_ai, "resume", live.url, session_id)
     assert resumed.stdout is not None
-    seen = []
+    seen: list[dict[str, Any]] = []
     while not any(seen[-1]["state"] if seen else []):  # until the first delta came again
         seen.append(json.loads(await asyncio.wait_for(resumed.stdout.readline(), 30)))
     assert "one two three four".startswith(seen[-1]["state"][0])

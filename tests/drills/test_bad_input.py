@@ -251,7 +251,7 @@ def cases(
         for path in fixed
     ]
     if operation.path == f"{API}/chat":  # useChat's body names the session: use real ones
-        text = {"type": "text", "text": "hi"}
+        text: Any = {"type": "text", "text": "hi"}
         strategies += [
             st.just(operation.Case(body={"id": sid, "messages": [{"id": "m", "role": "user",
                                                                   "parts": [text]}]}))
@@ -741,7 +741,7 @@ async def test_path_traversal_session_id_is_404(served: Served, session_id: byte
 async def test_the_server_refuses_a_frame_over_ws_max_frame_bytes(tmp_path: Path) -> None:
     """``python -m api`` hands WS_MAX_FRAME_BYTES to uvicorn, which closes with 1009 before
     the app sees the frame (the app's own check closes with the reason "message too big")."""
-    settings = {"sqlite_path": tmp_path / "chatify.db", "ws_max_frame_bytes": 2048}
+    settings: dict[str, Any] = {"sqlite_path": tmp_path / "chatify.db", "ws_max_frame_bytes": 2048}
     with running(start_service(**settings)) as service:
         async with httpx.AsyncClient(base_url=service.url) as client:
             created = await client.post(f"{API}/session", json={"user_id": "u1"})

@@ -180,7 +180,7 @@ async def test_a_socket_on_one_replica_sees_a_turn_sent_to_the_other(
                 json={"message": "from elsewhere", "client_message_id": "x-1"},
             )
             assert sent.status_code == 200, sent.text
-            frames = []
+            frames: list[dict[str, Any]] = []
             while not frames or frames[-1]["type"] != "backend_status":
                 frames.append(json.loads(await asyncio.wait_for(socket.recv(), 10)))
     assert frames[0] == {
@@ -198,7 +198,7 @@ async def test_a_socket_on_one_replica_sees_a_turn_sent_to_the_other(
 
 # Outage drill -------------------------------------------------------------------------------
 
-DOCUMENTED = {200: {None}, 429: {"rate_limited", "session_busy"}}
+DOCUMENTED: dict[int, set[str | None]] = {200: {None}, 429: {"rate_limited", "session_busy"}}
 
 
 async def readiness(url: str) -> tuple[int, dict[str, Any]]:

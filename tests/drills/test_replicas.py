@@ -43,7 +43,7 @@ def ack_problems(snapshot: Snapshot, acks: list[Ack]) -> list[str]:
         elif msgs[found[0]].content != ack.text or found[0] + 1 >= len(msgs):
             problems.append(f"{ack.client_message_id}: stored without its reply")
     stored = {m.client_message_id for msgs in snapshot.histories.values() for m in msgs}
-    extra = stored - {None} - {ack.client_message_id for ack in acks}
+    extra = {cmid for cmid in stored if cmid is not None} - {a.client_message_id for a in acks}
     return problems + [f"{cmid}: stored but never acknowledged" for cmid in sorted(extra)]
 
 

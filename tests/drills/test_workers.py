@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -28,7 +29,7 @@ def children(pid: int) -> list[int]:
 
 
 async def test_two_workers_share_one_port_and_one_store(tmp_path: Path, llm: MockLLM) -> None:
-    settings = {
+    settings: dict[str, Any] = {
         "web_concurrency": 2,
         "log_format": "json",  # configured in every worker, not only in the parent
         "log_level": "INFO",

@@ -69,8 +69,8 @@ def test_events_cross_as_json_field_by_field() -> None:
     assert codec.loads(SessionEvent, codec.dumps(event)) == event
     call = ToolCall("call_1", "demo", "convert_units", {"value": 5, "units": ["km", "mi"]}, 2)
     use = ToolUse(call, "5 km = 3.10686 mi", images=("data:image/png;base64,AAAA",))
-    for event in (TurnEvent(1, "tool_call", tool=call), TurnEvent(2, "tool_result", tool=use)):
-        assert codec.loads(TurnEvent, codec.dumps(event)) == event  # each union arm by its keys
+    for turn_event in (TurnEvent(1, "tool_call", tool=call), TurnEvent(2, "tool_result", tool=use)):
+        assert codec.loads(TurnEvent, codec.dumps(turn_event)) == turn_event  # each arm by its keys
     relayed = SessionEvent("tool_result", "s1", "c1", tool=use, origin="o")
     assert codec.loads(SessionEvent, codec.dumps(relayed)) == relayed
     stored = dataclasses.replace(result(), assistant_message=StoredMessage(
@@ -155,7 +155,7 @@ async def test_an_event_that_cannot_cross_stops_the_recording_not_the_turn(
     turn = Turn("s1", "hi", "c1")
     assert await runner.adopt(turn) is None
     turn.emit("start", turn=1)
-    turn.emit("delta", content=object())  # type: ignore[arg-type]
+    turn.emit("delta", content=object())
     turn.emit("done", result=result())
     await until(lambda: not runner._tasks)
     assert not turn.taps and "cannot be shared" in caplog.text

@@ -106,7 +106,7 @@ class DrillStore:
         self.sqlite_path = tmp_path / "chatify.db"
         self.namespace = ""
 
-    def settings(self, llm_url: str) -> dict[str, object]:
+    def settings(self, llm_url: str) -> dict[str, Any]:
         """Service settings on this store (abuse limits raised for load)."""
         settings = bench_settings(llm_url, self.rtdb.url if self.rtdb else None)
         if self.rtdb is None:

@@ -50,7 +50,9 @@ def root(app: firebase_admin.App) -> db.Reference:
     return db.reference("/", app=app)
 
 
-def rest(server: RTDBServer, method: str, path: str, query: str = "", **kwargs: Any):
+def rest(
+    server: RTDBServer, method: str, path: str, query: str = "", **kwargs: Any
+) -> requests.Response:
     url = f"{server.url}{path}.json?ns={NS}" + (f"&{query}" if query else "")
     return requests.request(method, url, timeout=5, **kwargs)
 
