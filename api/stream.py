@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from api.deps import CallerDep, Services, ServicesDep, SessionIdPath, admit_message
 from api.errors import documented
 from api.schemas import MessageResponse, SendMessageRequest, tool_data
-from services.conversation.turns import Turn, TurnEvent
+from services.conversation.turn_events import Turn, TurnEvent
 from services.core.settings import Settings
 from services.identity import Caller
 from services.limits.quotas import StreamSlot
