@@ -27,6 +27,7 @@ from services.core.records import (
 from services.store import build_store
 from services.store.base import Store
 from services.store.versions import DocRef, etag_of
+from testkit.stored_turns import append_turn
 from tests.conftest import SettingsFactory
 
 T0 = "2026-01-01T12:00:00.000Z"
@@ -83,7 +84,7 @@ async def test_turns_get_consecutive_seqs_and_update_counters(store: Store) -> N
     session = make_session()
     await store.create_session(session)
     for n in range(3):
-        stored = await store.append_turn(session, make_turn(n, f"c{n}"))
+        stored = await append_turn(store, session, make_turn(n, f"c{n}"))
         assert (stored.user.seq, stored.assistant.seq, stored.created) == (2 * n, 2 * n + 1, True)
         assert stored.message_count == n + 1
 
@@ -107,7 +108,7 @@ async def test_load_messages_returns_the_newest_below_before_oldest_first(store:
     session = make_session()
     await store.create_session(session)
     for n in range(5):
-        await store.append_turn(session, make_turn(n))
+        await append_turn(store, session, make_turn(n))
     sid = session.session_id
     assert [m.seq for m in await store.load_messages(sid, limit=3)] == [7, 8, 9]
     assert [m.seq for m in await store.load_messages(sid, limit=3, before=7)] == [4, 5, 6]
@@ -119,8 +120,8 @@ async def test_load_messages_returns_the_newest_below_before_oldest_first(store:
 async def test_a_client_message_id_is_stored_once(store: Store) -> None:
     session = make_session()
     await store.create_session(session)
-    first = await store.append_turn(session, make_turn(0, "same"))
-    again = await store.append_turn(session, make_turn(1, "same"))
+    first = await append_turn(store, session, make_turn(0, "same"))
+    again = await append_turn(store, session, make_turn(1, "same"))
     assert again.created is False
     assert (again.user, again.assistant) == (first.user, first.assistant)
     found = await store.find_turn(session.session_id, "same")
@@ -133,7 +134,7 @@ async def test_a_client_message_id_is_stored_once(store: Store) -> None:
 async def test_concurrent_appends_lose_and_duplicate_nothing(store: Store) -> None:
     session = make_session()
     await store.create_session(session)
-    await asyncio.gather(*(store.append_turn(session, make_turn(n, f"c{n}")) for n in range(20)))
+    await asyncio.gather(*(append_turn(store, session, make_turn(n, f"c{n}")) for n in range(20)))
     messages = await store.load_messages(session.session_id, limit=100)
     assert [m.seq for m in messages] == list(range(40))
     assert [m.role for m in messages] == ["user", "assistant"] * 20
@@ -148,9 +149,9 @@ async def test_no_turn_is_appended_to_an_ended_or_unknown_session(store: Store) 
     await store.create_session(session)
     await store.end_session(session.session_id, at="2026-01-01T13:00:00.000Z")
     with pytest.raises(SessionEnded):
-        await store.append_turn(session, make_turn(0))
+        await append_turn(store, session, make_turn(0))
     with pytest.raises(SessionNotFound):
-        await store.append_turn(make_session(), make_turn(0))
+        await append_turn(store, make_session(), make_turn(0))
     assert await store.load_messages(session.session_id, limit=10) == []
 
 
@@ -288,8 +289,8 @@ async def test_a_loaded_session_learns_every_stored_client_message_id(store: Sto
     await store.create_session(session)
     odd = ["plain", "7", "a.b/c#d$e[f]", "ünï cödé", "%41"]
     for n, cid in enumerate(odd):
-        await store.append_turn(session, make_turn(n, cid))
-    await store.append_turn(session, make_turn(9))  # no id
+        await append_turn(store, session, make_turn(n, cid))
+    await append_turn(store, session, make_turn(9))  # no id
     assert sorted(await store.load_client_ids(session.session_id)) == sorted(odd)
     assert await store.load_client_ids(str(uuid.uuid4())) == []
 
@@ -326,9 +327,9 @@ async def test_turns_count_their_usage_on_the_session_and_the_users_day(store: S
     await store.create_session(session)
     fresh = await store.get_session(session.session_id)
     assert fresh is not None and fresh.usage_totals is None  # nothing counted yet
-    await store.append_turn(session, turn_on("2026-01-01", 0, Usage(10, 3, 13), "a"))
-    await store.append_turn(session, turn_on("2026-01-01", 1, None))  # the provider said nothing
-    await store.append_turn(session, turn_on("2026-01-01", 2, Usage(20, 5, 25), "a"))  # a replay
+    await append_turn(store, session, turn_on("2026-01-01", 0, Usage(10, 3, 13), "a"))
+    await append_turn(store, session, turn_on("2026-01-01", 1, None))  # the provider said nothing
+    await append_turn(store, session, turn_on("2026-01-01", 2, Usage(20, 5, 25), "a"))  # a replay
     claim = await store.claim_turn(session, "b", known_below=0)
     assert isinstance(claim, TurnClaim)
     await store.write_turn(session, claim, turn_on("2026-01-02", 3, Usage(30, 7, 37), "b"))
@@ -349,7 +350,7 @@ async def test_turns_count_their_usage_on_the_session_and_the_users_day(store: S
 async def test_a_background_call_counts_tokens_and_a_call_but_no_turn(store: Store) -> None:
     session = make_session("alice")
     await store.create_session(session)
-    await store.append_turn(session, turn_on("2026-01-01", 0, Usage(10, 3, 13)))
+    await append_turn(store, session, turn_on("2026-01-01", 0, Usage(10, 3, 13)))
     sid = session.session_id
     await store.add_usage("alice", sid, Usage(40, 6, 46), at="2026-01-01T23:59:59.999Z")
     await store.add_usage("alice", sid, Usage(1, 1, 2), at="2026-01-02T00:00:00.000Z")
@@ -365,7 +366,7 @@ async def test_usage_is_read_for_one_user_and_the_days_asked(store: Store) -> No
         session = make_session(user)
         await store.create_session(session)
         for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
-            await store.append_turn(session, turn_on(day, 0, Usage(10, 1, 11)))
+            await append_turn(store, session, turn_on(day, 0, Usage(10, 1, 11)))
     days = await store.load_usage("alice", since_day="2026-01-02", until_day="2026-01-02")
     assert days == [DayUsage("2026-01-02", 10, 1, 1, 0)]
     dotted = await store.load_usage("alice.b", since_day="2026-01-02", until_day="2026-01-09")
@@ -391,10 +392,10 @@ async def test_usage_is_shared_out_by_the_route_target_that_served_it(store: Sto
     session = make_session("alice")
     await store.create_session(session)
     sid = session.session_id
-    await store.append_turn(session, served_turn("2026-01-01", 0, Usage(10, 3, 13), MAIN, "a"))
-    await store.append_turn(session, served_turn("2026-01-01", 1, Usage(20, 5, 25), BACKUP))
-    await store.append_turn(session, served_turn("2026-01-01", 2, Usage(9, 9, 18), MAIN, "a"))
-    await store.append_turn(session, served_turn("2026-01-01", 3, Usage(1, 1, 2), None))
+    await append_turn(store, session, served_turn("2026-01-01", 0, Usage(10, 3, 13), MAIN, "a"))
+    await append_turn(store, session, served_turn("2026-01-01", 1, Usage(20, 5, 25), BACKUP))
+    await append_turn(store, session, served_turn("2026-01-01", 2, Usage(9, 9, 18), MAIN, "a"))
+    await append_turn(store, session, served_turn("2026-01-01", 3, Usage(1, 1, 2), None))
     claim = await store.claim_turn(session, "b", known_below=0)
     assert isinstance(claim, TurnClaim)
     await store.write_turn(
@@ -437,7 +438,7 @@ async def test_erasing_a_session_erases_its_shares_and_keeps_the_users_days(stor
     session = make_session("alice")
     await store.create_session(session)
     sid = session.session_id
-    await store.append_turn(session, served_turn("2026-01-01", 0, Usage(10, 3, 13), MAIN))
+    await append_turn(store, session, served_turn("2026-01-01", 0, Usage(10, 3, 13), MAIN))
     assert await store.delete_sessions("alice", [sid]) == 1
     # A background call answered after the erase still counts on the user's day...
     await store.add_usage("alice", sid, Usage(4, 1, 5), at=T0, target=MAIN)
