@@ -119,3 +119,4 @@ async def background_done() -> None:
     async with asyncio.timeout(10):
         while others := asyncio.all_tasks() - {asyncio.current_task()}:
             await asyncio.gather(*others, return_exceptions=True)
+    await asyncio.sleep(0)  # a finished task's done callbacks run on the next loop pass
