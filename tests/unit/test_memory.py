@@ -4,7 +4,7 @@ store and the service's model client talking to the mock LLM."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from services.conversation import memory as memory_module
 from services.conversation.memory import Memory, fold_point, plain_memory
 from services.conversation.registry import ActiveSession, SeenIds
-from services.core.records import StoredMessage, isoformat
+from services.core.records import Role, StoredMessage, isoformat
 from services.llm.client import ChatMessage, LLMClient, OfflineResponder
 from services.store.base import Store
 from testkit.mock_llm import MockLLM, Reply
@@ -34,8 +34,15 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory_module, "RETRY_DELAYS", (0.0, 0.0))
 
 
+MemoryFactory = Callable[..., Memory]
+
+
 @pytest.fixture
-def make_memory(store: Store, model: LLMClient, clock: FakeClock) -> Iterator[Any]:
+async def make_memory(
+    store: Store, model: LLMClient, clock: FakeClock
+) -> AsyncIterator[MemoryFactory]:
+    """``make_memory(llm=..., summary_model=...)``: a Memory on the test's store; each one
+    closed after the test."""
     made: list[Memory] = []
 
     def make(llm: LLMClient = model, summary_model: str | None = None) -> Memory:
@@ -51,6 +58,8 @@ def make_memory(store: Store, model: LLMClient, clock: FakeClock) -> Iterator[An
         return memory
 
     yield make
+    for memory in made:
+        await memory.close()
 
 
 def user_lines(request: dict[str, Any]) -> str:
@@ -58,21 +67,24 @@ def user_lines(request: dict[str, Any]) -> str:
     return content
 
 
-def held(record_fields: dict[str, Any], texts: list[tuple[str, str]]) -> ActiveSession:
+def held(record_fields: dict[str, Any], texts: list[tuple[Role, str]]) -> ActiveSession:
     """A session held in memory with these messages (no store needed: fold_point reads none)."""
     record = session_record(**record_fields)
     context = deque(
-        (StoredMessage(seq, role, text, T0) for seq, (role, text) in enumerate(texts)),  # type: ignore[arg-type]
+        (StoredMessage(seq, role, text, T0) for seq, (role, text) in enumerate(texts)),
         maxlen=record.context_messages,
     )
     return ActiveSession(record, context, len(texts), SeenIds())
 
 
-def turns(count: int, size: int = 1) -> list[tuple[str, str]]:
+def turns(count: int, size: int = 1) -> list[tuple[Role, str]]:
     return [
         message
         for n in range(1, count + 1)
-        for message in (("user", f"Question {n} " + "x" * size), ("assistant", f"Answer {n}"))
+        for message in (
+            ("user", f"Question {n} " + "x" * size),
+            ("assistant", f"Answer {n}"),
+        )
     ]
 
 
@@ -110,10 +122,10 @@ def test_a_token_budget_folds_before_the_message_count_is_reached() -> None:
 
 
 async def test_a_full_window_folds_the_messages_that_leave_it(
-    store: Store, make_memory: Any, llm: MockLLM
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
 ) -> None:
     active, _ = await stored_session(store, session_record(), 3, first=FACT)
-    memory: Memory = make_memory(summary_model="gpt-summary")
+    memory = make_memory(summary_model="gpt-summary")
     memory.after_turn(active)
     assert memory.pending == 1
     await memory.idle()
@@ -131,10 +143,10 @@ async def test_a_full_window_folds_the_messages_that_leave_it(
 
 
 async def test_a_window_with_room_asks_nothing(
-    store: Store, make_memory: Any, llm: MockLLM
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
 ) -> None:
     active, _ = await stored_session(store, session_record(), 2)
-    memory: Memory = make_memory()
+    memory = make_memory()
     memory.after_turn(active)
     assert memory.pending == 0
     await memory.idle()
@@ -142,12 +154,12 @@ async def test_a_window_with_room_asks_nothing(
 
 
 async def test_the_old_memory_is_updated_not_replaced(
-    store: Store, make_memory: Any, llm: MockLLM
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
 ) -> None:
     active, _ = await stored_session(store, session_record(), 4)
     await store.set_memory(active.record.session_id, "- old fact", seq=2, expected_seq=0, at=T0)
     active.record.summary, active.record.summary_seq = "- old fact", 2
-    memory: Memory = make_memory()
+    memory = make_memory()
     memory.after_turn(active)
     await memory.idle()
 
@@ -160,12 +172,12 @@ async def test_the_old_memory_is_updated_not_replaced(
 
 
 async def test_messages_the_context_no_longer_holds_are_read_from_the_store(
-    store: Store, make_memory: Any, llm: MockLLM
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
 ) -> None:
     active, _ = await stored_session(store, session_record(), 3, first=FACT)
     for _ in range(2):
         active.context.popleft()  # the first turn is only in the store now
-    memory: Memory = make_memory()
+    memory = make_memory()
     memory.after_turn(active)
     await memory.idle()
     assert FACT in user_lines(llm.chat_requests()[0])
@@ -173,12 +185,12 @@ async def test_messages_the_context_no_longer_holds_are_read_from_the_store(
 
 
 async def test_a_failed_or_empty_summary_keeps_the_old_memory_and_is_retried(
-    store: Store, make_memory: Any, llm: MockLLM
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
 ) -> None:
     error = {"error": {"message": "upstream exploded: secret detail", "type": "server_error"}}
     llm.script(Reply(status=500, error_body=error), Reply(content="  "), Reply(content="- ok"))
     active, _ = await stored_session(store, session_record(), 3)
-    memory: Memory = make_memory()
+    memory = make_memory()
     memory.after_turn(active)
     await memory.idle()
     assert len(llm.chat_requests()) == 3
@@ -187,11 +199,11 @@ async def test_a_failed_or_empty_summary_keeps_the_old_memory_and_is_retried(
 
 
 async def test_a_summary_that_fails_every_time_leaves_the_memory_as_it_was(
-    store: Store, make_memory: Any, llm: MockLLM
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
 ) -> None:
     llm.script(Reply(status=500), Reply(status=500), Reply(status=500))
     active, _ = await stored_session(store, session_record(), 3)
-    memory: Memory = make_memory()
+    memory = make_memory()
     memory.after_turn(active)
     await memory.idle()
     assert len(llm.chat_requests()) == 3
@@ -201,13 +213,13 @@ async def test_a_summary_that_fails_every_time_leaves_the_memory_as_it_was(
 
 
 async def test_a_memory_another_instance_stored_first_is_adopted(
-    store: Store, make_memory: Any, llm: MockLLM, clock: FakeClock
+    store: Store, make_memory: MemoryFactory, llm: MockLLM, clock: FakeClock
 ) -> None:
     active, _ = await stored_session(store, session_record(), 3)
     sid = active.record.session_id
     # Another process folded the same messages meanwhile; this one's record does not know.
     assert await store.set_memory(sid, "- theirs", seq=4, expected_seq=0, at=isoformat(clock()))
-    memory: Memory = make_memory()
+    memory = make_memory()
     memory.after_turn(active)
     await memory.idle()
     assert len(llm.chat_requests()) == 1
@@ -216,9 +228,11 @@ async def test_a_memory_another_instance_stored_first_is_adopted(
     assert (active.record.summary, active.record.summary_seq) == ("- theirs", 4)
 
 
-async def test_one_fold_per_session_at_a_time(store: Store, make_memory: Any, llm: MockLLM) -> None:
+async def test_one_fold_per_session_at_a_time(
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
+) -> None:
     active, _ = await stored_session(store, session_record(), 3)
-    memory: Memory = make_memory()
+    memory = make_memory()
     memory.after_turn(active)
     memory.after_turn(active)  # a second turn stored while the first fold runs
     assert memory.pending == 1
@@ -227,10 +241,10 @@ async def test_one_fold_per_session_at_a_time(store: Store, make_memory: Any, ll
 
 
 async def test_without_a_model_the_memory_is_plain_notes(
-    store: Store, make_memory: Any, llm: MockLLM
+    store: Store, make_memory: MemoryFactory, llm: MockLLM
 ) -> None:
     active, _ = await stored_session(store, session_record(), 3, first=FACT)
-    memory: Memory = make_memory(llm=OfflineResponder())
+    memory = make_memory(llm=OfflineResponder())
     memory.after_turn(active)
     await memory.idle()
     assert llm.chat_requests() == []
