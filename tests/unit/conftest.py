@@ -15,10 +15,12 @@ import pytest
 from services.conversation.registry import ActiveSession, SeenIds
 from services.core.records import NewTurn, Sampling, SessionRecord, StoredTurn, Usage
 from services.core.settings import Settings
-from services.llm.client import LLMClient, default_client
+from services.llm.client import LLMClient
+from services.llm.providers import default_client
 from services.store import build_store
 from services.store.base import Store
 from testkit.mock_llm import MockLLM
+from testkit.stored_turns import append_turn
 
 T0 = "2026-01-01T12:00:00.000Z"
 UnitSettings = Callable[..., Settings]
@@ -102,7 +104,7 @@ async def stored_session(
     context the last ``context_messages`` messages)."""
     await store.create_session(record)
     stored = [
-        await store.append_turn(record, new_turn(n, user_text=first if n == 1 else None))
+        await append_turn(store, record, new_turn(n, user_text=first if n == 1 else None))
         for n in range(1, turns + 1)
     ]
     messages = [m for turn in stored for m in (turn.user, turn.assistant)]

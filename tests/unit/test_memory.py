@@ -13,7 +13,8 @@ from services.conversation import memory as memory_module
 from services.conversation.memory import Memory, fold_point, plain_memory
 from services.conversation.registry import ActiveSession, SeenIds
 from services.core.records import Role, StoredMessage, isoformat
-from services.llm.client import ChatMessage, LLMClient, OfflineResponder
+from services.llm.client import ChatMessage, LLMClient
+from services.llm.offline import OfflineResponder
 from services.store.base import Store
 from testkit.mock_llm import MockLLM, Reply
 from tests.conftest import FakeClock

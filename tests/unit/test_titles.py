@@ -12,7 +12,8 @@ from services.conversation.bus import LocalBus
 from services.conversation.titles import TITLE_MAX_CHARS, Titles, clean_title, client_title
 from services.core.errors import InvalidInput
 from services.limits.usage import BackgroundCalls
-from services.llm.client import LLMClient, OfflineResponder
+from services.llm.client import LLMClient
+from services.llm.offline import OfflineResponder
 from services.store.base import Store
 from testkit.mock_llm import MockLLM, Reply
 from tests.conftest import FakeClock
