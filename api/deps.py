@@ -12,7 +12,7 @@ from api.schemas import USER_ID_PATTERN, SendMessageRequest, checked_message
 from services.application import Services
 from services.conversation.admission import Admitted, owned
 from services.conversation.sessions import SessionService
-from services.conversation.turns import Turn
+from services.conversation.turn_events import Turn
 from services.core.errors import ChatifyError, InvalidInput
 from services.core.metrics import Metrics
 from services.core.records import SessionRecord

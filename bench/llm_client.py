@@ -6,7 +6,7 @@ a time, as a plain completion and as a stream of about 65 chunks with usage in t
 
 - ``openai SDK``: the client before ``lean-llm`` (the SDK's low-level ``post`` over its aiohttp
   transport, as ``services/llm/client.py`` had it);
-- ``aiohttp (ours)``: ``services.llm.client.OpenAIChat`` as it ships;
+- ``aiohttp (ours)``: ``services.llm.openai_chat.OpenAIChat`` as it ships;
 - ``httpx``: the same body, parsing and SSE decoder over ``httpx.AsyncClient``.
 
     python -m bench.llm_client [--calls 2000]
@@ -31,18 +31,14 @@ from bench.harness import running, start_mock_llm
 from services.core.errors import LLMError
 from services.core.records import Sampling
 from services.core.settings import Settings
-from services.llm.client import (
-    ChatMessage,
-    Completion,
-    DeltaSink,
-    OpenAIChat,
+from services.llm.client import ChatMessage, Completion, DeltaSink, estimate_usage
+from services.llm.openai_chat import OpenAIChat, request_body
+from services.llm.replies import (
+    StreamedReply,
     _delta_texts,
     _StreamedCalls,
-    _StreamedReply,
     _usage,
-    estimate_usage,
     parse_completion,
-    request_body,
 )
 from services.llm.wire import SSEDecoder
 
@@ -139,7 +135,7 @@ class HttpxChat:
         """One streamed reply."""
         body = request_body(messages, sampling)
         body["stream"], body["stream_options"] = True, {"include_usage": True}
-        reply, decoder = _StreamedReply(sampling.model, on_delta), SSEDecoder()
+        reply, decoder = StreamedReply(sampling.model, on_delta), SSEDecoder()
         request = self._client.build_request(
             "POST", self._url, content=orjson.dumps(body), headers=self._headers
         )

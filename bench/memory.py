@@ -20,6 +20,7 @@ from pathlib import Path
 from services.conversation.registry import ActiveSessions
 from services.core.records import NewTurn, Sampling, SessionRecord, Usage, utc_now
 from services.store.sqlite import SQLiteStore
+from testkit.stored_turns import append_turn
 
 logger = logging.getLogger("bench.memory")
 PROMPT = "You are a friendly, helpful assistant. " * 28  # ~1.1 kB, like a seed personality
@@ -68,7 +69,7 @@ async def fill(store: SQLiteStore, sessions: int, turns: int) -> list[str]:
                 now,
                 Usage(40, 12, 52),
             )
-            await store.append_turn(record, turn)
+            await append_turn(store, record, turn)
 
     for start in range(0, sessions, 200):
         batch = ids[start : start + 200]

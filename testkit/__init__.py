@@ -10,6 +10,7 @@ protocols, all on 127.0.0.1 and none reaching the internet.
 - ``live``: the service on a real socket; ``browser``: Chromium through Playwright;
   ``node_ai`` (with ``node/``): the Vercel AI SDK run in Node.
 - ``tools``: what a test does when one of those cannot start.
+- ``stored_turns``: a whole turn written straight into a store (claim, then write).
 
 Nothing of the product imports it.
 """

@@ -13,7 +13,7 @@ from api.errors import documented
 from api.routes.stream import event_stream
 from api.schemas import message_problem
 from services.conversation.preview import PreviewMessage
-from services.conversation.turns import Turn, TurnEvent
+from services.conversation.turn_events import Turn, TurnEvent
 from services.core.errors import InvalidInput
 from services.templates.schema import draft_json_schema
 

@@ -14,7 +14,7 @@ from api.deps import CallerDep, ServicesDep, SessionIdPath, admit_message
 from api.errors import documented
 from api.schemas import MessageResponse, SendMessageRequest, tool_data
 from services.application import Services
-from services.conversation.turns import Turn, TurnEvent
+from services.conversation.turn_events import Turn, TurnEvent
 from services.core.settings import Settings
 from services.identity import Caller
 from services.limits.quotas import StreamSlot

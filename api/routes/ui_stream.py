@@ -31,7 +31,7 @@ from api.deps import CallerDep, ServicesDep, SessionServiceDep, ValidSessionDep
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
-from services.conversation.turns import Turn, TurnEvent
+from services.conversation.turn_events import Turn, TurnEvent
 from services.core.records import StoredMessage, ToolCall, ToolUse
 from services.limits.quotas import StreamSlot
 

@@ -19,7 +19,7 @@ from starlette.types import Message
 from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath
 from api.schemas import MessageBody, MessageResponse, message_problem, tool_data
 from services.conversation.bus import Overflowed, SessionEvent, Subscription
-from services.conversation.turns import Turn
+from services.conversation.turn_events import Turn
 from services.core.errors import (
     ChatifyError,
     Forbidden,

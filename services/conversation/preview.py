@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.conversation.turns import Turn
+from services.conversation.turn_events import Turn
 from services.core.errors import ChatifyError, InvalidInput
 from services.core.records import Sampling, TurnResult
 from services.llm.client import ChatMessage, LLMClient

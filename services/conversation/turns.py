@@ -1,10 +1,11 @@
 """The turn pipeline: the one place that builds the prompt, calls the LLM and stores the turn.
 
 A submitted turn runs in its own task and writes an event log (``start``, ``delta``…, then
-``done`` or ``error``). Transports only read that log: the JSON endpoint waits for the result,
-SSE and WebSocket forward the events. A client that goes away does not cancel the turn; a
-client that comes back with the same ``client_message_id`` joins the turn while it is in flight
-(from any event on) and gets it replayed from the store once it is done.
+``done`` or ``error``; ``turn_events``). Transports only read that log: the JSON endpoint waits
+for the result, SSE and WebSocket forward the events. A client that goes away does not cancel
+the turn; a client that comes back with the same ``client_message_id`` joins the turn while it
+is in flight (from any event on) and gets it replayed from the store once it is done
+(``replay``).
 """
 
 from __future__ import annotations
@@ -15,24 +16,17 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable
 
-from services.conversation.bus import EventKind as SessionEventKind
-from services.conversation.bus import SessionBus, SessionEvent
+from services.conversation.bus import SessionBus
 from services.conversation.gate import Ticket, TurnGate
 from services.conversation.memory import Memory
 from services.conversation.prompt import PromptCounter, build_prompt, history_window, smaller_window
 from services.conversation.registry import ActiveSession, ActiveSessions
+from services.conversation.replay import conflict, replay, turn_result
 from services.conversation.titles import Titles
-from services.core.errors import (
-    ChatifyError,
-    ContextTooLong,
-    IdempotencyConflict,
-    SessionEnded,
-    ToolResultsTooLong,
-)
+from services.conversation.turn_events import Broadcast, HeldDeltas, Turn, TurnRelay
+from services.core.errors import ChatifyError, ContextTooLong, SessionEnded, ToolResultsTooLong
 from services.core.metrics import TurnObserver
 from services.core.records import (
     Clock,
@@ -40,8 +34,6 @@ from services.core.records import (
     Sampling,
     SessionRecord,
     StoredTurn,
-    ToolCall,
-    ToolUse,
     TurnClaim,
     TurnResult,
     isoformat,
@@ -49,120 +41,11 @@ from services.core.records import (
 from services.limits.usage import UsageMeter
 from services.llm.client import ChatMessage, Completion, LLMClient
 from services.llm.tools.loop import ToolLoop
-from services.llm.tools.messages import ROUND_SEPARATOR
 from services.store.base import Store
 from services.templates.stats import TemplateStats
 
 logger = logging.getLogger(__name__)
-EventKind = Literal["start", "delta", "tool_call", "tool_result", "done", "error"]
 _STEPS_BEFORE_CLAIM = 3  # loop steps the model call gets before the claim starts
-# Deltas waiting for one reader, beyond which they are passed on as one (see Turn.follow).
-COALESCE_BACKLOG = 8
-
-
-@dataclass(frozen=True, slots=True)
-class TurnEvent:
-    """One entry of a turn's event log; ``id`` is its position, from 0."""
-
-    id: int
-    kind: EventKind
-    turn: int = 0
-    content: str = ""
-    result: TurnResult | None = None
-    error: ChatifyError | None = None
-    tool: ToolCall | ToolUse | None = None  # tool_call: the call; tool_result: its result
-
-
-class Turn:
-    """A turn in flight: its event log, and a way to follow it."""
-
-    def __init__(
-        self,
-        session_id: str,
-        text: str,
-        client_message_id: str | None,
-        origin: str | None = None,
-    ) -> None:
-        self.origin = origin  # the connection that sent it, if it follows the turn itself
-        self.session_id = session_id
-        self.text = text
-        self.client_message_id = client_message_id
-        self.events: list[TurnEvent] = []
-        self.joiners = 0  # requests that joined it by client_message_id
-        self.first_delta_at: float | None = None  # perf_counter() of its first delta event
-        self._grown = asyncio.Event()
-        self.task: asyncio.Task[TurnResult] | None = None
-        self.relayed = False  # its events are those of the same turn running on another replica
-        self.replayed = False  # its events replay a stored turn: no news for other sockets
-        self.taps: list[Callable[[TurnEvent], None]] = []  # told of each event (a TurnRelay)
-
-    def emit(self, kind: EventKind, **fields: object) -> None:
-        """Append an event and wake every follower."""
-        if kind == "delta" and self.first_delta_at is None:
-            self.first_delta_at = time.perf_counter()
-        event = TurnEvent(len(self.events), kind, **fields)  # type: ignore[arg-type]
-        self.events.append(event)
-        for tap in self.taps:
-            tap(event)
-        self._grown.set()
-        self._grown = asyncio.Event()
-
-    async def follow(
-        self, after: int = -1, *, coalesce: bool = False, floor: int = -1
-    ) -> AsyncIterator[TurnEvent]:
-        """The events after ``after``, then the live ones, until ``done`` or ``error``.
-
-        With ``coalesce``, a run of more than ``COALESCE_BACKLOG`` deltas that waits for this
-        reader when it gets to run (the model wrote faster than it reads) comes as one delta:
-        the text joined, the id of the run's last event, so a resume after it is exact. A
-        run never spans ``floor`` (events up to it may be skipped by ``resume``)."""
-        index = after + 1
-        events = self.events
-        while True:
-            grown = self._grown
-            while index < len(events):
-                event = events[index]
-                index += 1
-                if coalesce and event.kind == "delta":
-                    end = index
-                    below = event.id <= floor
-                    while (
-                        end < len(events)
-                        and events[end].kind == "delta"
-                        and (end <= floor) == below  # ids are positions
-                    ):
-                        end += 1
-                    if end - index >= COALESCE_BACKLOG:
-                        run = events[index - 1 : end]
-                        text = "".join(e.content for e in run)
-                        event = TurnEvent(run[-1].id, "delta", event.turn, text)
-                        index = end
-                yield event
-                if event.kind in ("done", "error"):
-                    return
-            await grown.wait()
-
-    async def resume(self, after: int, *, coalesce: bool = False) -> AsyncIterator[TurnEvent]:
-        """For a resend that was not joined here: the events after ``after`` when they are
-        relayed from the replica running the turn (a client saw the first ones there); every
-        event when the turn is new or a stored one replayed."""
-        async for event in self.follow(coalesce=coalesce, floor=after):
-            if not (self.relayed and event.id <= after):
-                yield event
-
-    async def result(self) -> TurnResult:
-        """Wait for the stored result (or the turn's error)."""
-        assert self.task is not None
-        return await asyncio.shield(self.task)
-
-
-class TurnRelay(Protocol):
-    """Shares turns with other replicas (``services/redis/turns.py``)."""
-
-    async def adopt(self, turn: Turn) -> TurnResult | None:
-        """Before a turn with a ``client_message_id`` runs: when the same turn runs (or just
-        ran) on another replica, relay its events into ``turn`` and return its result (or
-        raise its error); else None, and this process runs it, its events shared."""
 
 
 class TurnPipeline:
@@ -240,7 +123,7 @@ class TurnPipeline:
         key = (session_id, client_message_id) if client_message_id else None
         if key is not None and (running := self._in_flight.get(key)) is not None:
             if running.text != text:
-                raise _conflict(client_message_id)
+                raise conflict(client_message_id)
             running.joiners += 1
             return running, True
         ticket = self._gate.reserve(session_id)
@@ -249,7 +132,7 @@ class TurnPipeline:
         self._tasks[turn.task] = session_id
         self._latest[session_id] = turn
         if self._bus is not None:
-            turn.taps.append(_Broadcast(turn, self._bus))
+            turn.taps.append(Broadcast(turn, self._bus))
         if key is not None:
             self._in_flight[key] = turn
         turn.task.add_done_callback(lambda task: self._finished(task, key))
@@ -311,7 +194,7 @@ class TurnPipeline:
                     if stored is None and active.seen.may_hold(cid):
                         stored = await self._store.find_turn(turn.session_id, cid)
                     if stored is not None:
-                        return _replay(turn, active.record, stored)
+                        return replay(turn, active.record, stored)
                 return await self._complete(turn, active, stream)
         except ChatifyError as error:
             turn.emit("error", error=error)
@@ -333,7 +216,7 @@ class TurnPipeline:
         stored = await self._store.find_turn(turn.session_id, client_message_id)
         if record is None or stored is None:
             raise SessionEnded(turn.session_id, record.status if record else "ended")
-        return _replay(turn, record, stored)
+        return replay(turn, record, stored)
 
     async def _complete(self, turn: Turn, active: ActiveSession, stream: bool) -> TurnResult:
         record = active.record
@@ -365,7 +248,7 @@ class TurnPipeline:
             raise
         if isinstance(answered, StoredTurn):  # the id was stored already (elsewhere, earlier)
             self._sessions.forget(record.session_id)
-            return _replay(turn, active.record, answered, started=True)
+            return replay(turn, active.record, answered, started=True)
         completion, claim = answered
         new = NewTurn(
             user_text=turn.text,
@@ -398,7 +281,7 @@ class TurnPipeline:
         seconds = time.perf_counter() - started
         if not stored.created:  # another instance stored this client_message_id first
             self._sessions.forget(record.session_id)
-            result = _result(record, stored, replayed=True, seconds=seconds)
+            result = turn_result(record, stored, replayed=True, seconds=seconds)
         else:
             if stored.user.seq == active.next_seq:
                 active.remember(stored)
@@ -407,7 +290,9 @@ class TurnPipeline:
             else:
                 # Stored elsewhere than expected (another instance appended): stale context.
                 self._sessions.forget(record.session_id)
-            result = _result(record, stored, replayed=False, completion=completion, seconds=seconds)
+            result = turn_result(
+                record, stored, replayed=False, completion=completion, seconds=seconds
+            )
         if stored.created and self._observer is not None:
             first_delta = turn.first_delta_at
             self._observer.turn_stored(
@@ -465,7 +350,7 @@ class TurnPipeline:
         """The model's reply and the store's claim, side by side. Until the claim says the
         ``client_message_id`` is new, deltas are held back, so a client never sees text of a
         reply that turns out to be a replay; the model is stopped as soon as it is one."""
-        held = _HeldDeltas(turn, holding=turn.client_message_id is not None)
+        held = HeldDeltas(turn, holding=turn.client_message_id is not None)
 
         async def before_tools() -> None:
             """Tools run only for a turn the claim found new: a replay never reruns them."""
@@ -521,7 +406,7 @@ class TurnPipeline:
         prompts: list[Callable[[], list[ChatMessage]]],
         sampling: Sampling,
         stream: bool,
-        held: _HeldDeltas,
+        held: HeldDeltas,
         before_tools: Callable[[], Awaitable[None]],
     ) -> Completion:
         """The reply to the first prompt the provider accepts: one with less history (the
@@ -555,150 +440,6 @@ class TurnPipeline:
         raise AssertionError("no prompt to send")  # prompts is never empty
 
 
-class _HeldDeltas:
-    """Deltas and tool events passed on at once, or held until ``release`` (then passed on at
-    once, in order)."""
-
-    def __init__(self, turn: Turn, *, holding: bool) -> None:
-        self._turn = turn
-        self._held: list[str | ToolCall | ToolUse] | None = [] if holding else None
-
-    def add(self, piece: str) -> None:
-        self._pass(piece)
-
-    def tool(self, item: ToolCall | ToolUse) -> None:
-        self._pass(item)
-
-    def _pass(self, item: str | ToolCall | ToolUse) -> None:
-        if self._held is None:
-            _emit(self._turn, item)
-        else:
-            self._held.append(item)
-
-    def release(self) -> None:
-        held, self._held = self._held, None
-        for item in held or ():
-            _emit(self._turn, item)
-
-
-class _Broadcast:
-    """A new turn's events for every socket on the session, told by the turn as it emits
-    them (no task per turn, no wake-up per delta). The ``start`` is held until the next event
-    shows whether the turn is news: a replay of a stored turn, or a turn announced where it
-    runs (relayed from another replica), is not."""
-
-    __slots__ = ("_turn", "_bus", "_held", "_announced", "_over")
-
-    def __init__(self, turn: Turn, bus: SessionBus) -> None:
-        self._turn = turn
-        self._bus = bus
-        self._held: TurnEvent | None = None
-        self._announced = False
-        self._over = False
-
-    def __call__(self, event: TurnEvent) -> None:
-        if self._over:
-            return
-        turn = self._turn
-        if event.kind == "start":
-            self._held = event
-            return
-        if event.kind in ("done", "error"):
-            self._over = True
-        if not self._announced:
-            if self._held is None or turn.relayed or turn.replayed:
-                self._over = True  # refused before it started, or no news
-                return
-            held = self._held
-            self._publish("turn_started", text=turn.text, turn=held.turn)
-            self._announced = True
-        if event.kind == "delta":
-            self._publish("delta", text=event.content)
-        elif event.kind in ("tool_call", "tool_result"):
-            self._publish(event.kind, tool=event.tool)
-        elif event.kind == "done":
-            self._publish("reply", result=event.result)
-        elif event.kind == "error":
-            self._publish("turn_error", error=event.error)
-
-    def _publish(self, kind: SessionEventKind, **fields: Any) -> None:
-        turn = self._turn
-        if not self._bus.listened(turn.session_id):
-            return  # no socket on the session: nothing to build
-        self._bus.publish(
-            SessionEvent(
-                kind, turn.session_id, turn.client_message_id, origin=turn.origin, **fields
-            )
-        )
-
-
-def _emit(turn: Turn, item: str | ToolCall | ToolUse) -> None:
-    if isinstance(item, str):
-        turn.emit("delta", content=item)
-    else:
-        turn.emit("tool_call" if isinstance(item, ToolCall) else "tool_result", tool=item)
-
-
-def _replay(
-    turn: Turn, record: SessionRecord, stored: StoredTurn, *, started: bool = False
-) -> TurnResult:
-    if stored.user.content != turn.text:
-        raise _conflict(stored.user.client_message_id)
-    result = _result(record, stored, replayed=True)
-    turn.replayed = True
-    if not started:
-        turn.emit("start", turn=result.message_count)
-    _replay_reply(turn, stored.assistant.tools, result.reply)
-    turn.emit("done", result=result)
-    return result
-
-
-def _replay_reply(turn: Turn, uses: tuple[ToolUse, ...], reply: str) -> None:
-    """A stored reply's deltas and tool events in the order they first came: the text written
-    with a round's calls before them (``ToolUse.round_text``), the rest after the last."""
-    texts = [use.round_text for use in uses if use.round_text]
-    placed = bool(texts) and reply.startswith(ROUND_SEPARATOR.join(texts))
-    sent = 0
-    for use in uses:
-        if placed and use.round_text:
-            piece = (ROUND_SEPARATOR if sent else "") + use.round_text
-            turn.emit("delta", content=piece)
-            sent += len(piece)
-        turn.emit("tool_call", tool=use.call)
-        turn.emit("tool_result", tool=use)
-    if reply[sent:] or not sent:
-        turn.emit("delta", content=reply[sent:])
-
-
-def _result(
-    record: SessionRecord,
-    stored: StoredTurn,
-    *,
-    replayed: bool,
-    completion: Completion | None = None,
-    seconds: float = 0.0,
-) -> TurnResult:
-    return TurnResult(
-        session_id=record.session_id,
-        reply=stored.assistant.content,
-        # The turn's own number, from its position (exact: seqs have no gaps but on Firebase
-        # after a crash between a seq claim and the turn's write).
-        message_count=stored.message_count,
-        replayed=replayed,
-        usage=stored.assistant.usage,
-        model=completion.model if completion else record.sampling.model,
-        user_message=stored.user,
-        assistant_message=stored.assistant,
-        latency_ms=seconds * 1000,
-    )
-
-
 def _reply_tokens(stored: StoredTurn) -> int:
     usage = stored.assistant.usage
     return usage.completion_tokens if usage else 0
-
-
-def _conflict(client_message_id: str | None) -> IdempotencyConflict:
-    return IdempotencyConflict(
-        f"client_message_id {client_message_id!r} was already used with a different message"
-    )

@@ -1,8 +1,10 @@
 """The model: how a prompt becomes a reply.
 
-Owns the lean OpenAI-compatible client (``client``, with its stream decoder ``wire`` and the
-offline responder's ``placeholder`` image), providers with routing, fallback and breakers
-(``providers``), token counting (``tokens``) and MCP tools with the tool loop (``tools``).
+Owns the client contract (``client``: messages, ``Completion``, ``LLMClient``), the lean
+OpenAI-compatible client (``openai_chat``, reading replies with ``replies`` and the stream
+decoder ``wire``), the offline responder (``offline``, with its ``placeholder`` image),
+providers with routing, fallback and breakers (``providers``), token counting (``tokens``)
+and MCP tools with the tool loop (``tools``).
 
 May import: ``core``.
 """

@@ -44,10 +44,10 @@ from services.llm.client import (
     DeltaSink,
     GeneratedImage,
     LLMClient,
-    OpenAIChat,
     ToolDefinitions,
-    default_client,
 )
+from services.llm.offline import OfflineResponder
+from services.llm.openai_chat import OpenAIChat
 
 logger = logging.getLogger(__name__)
 ProviderFailure = LLMError | LLMTimeout | LLMUnavailable
@@ -299,6 +299,22 @@ def retry_at_once(error: LLMError | LLMTimeout | LLMUnavailable) -> bool:
     if isinstance(error, LLMError):
         return (error.upstream_status or 0) >= 500
     return isinstance(error, ProviderUnreachable)
+
+
+def default_client(settings: Settings) -> LLMClient:
+    """The ``default`` provider: the ``OPENAI_*`` settings, or the offline responder."""
+    if settings.llm_provider == "offline":
+        logger.warning(
+            "no OPENAI_API_KEY or OPENAI_BASE_URL set: replies come from the offline responder"
+        )
+        return OfflineResponder()
+    return OpenAIChat(
+        kind=settings.llm_provider,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout=settings.llm_timeout_seconds,
+        settings=settings,
+    )
 
 
 def build_llm(settings: Settings, *, observer: LLMObserver | None = None) -> Router:

@@ -32,7 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.conversation.turns import Turn, TurnEvent
+from services.conversation.turn_events import Turn, TurnEvent
 from services.core.errors import ChatifyError, IdempotencyConflict, LLMUnavailable
 from services.core.records import TurnResult
 from services.core.redis_link import RedisDown, RedisLink
@@ -72,7 +72,7 @@ return 1
 
 
 class RedisTurns:
-    """The ``TurnRelay`` of ``services/conversation/turns.py``, over Redis Streams."""
+    """The ``TurnRelay`` of ``services/conversation/turn_events.py``, over Redis Streams."""
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link

@@ -1,7 +1,13 @@
-"""The storage contract every backend implements (SQLite, Firebase Realtime Database).
+"""The storage contract every backend implements (SQLite, Firebase Realtime Database), one
+small protocol per role, and ``Store``, all of them together.
 
 All methods are async; a backend whose client blocks runs it on its own bounded thread pool.
 Failures to reach the store raise ``StoreUnavailable``; ``None`` means "not found".
+
+Roles (each backend has one file per role, named as here without the ``Store``):
+``StoreConnection`` (connection.py), ``SessionStore`` (sessions.py), ``TurnStore``
+(turns.py), ``MemoryStore`` (memory.py), ``DocumentStore`` (documents.py), ``UsageStore``
+(usage.py), ``UserDataStore`` (user_data.py).
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from services.core.records import (
 from services.store.versions import Change, DocRef, DocVersion, DocWrite, Source
 
 
-class Store(Protocol):
-    """Durable sessions, messages, templates and universal rules."""
+class StoreConnection(Protocol):
+    """The backend's lifecycle: opened and closed by the lifespan, pinged by readiness."""
 
     name: str
 
@@ -41,60 +47,15 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Cheap round trip; raises ``StoreUnavailable`` when the store does not answer."""
 
+
+class SessionStore(Protocol):
+    """A session's metadata: created, read, listed, renamed, ended, expired."""
+
     async def create_session(self, session: SessionRecord) -> None:
         """Store a new session (no messages yet)."""
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """A session's metadata, without history."""
-
-    async def load_messages(
-        self, session_id: str, *, limit: int, before: int | None = None
-    ) -> list[StoredMessage]:
-        """The last ``limit`` messages with ``seq < before`` (all when None), oldest first."""
-
-    async def load_messages_after(
-        self, session_id: str, *, after: int, limit: int
-    ) -> list[StoredMessage]:
-        """The first ``limit`` messages with ``seq > after``, oldest first (forward sync)."""
-
-    async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
-        """The completed turn whose user message carries this ``client_message_id``."""
-
-    async def append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
-        """Store both messages of a turn, ``message_count`` and ``last_activity`` atomically.
-
-        Allocates the next two ``seq`` values. If the session is no longer active raises
-        ``SessionEnded``; if a turn with the same ``client_message_id`` is already stored,
-        stores nothing and returns that turn with ``created=False``.
-        """
-
-    async def load_client_ids(self, session_id: str) -> list[str]:
-        """The ``client_message_id`` of every stored turn (a session loaded into memory)."""
-
-    async def claim_turn(
-        self,
-        session: SessionRecord,
-        client_message_id: str | None,
-        *,
-        known_below: int | None = None,
-    ) -> TurnClaim | StoredTurn:
-        """Reserve what the turn's write needs, while the model generates: the stored turn
-        instead when ``client_message_id`` already has one (then nothing is reserved).
-
-        ``known_below``: the caller knows every id stored at a seq below it, and this one is
-        not among them, so a backend may skip reading for those. Raises ``SessionEnded`` when
-        the session is over."""
-
-    async def write_turn(
-        self, session: SessionRecord, claim: TurnClaim, turn: NewTurn
-    ) -> StoredTurn:
-        """Store a claimed turn atomically (as ``append_turn``), in as few requests as the
-        backend can: one, on both backends."""
-
-    async def release_turn(
-        self, session: SessionRecord, claim: TurnClaim, client_message_id: str | None
-    ) -> None:
-        """Give back a claim whose turn will not be written, leaving no gap in the seqs."""
 
     async def end_session(self, session_id: str, *, at: str) -> SessionRecord | None:
         """Mark the session ended (kept as is when already ended)."""
@@ -125,6 +86,62 @@ class Store(Protocol):
         ``usage``, a title call's counts, is added by the same write, as ``set_memory`` adds
         a summary's (whatever became of the title), and raises as it does."""
 
+    async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
+        """Mark active sessions idle since before ``idle_before`` as expired; their ids."""
+
+
+class TurnStore(Protocol):
+    """A session's messages: read back, and written a turn (two messages) at a time."""
+
+    async def load_messages(
+        self, session_id: str, *, limit: int, before: int | None = None
+    ) -> list[StoredMessage]:
+        """The last ``limit`` messages with ``seq < before`` (all when None), oldest first."""
+
+    async def load_messages_after(
+        self, session_id: str, *, after: int, limit: int
+    ) -> list[StoredMessage]:
+        """The first ``limit`` messages with ``seq > after``, oldest first (forward sync)."""
+
+    async def find_turn(self, session_id: str, client_message_id: str) -> StoredTurn | None:
+        """The completed turn whose user message carries this ``client_message_id``."""
+
+    async def load_client_ids(self, session_id: str) -> list[str]:
+        """The ``client_message_id`` of every stored turn (a session loaded into memory)."""
+
+    async def claim_turn(
+        self,
+        session: SessionRecord,
+        client_message_id: str | None,
+        *,
+        known_below: int | None = None,
+    ) -> TurnClaim | StoredTurn:
+        """Reserve what the turn's write needs, while the model generates: the stored turn
+        instead when ``client_message_id`` already has one (then nothing is reserved).
+
+        ``known_below``: the caller knows every id stored at a seq below it, and this one is
+        not among them, so a backend may skip reading for those. Raises ``SessionEnded`` when
+        the session is over."""
+
+    async def write_turn(
+        self, session: SessionRecord, claim: TurnClaim, turn: NewTurn
+    ) -> StoredTurn:
+        """Store a claimed turn: both messages on the claimed seqs, ``message_count`` and
+        ``last_activity``, atomically, in as few requests as the backend can: one, on both
+        backends. Raises ``SessionEnded`` when the session is no longer active.
+
+        ``claim_turn`` then ``write_turn`` stores a turn once: a ``client_message_id`` that
+        already has a stored turn gets that turn back (``created=False``) and nothing more."""
+
+    async def release_turn(
+        self, session: SessionRecord, claim: TurnClaim, client_message_id: str | None
+    ) -> None:
+        """Give back a claim whose turn will not be written, leaving no gap in the seqs."""
+
+
+class MemoryStore(Protocol):
+    """A session's rolling memory (the summary of the messages older than its context)."""
+
     async def set_memory(
         self,
         session_id: str,
@@ -147,12 +164,10 @@ class Store(Protocol):
         not added, so the caller may count the call another way without counting it twice
         (the memory may have been written: a retry then finds it)."""
 
-    async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
-        """Erase sessions of a user with every message (all of them when ``session_ids`` is
-        None): gone from the store, not marked. How many sessions were erased."""
 
-    async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
-        """Mark active sessions idle since before ``idle_before`` as expired; their ids."""
+class DocumentStore(Protocol):
+    """Templates and the universal rules: seeded, read, written with history; and
+    each personality's stats."""
 
     async def load_templates(self) -> dict[str, Any]:
         """Raw template documents by id (validated by the template service)."""
@@ -188,6 +203,10 @@ class Store(Protocol):
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every personality's stored totals, with their shares by target."""
 
+
+class UsageStore(Protocol):
+    """Counted tokens and calls: a background call's, and a user's days read back."""
+
     async def add_usage(
         self,
         user_id: str,
@@ -200,7 +219,7 @@ class Store(Protocol):
         """Count a background call (a title, a memory summary) in one write: its tokens and
         one call, on the user's day of ``at`` (UTC) and on the session's totals, and on
         ``target``'s share of both (the provider and the model it was asked for). A turn's
-        usage is counted by the turn's own write (``append_turn``/``write_turn``), under its
+        usage is counted by the turn's own write (``write_turn``), under its
         ``NewTurn.served_by``.
 
         Raises ``StoreUnavailable`` only when nothing was counted, so a retry cannot count
@@ -213,3 +232,24 @@ class Store(Protocol):
         ``YYYY-MM-DD`` in UTC), oldest first; days without usage are left out. With
         ``by_model``, each day has its shares by target (a read more on some backends, so the
         quota's reads go without)."""
+
+
+class UserDataStore(Protocol):
+    """Data rights: a user's sessions erased with every message."""
+
+    async def delete_sessions(self, user_id: str, session_ids: list[str] | None = None) -> int:
+        """Erase sessions of a user with every message (all of them when ``session_ids`` is
+        None): gone from the store, not marked. How many sessions were erased."""
+
+
+class Store(
+    StoreConnection,
+    SessionStore,
+    TurnStore,
+    MemoryStore,
+    DocumentStore,
+    UsageStore,
+    UserDataStore,
+    Protocol,
+):
+    """Durable sessions, messages, templates and universal rules: every role of one backend."""

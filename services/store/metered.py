@@ -11,10 +11,11 @@ from services.core.errors import StoreUnavailable
 from services.core.metrics import StoreObserver
 from services.store.base import Store
 
-# The contract's methods: the operation label's only values.
+# The contract's methods, role by role: the operation label's only values.
 OPERATIONS = tuple(
     name
-    for name, member in vars(Store).items()
+    for role in Store.__mro__
+    for name, member in vars(role).items()
     if not name.startswith("_") and inspect.iscoroutinefunction(member)
 )
 

@@ -270,14 +270,6 @@ def tool_problems(doc: Any, known: frozenset[str]) -> list[Problem]:
     return problems
 
 
-def parse_template(doc: Any, *, strict: bool = False) -> Template:
-    """The template, or ``InvalidInput`` naming every bad field."""
-    problems = template_problems(doc, strict=strict)
-    if problems:
-        raise InvalidInput("The personality is not valid", problems=problems)
-    return Template.model_validate(doc)
-
-
 def rules_problems(doc: Any, *, strict: bool = False) -> list[Problem]:
     """Everything wrong with a universal rules document."""
     try:

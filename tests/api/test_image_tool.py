@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import expect
 
 from services.core.records import Sampling
-from services.llm.client import OfflineResponder
+from services.llm.offline import OfflineResponder
 from testkit.browser import chromium_page
 from testkit.mock_llm import MockLLM, Reply
 from tests.api.conftest import LiveFactory

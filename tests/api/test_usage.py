@@ -17,9 +17,11 @@ import websockets
 from services.core.errors import StoreUnavailable
 from services.core.records import NewTurn, Usage, UsageTotals
 from services.store import build_store
-from services.store.sqlite import _SCHEMA, SQLiteStore
+from services.store.sqlite import SQLiteStore
+from services.store.sqlite.schema import _SCHEMA
 from testkit.mock_llm import MockLLM, Reply
 from testkit.rtdb_server import RTDBServer
+from testkit.stored_turns import append_turn
 from tests.api.conftest import API, Live, LiveFactory, until
 from tests.api.test_firebase import namespace_of, writes
 from tests.api.test_ws import receive, ws_url
@@ -317,7 +319,7 @@ async def test_an_older_sqlite_file_gains_the_usage_columns(tmp_path: Path) -> N
         session = await store.get_session("s1")
         assert session is not None and session.usage_totals is None
         at = "2026-01-01T12:00:00.000Z"
-        await store.append_turn(session, NewTurn("q", "a", None, at, at, Usage(5, 2, 7)))
+        await append_turn(store, session, NewTurn("q", "a", None, at, at, Usage(5, 2, 7)))
         session = await store.get_session("s1")
         assert session is not None and session.usage_totals == UsageTotals(5, 2, 1, 0)
     finally:

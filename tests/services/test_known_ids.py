@@ -6,7 +6,7 @@ import pytest
 
 from services.conversation.registry import SeenIds
 from services.core.errors import SessionEnded, SessionNotFound
-from services.store.seq_node import RING, SeqNode, created_node
+from services.store.firebase.seq_node import RING, SeqNode, created_node
 
 
 def test_the_filter_never_forgets_an_id_and_rarely_imagines_one() -> None:

@@ -19,7 +19,8 @@ from services.core.errors import (
 )
 from services.core.records import Sampling
 from services.core.settings import Settings
-from services.llm.client import OpenAIChat, env_proxy, estimate_usage
+from services.llm.client import estimate_usage
+from services.llm.openai_chat import OpenAIChat, env_proxy
 from services.llm.wire import DONE, SSEDecoder, status_error
 from testkit.mock_llm import MockLLM, Reply
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from services.conversation.bus import SessionEvent
-from services.conversation.turns import Turn, TurnEvent
+from services.conversation.turn_events import Turn, TurnEvent
 from services.core.errors import LLMTimeout, QuotaExceeded, RateLimited
 from services.core.records import StoredMessage, ToolCall, ToolUse, TurnResult, Usage
 from services.core.redis_link import PROBE_SECONDS, RedisDown, RedisLink

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from services.core.settings import Settings
-from services.store.firebase import _database_url
+from services.store.firebase.connection import _database_url
 
 
 def settings(**values: Any) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.conversation.turns import COALESCE_BACKLOG, Turn, TurnEvent
+from services.conversation.turn_events import COALESCE_BACKLOG, Turn, TurnEvent
 
 
 def _turn_with(deltas: int) -> Turn:

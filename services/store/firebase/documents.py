@@ -14,15 +14,16 @@ request fails, the next write records the document as it then finds it, so histo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from firebase_admin import db
 
 from services.core.errors import StoreUnavailable
 from services.core.provider_config import target_key, target_of_key
-from services.core.records import TemplateCounts
-from services.store.rtdb_keys import decode_key, encode_key
+from services.core.records import SeedReport, TemplateCounts
+from services.store.firebase.connection import FirebaseConnection
+from services.store.firebase.rtdb_keys import decode_key, encode_key
 from services.store.versions import (
     Change,
     DocRef,
@@ -34,16 +35,60 @@ from services.store.versions import (
     plan_write,
 )
 
-T = TypeVar("T")
 _CAS_ATTEMPTS = 25
 _SHARES = "templateStatsByModel"
 
 
-class FirebaseDocuments:
-    """Mixed into ``FirebaseStore``: needs its ``_ref`` and ``_run``."""
+class FirebaseDocuments(FirebaseConnection):
+    """``DocumentStore``: templates and rules (read only when changed), their history, stats."""
 
-    _ref: Callable[[str], db.Reference]
-    _run: Callable[[Callable[[], Any]], Coroutine[Any, Any, Any]]
+    def _init_documents(self) -> None:
+        # The last (value, ETag) read of the templates and of the rules.
+        self._templates: tuple[Any, str] | None = None
+        self._rules: tuple[Any, str] | None = None
+
+    async def load_templates(self) -> dict[str, Any]:
+        """All templates; the same dict object again when nothing changed (no transfer)."""
+        ref, last = self._ref("templates"), self._templates
+        self._templates = await self._run(lambda: _read_if_changed(ref, last))
+        data = self._templates[0]
+        return data if isinstance(data, dict) else {}
+
+    async def load_universal_rules(self) -> dict[str, Any] | None:
+        """The universal rules, read the same cheap way."""
+        ref, last = self._ref("settings/universalRules"), self._rules
+        self._rules = await self._run(lambda: _read_if_changed(ref, last))
+        data = self._rules[0]
+        return data if isinstance(data, dict) else None
+
+    async def seed(
+        self, templates: dict[str, Any], rules: dict[str, Any] | None, *, overwrite: bool
+    ) -> SeedReport:
+        """Write what is missing (everything with ``overwrite``) in one update."""
+
+        def seed() -> SeedReport:
+            report = SeedReport()
+            existing = self._ref("templates").get(shallow=True) or {}
+            has_rules = self._ref("settings/universalRules").get(shallow=True) is not None
+            updates: dict[str, Any] = {}
+            docs = [
+                (f"templates/{encode_key(k)}", k, k in existing, v) for k, v in templates.items()
+            ]
+            if rules is not None:
+                docs.append(
+                    ("settings/universalRules", "settings/universalRules", has_rules, rules)
+                )
+            for path, label, exists, doc in docs:
+                if exists and not overwrite:
+                    report.kept.append(label)
+                    continue
+                updates[path] = doc
+                (report.overwritten if exists else report.created).append(label)
+            if updates:
+                self._ref("/").update(updates)
+            return report
+
+        return await self._run(seed)
 
     @staticmethod
     def _paths(ref: DocRef) -> tuple[str, str]:
@@ -155,3 +200,11 @@ def _add_shares(counts: TemplateCounts, node: dict[str, Any]) -> None:
 def _append(versions: db.Reference, entries: list[DocVersion]) -> None:
     if entries:
         versions.update({f"v{entry.number:06d}": entry.as_dict() for entry in entries})
+
+
+def _read_if_changed(ref: db.Reference, last: tuple[Any, str] | None) -> tuple[Any, str]:
+    if last is None:
+        data, etag = ref.get(etag=True)
+        return data, etag
+    changed, data, etag = ref.get_if_changed(last[1])
+    return (data, etag) if changed else last

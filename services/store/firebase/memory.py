@@ -17,19 +17,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cachetools import LRUCache
-from firebase_admin import db
 
 from services.core.records import CallUsage
+from services.store.firebase.connection import FirebaseConnection
 
 logger = logging.getLogger(__name__)
 _WRITE_ATTEMPTS = 2  # a refusal that still shows the expected seq is retried once
 
 
-class FirebaseMemory:
-    """Mixed into ``FirebaseStore``: needs its ``_ref``, ``_run`` and ``_count_call``."""
+class FirebaseMemory(FirebaseConnection):
+    """``MemoryStore`` on a session's ``memory`` node; needs ``FirebaseUsage._count_call``."""
 
-    _ref: Callable[[str], db.Reference]
-    _run: Callable[..., Coroutine[Any, Any, Any]]
     _count_call: Callable[..., Coroutine[Any, Any, None]]
 
     def _init_memory(self, cached_sessions: int) -> None:

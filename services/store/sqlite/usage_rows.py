@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.core.provider_config import Target
-from services.core.records import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
+from services.core.records import (
+    CallUsage,
+    DayUsage,
+    ModelUsage,
+    Usage,
+    UsageTotals,
+    by_target,
+    utc_day,
+)
 
 # Added to ``sessions`` (for new and older files alike, by the store's add-column migration).
 USAGE_COLUMNS = {
@@ -108,6 +116,14 @@ def add(
     if updated.rowcount:  # never a share row for an erased session (a late background call)
         conn.execute(_ADD_SESSION_SHARE, (session_id, *target, *counts))
     conn.execute(_ADD_DAY_SHARE, (user_id, day, *target, *counts))
+
+
+def add_call(conn: sqlite3.Connection, session_id: str, call: CallUsage) -> None:
+    """A background call's tokens and one call, inside the caller's transaction."""
+    add(
+        conn, user_id=call.user_id, session_id=session_id, usage=call.usage, at=call.at,
+        calls=1, target=call.target,
+    )  # fmt: skip
 
 
 def load(

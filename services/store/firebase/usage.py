@@ -1,5 +1,5 @@
 """The Firebase store's usage side: a background call's counts in one update, a user's days
-in one read (the layout is in ``firebase_usage_nodes``).
+in one read (the layout is in ``usage_nodes``).
 
 Server-side increments apply once per accepted update, so an update whose outcome is unknown
 (a timeout: it may still land; a dropped connection: it may have landed) is never repeated, as
@@ -11,26 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
-
-from firebase_admin import db
 
 from services.core.errors import StoreUnavailable
 from services.core.provider_config import Target
 from services.core.records import CallUsage, DayUsage, Usage
-from services.store.firebase_turns import refused
-from services.store.firebase_usage_nodes import DAY_SHARES, day_of_node, usage_updates
-from services.store.rtdb_keys import encode_key
+from services.store.firebase.connection import FirebaseConnection, refused
+from services.store.firebase.rtdb_keys import encode_key
+from services.store.firebase.usage_nodes import DAY_SHARES, day_of_node, usage_updates
 
 logger = logging.getLogger(__name__)
 
 
-class FirebaseUsage:
-    """Mixed into ``FirebaseStore``: needs its ``_ref`` and ``_run``."""
-
-    _ref: Callable[[str], db.Reference]
-    _run: Callable[..., Coroutine[Any, Any, Any]]
+class FirebaseUsage(FirebaseConnection):
+    """``UsageStore``: server-side increments on the user's days and the session's totals."""
 
     async def add_usage(
         self,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.core.errors import SessionEnded, SessionNotFound
-from services.store.rtdb_keys import message_key
+from services.store.firebase.rtdb_keys import message_key
 
 RING = 16  # claims remembered: far more than can be in flight on one session at once
 

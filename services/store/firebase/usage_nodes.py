@@ -19,7 +19,7 @@ from typing import Any
 
 from services.core.provider_config import Target, target_key, target_of_key
 from services.core.records import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
-from services.store.rtdb_keys import decode_key, encode_key
+from services.store.firebase.rtdb_keys import decode_key, encode_key
 
 FIELDS = ("prompt_tokens", "completion_tokens", "turns", "calls")
 SESSION_SHARES = "usage_by_model"  # under /userSessions/{sid}

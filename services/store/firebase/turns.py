@@ -1,5 +1,5 @@
-"""The Firebase store's turns: claim a turn's seqs and id while the model generates, then
-store it with one multi-path update.
+"""The Firebase store's turns: a session's messages read back by key; a turn's seqs and id
+claimed while the model generates, then the turn stored with one multi-path update.
 
 In the steady state (the session held by this instance) a turn with a ``client_message_id``
 costs two requests: the compare-and-set of ``next_seq`` (its ETag cached from the turn
@@ -14,17 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import requests
 from cachetools import LRUCache
-from firebase_admin import db
-from firebase_admin import exceptions as firebase_errors
 
 from services.core.errors import StoreUnavailable
 from services.core.provider_config import Target
@@ -38,25 +33,27 @@ from services.core.records import (
     preview_of,
     tool_uses,
 )
-from services.store.firebase_usage_nodes import usage_updates
-from services.store.rtdb_keys import decode_key, encode_key, message_key
-from services.store.seq_node import SeqNode
+from services.store.firebase.connection import (
+    FIREBASE_ERRORS,
+    FirebaseConnection,
+    may_land_later,
+    refused,
+    short,
+)
+from services.store.firebase.rtdb_keys import decode_key, encode_key, message_key
+from services.store.firebase.seq_node import SeqNode
+from services.store.firebase.usage_nodes import usage_updates
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 IDS = "conversation_client_ids"
 _CAS_ATTEMPTS = 25
 _WAIT_ATTEMPTS = 5
 _WAIT_SECONDS = 0.1  # in a pool thread, never on the event loop
-_FIREBASE_ERRORS = (firebase_errors.FirebaseError, requests.RequestException)
 
 
-class FirebaseTurns:
-    """Mixed into ``FirebaseStore``: needs its ``_ref`` and ``_run``."""
-
-    _ref: Callable[[str], db.Reference]
-    _run: Callable[..., Any]
+class FirebaseTurns(FirebaseConnection):
+    """``TurnStore``: a session's ``conversation_history``, written a claimed turn at a time."""
 
     def _init_turns(self, cached_sessions: int) -> None:
         # Last known (value, ETag) of each session's next_seq; pool threads share it.
@@ -64,6 +61,32 @@ class FirebaseTurns:
         self._slots_lock = threading.Lock()
         # Tokens of seq claims whose answer was lost, by session (their turns were not written).
         self._unused_claims: LRUCache[str, tuple[str, ...]] = LRUCache(1000)
+
+    async def load_messages(
+        self, session_id: str, *, limit: int, before: int | None = None
+    ) -> list[StoredMessage]:
+        """The newest ``limit`` below ``before``, by key, oldest first."""
+        if limit <= 0 or (before is not None and before <= 0):
+            return []
+
+        def load() -> Any:
+            query = self._ref(f"userSessions/{session_id}/conversation_history").order_by_key()
+            if before is not None:
+                query = query.end_at(message_key(before - 1))
+            return query.limit_to_last(limit).get()
+
+        return messages_of(await self._run(load))
+
+    async def load_messages_after(
+        self, session_id: str, *, after: int, limit: int
+    ) -> list[StoredMessage]:
+        """The first ``limit`` above ``after``, by key."""
+
+        def load() -> Any:
+            query = self._ref(f"userSessions/{session_id}/conversation_history").order_by_key()
+            return query.start_at(message_key(after + 1)).limit_to_first(limit).get()
+
+        return messages_of(await self._run(load))
 
     async def load_client_ids(self, session_id: str) -> list[str]:
         """Every stored turn's ``client_message_id``: the pointer node's keys only."""
@@ -82,13 +105,6 @@ class FirebaseTurns:
         base = f"userSessions/{session_id}"
         seq = self._ref(f"{base}/{IDS}/{encode_key(client_message_id)}").get()
         return self._pair(session_id, seq, client_message_id) if isinstance(seq, int) else None
-
-    async def append_turn(self, session: SessionRecord, turn: NewTurn) -> StoredTurn:
-        """Claim the id and two seqs, then write the turn in one update."""
-        claim = await self.claim_turn(session, turn.client_message_id)
-        if isinstance(claim, StoredTurn):
-            return claim
-        return await self.write_turn(session, claim, turn)
 
     async def claim_turn(
         self,
@@ -150,7 +166,7 @@ class FirebaseTurns:
                 if ok:
                     self._slot(sid, (claimed, etag))
                     return TurnClaim(seq, token)
-        except _FIREBASE_ERRORS as exc:
+        except FIREBASE_ERRORS as exc:
             if not refused(exc):
                 with self._slots_lock:
                     self._unused_claims[sid] = tuple(ours)[-8:]
@@ -185,7 +201,7 @@ class FirebaseTurns:
         )  # fmt: skip
         try:
             self._ref("/").update(turn_updates(session, user, reply, served_by=turn.served_by))
-        except _FIREBASE_ERRORS as exc:
+        except FIREBASE_ERRORS as exc:
             if self._landed(sid, user):  # the answer was lost, not the write
                 return StoredTurn(user, reply)
             if not may_land_later(exc):  # refused, or the connection died: never applied
@@ -211,7 +227,7 @@ class FirebaseTurns:
         ref = self._ref(f"userSessions/{session_id}/next_seq")
         try:
             ref.set_if_unchanged(cached[1], given_back)
-        except _FIREBASE_ERRORS as exc:
+        except FIREBASE_ERRORS as exc:
             logger.warning("could not release seq %d of %s: %s", claim.seq, session_id, short(exc))
 
     def _slot(
@@ -236,7 +252,7 @@ class FirebaseTurns:
 
     def _landed(self, session_id: str, user: StoredMessage) -> bool:
         path = f"userSessions/{session_id}/conversation_history/{message_key(user.seq)}"
-        with contextlib.suppress(*_FIREBASE_ERRORS):
+        with contextlib.suppress(*FIREBASE_ERRORS):
             return bool(self._ref(path).get() == message_doc(user))
         return False
 
@@ -316,28 +332,3 @@ def messages_of(data: Any) -> list[StoredMessage]:
     ]
     messages.sort(key=lambda m: m.seq)
     return messages
-
-
-def refused(exc: Exception) -> bool:
-    """Whether the database answered with an error (so the request was not applied)."""
-    response = getattr(exc, "http_response", None)
-    return response is not None and response.status_code >= 400
-
-
-def may_land_later(exc: BaseException) -> bool:
-    """A timeout: the request may still be applied. (A refusal or a dropped connection is not.)"""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, requests.exceptions.Timeout | TimeoutError | socket.timeout):
-            return True
-        if "timed out" in str(seen).lower():
-            return True
-        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
-    return False
-
-
-def short(exc: Exception) -> str:
-    """An error's first line, bounded (for logs)."""
-    return str(exc).splitlines()[0][:200] if str(exc) else ""
