@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Query
 from starlette.requests import HTTPConnection
 
 from api.schemas import USER_ID_PATTERN, SendMessageRequest, checked_message
@@ -18,6 +18,12 @@ from services.core.metrics import Metrics
 from services.core.records import SessionRecord
 from services.identity import Caller, Credentials
 from services.limits.quotas import Quotas
+
+# A page of a session's messages, newest first (the message listings of both formats).
+PageLimit = Annotated[int, Query(ge=1, le=200, description="Messages per page")]
+BeforeSeq = Annotated[
+    int | None, Query(ge=0, le=2**62, description="Only messages with seq below this")
+]
 
 
 def metrics_of(app: Any) -> Metrics | None:

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import (
     ME,
+    BeforeSeq,
     CallerDep,
+    PageLimit,
     QuotasDep,
     ServicesDep,
     SessionIdPath,
@@ -132,10 +134,8 @@ async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> 
 async def list_messages(
     session: ValidSessionDep,
     sessions: SessionServiceDep,
-    limit: Annotated[int, Query(ge=1, le=200, description="Messages per page")] = 50,
-    before: Annotated[
-        int | None, Query(ge=0, le=2**62, description="Only messages with seq below this")
-    ] = None,
+    limit: PageLimit = 50,
+    before: BeforeSeq = None,
     after: Annotated[
         int | None,
         Query(

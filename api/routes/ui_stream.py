@@ -21,13 +21,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from api.deps import CallerDep, ServicesDep, SessionServiceDep, ValidSessionDep
+from api.deps import (
+    BeforeSeq,
+    CallerDep,
+    PageLimit,
+    ServicesDep,
+    SessionServiceDep,
+    ValidSessionDep,
+)
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
@@ -192,10 +199,8 @@ async def resume_ui_chat(session: ValidSessionDep, services: ServicesDep) -> Res
 async def list_ui_messages(
     session: ValidSessionDep,
     sessions: SessionServiceDep,
-    limit: Annotated[int, Query(ge=1, le=200, description="Messages per page")] = 50,
-    before: Annotated[
-        int | None, Query(ge=0, le=2**62, description="Only messages with seq below this")
-    ] = None,
+    limit: PageLimit = 50,
+    before: BeforeSeq = None,
 ) -> UIMessagesPage:
     """The stored history as AI SDK `UIMessage`s for `useChat({id, messages})` after a reload,
     with the ids and parts the stream gave: the newest page, oldest first (follow
