@@ -133,12 +133,16 @@ class EmptyTitle(Exception):
     code = "empty_title"
 
 
+_AROUND = "\"'“”‘’`*# "  # what may wrap a generated title
+_FINAL = ".!?:;,"  # what may end it
+
+
 def clean_title(text: str) -> str:
     """One line of plain text of at most ``TITLE_MAX_CHARS``, without quotes or final
     punctuation."""
     line = next((plain for part in text.splitlines() if (plain := one_line(part))), "")
-    line = " ".join(line.split()).strip("\"'“”‘’`*#").strip()
-    line = line.rstrip(".!?:;,").strip()
+    # Quotes and marks around it, and final punctuation inside or outside the quotes.
+    line = " ".join(line.split()).strip(_AROUND).rstrip(_AROUND + _FINAL)
     if len(line) > TITLE_MAX_CHARS:
         line = line[: TITLE_MAX_CHARS - 1].rstrip() + "…"
     return line[:1].upper() + line[1:]

@@ -147,6 +147,8 @@ async def test_an_answered_title_call_counts_as_a_call_of_the_user(
         ("\n\n  **trip   planning**  \nsecond line", "Trip planning"),
         ("“Quoted”", "Quoted"),
         ("Done!?", "Done"),
+        ("“Quoted”!?", "Quoted"),  # quotes and final punctuation in either order
+        ('"Trip to Rome."', "Trip to Rome"),
         ("a\u202eb\u0007c", "Ab c"),  # bidirectional controls out, other controls as spaces
         ("", ""),
         ("...", ""),
