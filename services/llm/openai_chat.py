@@ -31,7 +31,6 @@ from services.llm.wire import (
     SSEDecoder,
     error_for_status,
     rate_limited,
-    says_too_long,
     status_error,
 )
 
@@ -241,11 +240,6 @@ def request_body(
     if tools:
         body["tools"] = list(tools)
     return body
-
-
-def is_context_too_long(exc: openai.APIStatusError) -> bool:
-    """Whether a provider refused the request because the prompt does not fit the model."""
-    return says_too_long(exc.status_code, exc.code, exc.message)
 
 
 def map_api_error(exc: openai.APIError) -> LLMError | LLMUnavailable | ContextTooLong:
