@@ -70,5 +70,9 @@ class PriceTable:
         return (pico + _SCALE // 2) // _SCALE
 
     def priced(self, usage: Usage, target: Target | None) -> Usage:
-        """``usage`` with its ``cost_micros``."""
-        return dataclasses.replace(usage, cost_micros=self.cost_micros(target, usage))
+        """``usage`` with its ``cost_micros`` (built directly: ``replace`` inspects fields)."""
+        cost = self.cost_micros(target, usage)
+        return Usage(
+            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens,
+            cost,
+        )  # fmt: skip
