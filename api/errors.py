@@ -44,8 +44,9 @@ DOCS = {
     422: "`validation_error` (detail lists the errors), `idempotency_conflict`, or "
     "`context_too_long` (the model refused the prompt, even with less history; nothing stored)",
     429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited` (also previews); "
-    "see Retry-After. `quota_exceeded`: USER_DAILY_TOKEN_QUOTA is spent, Retry-After is the "
-    "time to the next UTC midnight",
+    "see Retry-After. `quota_exceeded`: USER_DAILY_TOKEN_QUOTA is spent, `cost_limit`: "
+    "USER_DAILY_COST_LIMIT_MICROS is spent; for both, Retry-After is the time to the next "
+    "UTC midnight",
     502: "`llm_error`: the model provider failed or sent an unusable reply",
     503: "`store_unavailable` or `llm_unavailable`; see Retry-After",
     504: "`llm_timeout`: no reply within LLM_TIMEOUT_SECONDS",

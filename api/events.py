@@ -116,7 +116,7 @@ class ErrorFrame(ErrorInfo):
     retry_after: int | None = Field(
         None,
         description="Seconds to wait before sending again, as HTTP's Retry-After (`rate_limited`, "
-        "`session_busy`, `quota_exceeded`: the next UTC midnight…)",
+        "`session_busy`, `quota_exceeded` and `cost_limit`: the next UTC midnight…)",
     )
 
 

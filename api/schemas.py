@@ -93,6 +93,15 @@ class UsageBody(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = Field(
+        0, description="Of prompt_tokens, those the provider read from its prompt cache"
+    )
+    cost_micros: int | None = Field(
+        None,
+        description="What the call cost, in micro-USD (millionths of a US dollar), by the "
+        "price table (docs/usage.md); null: unknown (a model without a price, or stored "
+        "before costs were counted)",
+    )
 
     @classmethod
     def of(cls, usage: Usage | None) -> UsageBody | None:
@@ -243,6 +252,11 @@ class ModelUsageBody(BaseModel):
     total_tokens: int = Field(description="prompt_tokens + completion_tokens")
     turns: int = Field(description="Stored turns it answered")
     calls: int = Field(description="Background calls it answered (titles, memory summaries)")
+    cost_micros: int | None = Field(
+        description="What they cost, in micro-USD; null when none of them had a price"
+    )
+    calls_cost_micros: int = Field(description="Of cost_micros, the background calls' part")
+    unpriced: int = Field(description="Turns and calls whose cost is unknown (left out)")
 
     @classmethod
     def of(cls, share: ModelUsage) -> ModelUsageBody:
@@ -255,6 +269,9 @@ class ModelUsageBody(BaseModel):
             total_tokens=share.total_tokens,
             turns=share.turns,
             calls=share.calls,
+            cost_micros=share.known_cost,
+            calls_cost_micros=share.calls_cost_micros,
+            unpriced=share.unpriced,
         )
 
 
@@ -264,6 +281,15 @@ class SessionUsage(BaseModel):
     total_tokens: int = Field(description="prompt_tokens + completion_tokens")
     turns: int = Field(description="Stored turns (each counted once, replays never)")
     calls: int = Field(description="Background model calls: session titles, memory summaries")
+    cost_micros: int | None = Field(
+        description="What the turns and calls whose cost is known cost, in micro-USD "
+        "(millionths of a US dollar); null when none of them had a known cost"
+    )
+    calls_cost_micros: int = Field(description="Of cost_micros, the background calls' part")
+    unpriced: int = Field(
+        description="Turns and calls whose cost is unknown (a model without a price, or "
+        "counted before costs were), left out of cost_micros"
+    )
     by_model: dict[str, ModelUsageBody] = Field(
         description="The same counts split by the provider and model that served them, keyed "
         "`provider/model`, ordered by provider, then model. Usage counted before this split "
@@ -282,6 +308,9 @@ class SessionUsage(BaseModel):
             total_tokens=totals.total_tokens,
             turns=totals.turns,
             calls=totals.calls,
+            cost_micros=totals.known_cost,
+            calls_cost_micros=totals.calls_cost_micros,
+            unpriced=totals.unpriced,
             by_model={
                 target_key((share.provider, share.model)): ModelUsageBody.of(share)
                 for share in totals.by_model

@@ -29,6 +29,7 @@ from services.core.records import Clock
 from services.core.redis_link import RedisLink
 from services.core.settings import Settings
 from services.identity import Authenticator, build_authenticator
+from services.limits.cost import PriceTable
 from services.limits.quotas import Quotas
 from services.limits.usage import BackgroundCalls, UsageService
 from services.llm.client import LLMClient
@@ -133,7 +134,8 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
     redis, bus, relay = await _start_redis(settings, stack)
     quotas = Quotas(settings, store=store, now=clock, redis=redis)
     stack.push_async_callback(quotas.close)
-    calls = BackgroundCalls(store=store, clock=clock, meter=quotas)
+    prices = PriceTable.of(settings)
+    calls = BackgroundCalls(store=store, clock=clock, meter=quotas, prices=prices)
     stack.push_async_callback(calls.close)  # after titles and memories stopped
     titles = Titles(store=store, llm=llm, model=settings.title_model, bus=bus, calls=calls)
     stack.push_async_callback(titles.close)  # after the turns drained: none starts later
@@ -175,6 +177,7 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         tools=tools,
         observer=meters,
         relay=relay,
+        prices=prices,
     )
     stack.push_async_callback(turns.drain)
     meters.watch(
@@ -217,7 +220,12 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock, bus=bus),
         bus=bus,
         calls=calls,
-        usage=UsageService(store=store, clock=clock, quota=settings.user_daily_token_quota or None),
+        usage=UsageService(
+            store=store,
+            clock=clock,
+            quota=settings.user_daily_token_quota or None,
+            cost_limit=settings.user_daily_cost_limit_micros or None,
+        ),
         metrics=meters,
         redis=redis,
         relay=relay,

@@ -103,6 +103,9 @@ class MockLLMConfig:
     # A model's context window, in characters of the prompt (0: unlimited): a longer prompt
     # gets the 400 ``context_length_exceeded`` OpenAI answers.
     context_chars: int = 0
+    # Prompt tokens every reply reports as read from a prompt cache (at most its prompt), as
+    # OpenAI's ``usage.prompt_tokens_details.cached_tokens``; 0: none reported.
+    cached_tokens: int = 0
 
 
 class MockLLM:
@@ -113,6 +116,8 @@ class MockLLM:
         self.port = port
         self.config = config or MockLLMConfig()
         self.requests: list[RecordedRequest] = []
+        # Every ``usage`` object sent, in order, with the model the request asked for.
+        self.reported_usage: list[tuple[str, dict[str, Any]]] = []
         self._script: collections.deque[Reply] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -135,6 +140,7 @@ class MockLLM:
         """Forget scripted replies and recorded requests."""
         self._script.clear()
         self.requests.clear()
+        self.reported_usage.clear()
 
     def chat_requests(self) -> list[dict[str, Any]]:
         """JSON bodies of the chat-completion requests received so far."""
@@ -282,7 +288,10 @@ class MockLLM:
         content = reply.content if reply.content is not None else self._echo(body)
         if body.get("stream"):
             return await self._stream(writer, body, reply, content)
-        await _send(writer, 200, _completion(body, content, reply.usage))
+        result = _completion(body, content, False)
+        if reply.usage:
+            result["usage"] = self._usage(body, content)
+        await _send(writer, 200, result)
         return True
 
     async def _send_calls(
@@ -301,7 +310,7 @@ class MockLLM:
             }
             for index, call in enumerate(calls)
         ]
-        usage = _usage(body, json.dumps(wire))
+        usage = self._usage(body, json.dumps(wire))
         if not body.get("stream"):
             result = _completion(body, "", True)
             result["choices"][0]["message"] = {"role": "assistant", "content": content}
@@ -334,6 +343,15 @@ class MockLLM:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
+    def _usage(self, body: dict[str, Any], content: str) -> dict[str, Any]:
+        """The usage a reply reports (recorded in ``reported_usage``)."""
+        usage: dict[str, Any] = _usage(body, content)
+        cached = min(self.config.cached_tokens, usage["prompt_tokens"])
+        if cached:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+        self.reported_usage.append((str(body.get("model")), usage))
+        return usage
+
     async def _stream(
         self, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply, content: str
     ) -> bool:
@@ -359,7 +377,7 @@ class MockLLM:
         if include_usage and reply.usage:
             final = _chunk(body, None, None)
             final["choices"] = []
-            final["usage"] = _usage(body, content)
+            final["usage"] = self._usage(body, content)
             _write_chunk(writer, _sse(final))
         _write_chunk(writer, b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")

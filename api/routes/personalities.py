@@ -377,6 +377,13 @@ class PersonalityStats(BaseModel):
     average_reply_tokens: float = Field(alias="averageReplyTokens")
     failed_turns: int = Field(alias="failedTurns")
     last_used: str | None = Field(alias="lastUsed")
+    cost_micros: int = Field(
+        0,
+        alias="costMicros",
+        description="What its turns cost, in micro-USD (millionths of a US dollar), by the "
+        "price table; turns of a model without a price, and those stored before costs were "
+        "counted, add 0. Background calls (titles, memory) are the users' (usage routes)",
+    )
     by_model: dict[str, ModelStats] = Field(
         alias="byModel",
         description="The turns by the provider and model that answered them, keyed "
@@ -408,6 +415,7 @@ async def get_personality_stats(
         averageReplyTokens=round(counts.reply_tokens / counts.turns, 1) if counts.turns else 0,
         failedTurns=counts.failed_turns,
         lastUsed=counts.last_used,
+        costMicros=counts.cost_micros,
         byModel={
             target_key(target): ModelStats.of(target, share)
             for target, share in sorted(counts.by_model.items())

@@ -172,6 +172,12 @@ class QuotaBody(BaseModel):
     used: int = Field(description="Tokens spent today (UTC), prompt and completion")
     remaining: int | None = Field(description="Tokens left today; null: no quota")
     resets_at: str = Field(description="The next UTC midnight, when today's count restarts")
+    daily_cost_micros: int | None = Field(
+        None, description="USER_DAILY_COST_LIMIT_MICROS (micro-USD); null: no cost limit"
+    )
+    cost_remaining_micros: int | None = Field(
+        None, description="Micro-USD left today under the cost limit; null: no cost limit"
+    )
 
 
 class UserUsage(BaseModel):
@@ -197,8 +203,8 @@ async def get_user_usage(
         int, Query(ge=1, le=MAX_DAYS, description="How many UTC days, today included")
     ] = 7,
 ) -> UserUsage:
-    """A user's tokens, turns and background calls per UTC day, and today's quota (the user
-    themself, a server key or an admin)."""
+    """A user's tokens, cost, turns and background calls per UTC day, and today's quota and
+    cost limit (the user themself, a server key or an admin)."""
     if not caller.may_act_for(user_id):
         raise Forbidden("A user may read only their own usage")
     report = await services.usage.report(user_id, days=days)
@@ -212,5 +218,7 @@ async def get_user_usage(
             used=today.total_tokens,
             remaining=report.remaining,
             resets_at=report.resets_at,
+            daily_cost_micros=report.cost_limit,
+            cost_remaining_micros=report.cost_remaining,
         ),
     )

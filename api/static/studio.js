@@ -364,6 +364,7 @@ async function loadStats() {
     "turns: " + data.turns + " (" + data.failedTurns + " failed)",
     "average turns per session: " + round(data.averageTurnsPerSession),
     "average reply tokens: " + round(data.averageReplyTokens),
+    "cost: $" + ((data.costMicros || 0) / 1e6).toFixed(6) + " (turns of priced models)",
     "last used: " + when(data.lastUsed),
     ...Object.entries(data.byModel || {}).map(
       ([name, share]) =>

@@ -38,6 +38,7 @@ from services.core.records import (
     TurnResult,
     isoformat,
 )
+from services.limits.cost import PriceTable
 from services.limits.usage import UsageMeter
 from services.llm.client import ChatMessage, Completion, LLMClient
 from services.llm.tools.loop import ToolLoop
@@ -69,8 +70,10 @@ class TurnPipeline:
         tools: ToolLoop | None = None,
         observer: TurnObserver | None = None,
         relay: TurnRelay | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self._relay = relay
+        self._prices = prices
         self._usage = usage
         self._tools = tools
         self._observer = observer
@@ -250,13 +253,16 @@ class TurnPipeline:
             self._sessions.forget(record.session_id)
             return replay(turn, active.record, answered, started=True)
         completion, claim = answered
+        usage = completion.usage
+        if self._prices is not None:  # priced once, stored with the turn by its one write
+            usage = self._prices.priced(usage, completion.served_by)
         new = NewTurn(
             user_text=turn.text,
             reply=completion.content,
             client_message_id=turn.client_message_id,
             user_at=user_at,
             reply_at=isoformat(self._clock()),
-            usage=completion.usage,
+            usage=usage,
             provider=completion.provider,
             model=completion.model,
             tools=completion.tool_uses,
@@ -272,7 +278,10 @@ class TurnPipeline:
             raise
         if stored.created:
             self._stats.turn_done(
-                record.template_id, reply_tokens=_reply_tokens(stored), served_by=new.served_by
+                record.template_id,
+                reply_tokens=_reply_tokens(stored),
+                served_by=new.served_by,
+                cost_micros=usage.cost_micros,
             )
             if self._usage is not None:
                 self._usage.spent(record.user_id, stored.assistant.usage, at=new.reply_at)

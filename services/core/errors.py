@@ -148,3 +148,10 @@ class QuotaExceeded(ChatifyError):
     """USER_DAILY_TOKEN_QUOTA is used up; ``retry_after`` is the time to the next UTC midnight."""
 
     code, status = "quota_exceeded", 429
+
+
+class CostLimitExceeded(ChatifyError):
+    """USER_DAILY_COST_LIMIT_MICROS is spent; ``retry_after`` is the time to the next UTC
+    midnight."""
+
+    code, status = "cost_limit", 429

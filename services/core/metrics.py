@@ -154,6 +154,13 @@ class Metrics:
             ["direction", "template", "provider", "model"],
             registry=registry,
         )
+        self._cost = Counter(
+            "chatify_cost_micros",
+            "Cost of stored turns in micro-USD (millionths of a USD) by the price table; turns "
+            "whose model has no price are left out",
+            ["template", "provider", "model"],
+            registry=registry,
+        )
         self._llm_seconds = Histogram(
             "chatify_llm_call_seconds",
             "Seconds of one call to a model provider (a whole stream when streamed)",
@@ -187,6 +194,7 @@ class Metrics:
         self._first_delta_seconds_of = _Children(self._first_delta_seconds)
         self._turn_failures_of = _Children(self._turn_failures)
         self._tokens_of = _Children(self._tokens)
+        self._cost_of = _Children(self._cost)
         self._llm_seconds_of = _Children(self._llm_seconds)
         self._llm_calls_of = _Children(self._llm_calls)
         self._store_seconds_of = _Children(self._store_seconds)
@@ -261,6 +269,8 @@ class Metrics:
         if usage is not None:
             self._tokens_of("in", template, provider, model).inc(usage.prompt_tokens)
             self._tokens_of("out", template, provider, model).inc(usage.completion_tokens)
+            if usage.cost_micros:
+                self._cost_of(template, provider, model).inc(usage.cost_micros)
 
     def turn_failed(self, code: str) -> None:
         """See ``TurnObserver``."""

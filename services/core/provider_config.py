@@ -7,6 +7,8 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.core.prices import Prices
+
 DEFAULT_PROVIDER = "default"  # the OPENAI_* settings
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 Target = tuple[str, str]  # (provider, model)
@@ -24,6 +26,9 @@ class ProviderConfig(BaseModel):
     )
     headers: dict[str, str] = Field({}, description="Sent with every request (e.g. OpenRouter's)")
     timeout_seconds: float = Field(30.0, gt=0)
+    prices: Prices = Field(
+        {}, description="Its own prices by model, before MODEL_PRICES (docs/usage.md)"
+    )
 
     def api_key(self) -> str | None:
         """The key, read from its environment variable; a named variable must be set."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from services.core.provider_config import DEFAULT_PROVIDER, Target
+from services.core.usage_counts import DayUsage as DayUsage
+from services.core.usage_counts import ModelUsage as ModelUsage
+from services.core.usage_counts import UsageTotals as UsageTotals
+from services.core.usage_counts import by_target as by_target
 
 Clock = Callable[[], datetime]
 SessionStatus = Literal["active", "ended", "expired"]
@@ -145,13 +149,17 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens, those the provider read from its cache
+    cost_micros: int | None = None  # micro-USD, priced once (``PriceTable``); None: unknown
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | None]:
         """The API's JSON shape."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost_micros": self.cost_micros,
         }
 
     @classmethod
@@ -163,6 +171,8 @@ class Usage:
             int(data.get("prompt_tokens", 0)),
             int(data.get("completion_tokens", 0)),
             int(data.get("total_tokens", 0)),
+            int(data.get("cached_tokens") or 0),
+            None if data.get("cost_micros") is None else int(data["cost_micros"]),  # older: None
         )
 
 
@@ -379,6 +389,7 @@ class TemplateCounts:
     failed_turns: int = 0
     last_used: str | None = None
     by_model: dict[Target, ModelCounts] = field(default_factory=dict)  # turns' share by target
+    cost_micros: int = 0  # micro-USD of its turns whose cost was known (not background calls)
 
     def add(self, other: TemplateCounts) -> None:
         """Add another set of counters to these."""
@@ -386,6 +397,7 @@ class TemplateCounts:
         self.turns += other.turns
         self.reply_tokens += other.reply_tokens
         self.failed_turns += other.failed_turns
+        self.cost_micros += other.cost_micros
         if other.last_used and (self.last_used is None or other.last_used > self.last_used):
             self.last_used = other.last_used
         for target, counts in other.by_model.items():
@@ -405,6 +417,7 @@ class TemplateCounts:
             "reply_tokens": self.reply_tokens,
             "failed_turns": self.failed_turns,
             "last_used": self.last_used,
+            "cost_micros": self.cost_micros,
         }
 
     @classmethod
@@ -416,63 +429,8 @@ class TemplateCounts:
             int(data.get("reply_tokens") or 0),
             int(data.get("failed_turns") or 0),
             data.get("last_used"),
+            cost_micros=int(data.get("cost_micros") or 0),
         )
-
-
-class _Counted:
-    """Counters of spent tokens (``UsageTotals``, ``DayUsage``)."""
-
-    __slots__ = ()
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        """Prompt and completion tokens together."""
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class ModelUsage(_Counted):
-    """The share of a session's totals or a user's day that one route target served: a
-    provider and the model it was asked for."""
-
-    provider: str
-    model: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    turns: int = 0
-    calls: int = 0
-
-
-def by_target(shares: Iterable[ModelUsage]) -> tuple[ModelUsage, ...]:
-    """Shares in a stable order: by provider, then model."""
-    return tuple(sorted(shares, key=lambda share: (share.provider, share.model)))
-
-
-@dataclass(frozen=True, slots=True)
-class UsageTotals(_Counted):
-    """Tokens a session spent: its turns' and its background calls' (titles, memory)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    turns: int = 0
-    calls: int = 0
-    # The same, per route target (``by_target`` order).
-    by_model: tuple[ModelUsage, ...] = field(default=(), kw_only=True)
-
-
-@dataclass(frozen=True, slots=True)
-class DayUsage(_Counted):
-    """What a user spent on one UTC day (``YYYY-MM-DD``): turns, and background calls."""
-
-    day: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    turns: int = 0
-    calls: int = 0
-    # The same, per route target; read only when asked for (``load_usage``).
-    by_model: tuple[ModelUsage, ...] = field(default=(), kw_only=True)
 
 
 def utc_day(at: str) -> str:

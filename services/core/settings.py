@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.core.prices import DEFAULT_MODEL_PRICES, ModelPrice, Prices
 from services.core.provider_config import DEFAULT_PROVIDER, ProviderConfig, TargetConfig
 from services.core.tool_config import (
     IMAGES_SERVER,
@@ -54,6 +55,9 @@ class Settings(BaseSettings):
     llm_fallbacks: list[TargetConfig] = []  # JSON; tried after a personality's own fallbacks
     provider_failures_to_cool: int = Field(3, ge=1)  # failures in a row before a cooldown
     provider_cooldown_seconds: float = Field(30, gt=0)  # how long a failing provider is skipped
+    # JSON {model: {input, cached_input, output}}, USD per million tokens; over the shipped
+    # list prices (services/core/prices.py). A model without a price: cost unknown.
+    model_prices: Prices = Field(default_factory=lambda: dict(DEFAULT_MODEL_PRICES))
 
     # Tools (MCP servers a personality's ``tools`` name)
     mcp_servers: dict[str, McpServerConfig] = Field(
@@ -123,6 +127,7 @@ class Settings(BaseSettings):
     log_message_content: bool = False
     metrics_token: SecretStr | None = None  # a bearer token that may read GET /metrics
     user_daily_token_quota: int = Field(0, ge=0)  # prompt + completion tokens a UTC day; 0: none
+    user_daily_cost_limit_micros: int = Field(0, ge=0)  # micro-USD a user a UTC day; 0: none
 
     # Redis, shared by replicas and workers (optional; without it everything is per process)
     redis_url: str | None = Field(None, repr=False)  # may hold a password
@@ -164,6 +169,11 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_prices")
+    @classmethod
+    def _over_list_prices(cls, prices: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        return {**DEFAULT_MODEL_PRICES, **prices}
 
     @field_validator("default_timezone")
     @classmethod

@@ -1,5 +1,6 @@
-"""The daily token quota: what each user spent today, known in this process without waiting on
-the store.
+"""The daily token quota and the daily cost limit: what each user spent today, known in this
+process without waiting on the store. Both count the same way; a ``DailyMeasure`` says what
+(tokens, or micro-USD of cost).
 
 A user's count for a UTC day is read from the store on the first check of that user in this
 process that day, then advanced by every spend this process makes (``spent``), and re-read in
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from services.core.errors import ChatifyError, QuotaExceeded
-from services.core.records import Clock, Usage, utc_day
+from services.core.errors import ChatifyError, CostLimitExceeded, QuotaExceeded
+from services.core.records import Clock, DayUsage, Usage, utc_day
 from services.limits.usage import day_of, seconds_to_reset
 from services.store.base import Store
 
@@ -29,18 +31,51 @@ IDLE_SECONDS = 3600.0  # a user unchecked this long is forgotten (read again on 
 MAX_TRACKED = 200_000
 
 
+@dataclass(frozen=True, slots=True)
+class DailyMeasure:
+    """What a daily limit counts, and how it refuses a turn."""
+
+    name: str  # its Redis key's part
+    of_usage: Callable[[Usage], int]  # what one spend adds
+    of_day: Callable[[DayUsage], int]  # what a stored day holds
+    refusal: Callable[[int, int], ChatifyError]  # (the limit, seconds to midnight)
+
+
+TOKENS = DailyMeasure(
+    "tokens",
+    lambda usage: usage.total_tokens,
+    lambda day: day.total_tokens,
+    lambda quota, wait: QuotaExceeded(
+        f"Daily token quota of {quota} tokens used up; it resets at 00:00 UTC", retry_after=wait
+    ),
+)
+COST = DailyMeasure(
+    "cost",
+    lambda usage: usage.cost_micros or 0,  # an unknown cost adds nothing: never a guess
+    lambda day: day.cost_micros,
+    lambda limit, wait: CostLimitExceeded(
+        f"Daily cost limit of {limit} micro-USD used up; it resets at 00:00 UTC",
+        retry_after=wait,
+    ),
+)
+
+
 @dataclass(slots=True)
 class _Count:
-    tokens: int  # prompt + completion tokens spent on the day, as far as this process knows
+    tokens: int  # what the measure counts, spent on the day, as far as this process knows
     read_at: float  # when the store was last read for it (the clock's seconds)
     refreshing: bool = False
 
 
 class DailyTokens:
-    """Refuses turns of users whose tokens today reached ``quota``."""
+    """Refuses turns of users whose tokens (or cost, with ``measure=COST``) today reached
+    ``quota``."""
 
-    def __init__(self, quota: int, *, store: Store, now: Clock) -> None:
+    def __init__(
+        self, quota: int, *, store: Store, now: Clock, measure: DailyMeasure = TOKENS
+    ) -> None:
         self._quota = quota
+        self._measure = measure
         self._store = store
         self._now = now
         self._counts: TTLCache[tuple[str, str], _Count] = TTLCache(
@@ -64,17 +99,14 @@ class DailyTokens:
             self._refresh(key, count)
         self._counts[key] = count  # restarts its idle time
         if count.tokens >= self._quota:
-            raise QuotaExceeded(
-                f"Daily token quota of {self._quota} tokens used up; it resets at 00:00 UTC",
-                retry_after=seconds_to_reset(now),
-            )
+            raise self._measure.refusal(self._quota, seconds_to_reset(now))
 
     def spent(self, user_id: str, usage: Usage | None, *, at: str) -> None:
         """Add a spend to the user's count of its day, if this process holds one (else the
         first check reads it from the store, where it is counted already)."""
         count = self._counts.get((user_id, utc_day(at)))
         if count is not None and usage is not None:
-            count.tokens += usage.total_tokens
+            count.tokens += self._measure.of_usage(usage)
 
     async def settle(self) -> None:
         """Wait for the background reads in flight."""
@@ -89,7 +121,7 @@ class DailyTokens:
     async def _read(self, key: tuple[str, str]) -> int:
         user_id, day = key
         days = await self._store.load_usage(user_id, since_day=day, until_day=day)
-        return sum(entry.total_tokens for entry in days)
+        return sum(self._measure.of_day(entry) for entry in days)
 
     def _refresh(self, key: tuple[str, str], count: _Count) -> None:
         count.refreshing = True

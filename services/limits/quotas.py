@@ -28,7 +28,7 @@ from services.core.errors import RateLimited
 from services.core.records import Clock, Usage, utc_now
 from services.core.redis_link import RedisDown, RedisLink
 from services.core.settings import Settings
-from services.limits.daily_tokens import DailyTokens
+from services.limits.daily_tokens import COST, TOKENS, DailyMeasure, DailyTokens
 from services.limits.redis import RedisDailyTokens, RedisStreams, RedisTokenBuckets
 from services.store.base import Store
 
@@ -137,8 +137,8 @@ class Quotas:
         self._sessions: RateLimiter = TokenBuckets(session_rate, clock)
         self._max_streams = settings.max_streams_per_user
         self._streams = LocalStreams(self._max_streams)
-        self._daily: DailyTokens | None = None
-        self._shared_daily: RedisDailyTokens | None = None
+        # The daily token quota, then the daily cost limit: each in this process, and in Redis.
+        self._dailies: list[tuple[DailyTokens, RedisDailyTokens | None]] = []
         self._shared_turns: RedisTokenBuckets | None = None
         self._shared_sessions: RedisTokenBuckets | None = None
         self._shared_streams: RedisStreams | None = None
@@ -146,18 +146,22 @@ class Quotas:
             self._shared_turns = RedisTokenBuckets(redis, "turns", turn_rate)
             self._shared_sessions = RedisTokenBuckets(redis, "sessions", session_rate)
             self._shared_streams = RedisStreams(redis, self._max_streams)
-        if quota := settings.user_daily_token_quota:
-            if store is None:
-                raise ValueError("USER_DAILY_TOKEN_QUOTA needs the store that counts usage")
-            self._daily = DailyTokens(quota, store=store, now=now)
-            if redis is not None:
-                self._shared_daily = RedisDailyTokens(redis, quota, store=store, now=now)
+        limits = (
+            ("USER_DAILY_TOKEN_QUOTA", settings.user_daily_token_quota, TOKENS),
+            ("USER_DAILY_COST_LIMIT_MICROS", settings.user_daily_cost_limit_micros, COST),
+        )
+        for name, limit, measure in limits:
+            if limit:
+                if store is None:
+                    raise ValueError(f"{name} needs the store that counts usage")
+                self._dailies.append(self._daily(limit, measure, store, now, redis))
 
     async def take_turn(self, user_id: str) -> None:
         """Count a turn; ``QuotaExceeded`` once USER_DAILY_TOKEN_QUOTA is spent today,
-        ``RateLimited`` past RATE_LIMIT_TURNS_PER_MINUTE."""
-        if self._daily is not None:
-            await self._check_daily(self._daily, user_id)
+        ``CostLimitExceeded`` once USER_DAILY_COST_LIMIT_MICROS is, ``RateLimited`` past
+        RATE_LIMIT_TURNS_PER_MINUTE."""
+        for daily, shared in self._dailies:
+            await _check_daily(daily, shared, user_id)
         wait = await _take(self._shared_turns, self._turns, user_id)
         _check(wait, f"at most {self._turn_rate} turns a minute per user")
 
@@ -183,37 +187,48 @@ class Quotas:
             )
         return StreamSlot(give_back)
 
-    async def _check_daily(self, daily: DailyTokens, user_id: str) -> None:
-        if self._shared_daily is not None:
-            try:
-                return await self._shared_daily.check(user_id)
-            except RedisDown:
-                pass
-        await daily.check(user_id)
+    @staticmethod
+    def _daily(
+        limit: int, measure: DailyMeasure, store: Store, now: Clock, redis: RedisLink | None
+    ) -> tuple[DailyTokens, RedisDailyTokens | None]:
+        local = DailyTokens(limit, store=store, now=now, measure=measure)
+        if redis is None:
+            return local, None
+        return local, RedisDailyTokens(redis, limit, store=store, now=now, measure=measure)
 
     def spent(self, user_id: str, usage: Usage | None, *, at: str) -> None:
-        """Tokens this process spent for a user (a stored turn, a background call): counted
-        against today's quota at once, without waiting for the next read of the store."""
-        if self._daily is not None:
-            self._daily.spent(user_id, usage, at=at)
-        if self._shared_daily is not None:
-            self._shared_daily.spent(user_id, usage, at=at)
+        """Tokens (and their cost) this process spent for a user (a stored turn, a background
+        call): counted against today's limits at once, without waiting for the next read of
+        the store."""
+        for daily, shared in self._dailies:
+            daily.spent(user_id, usage, at=at)
+            if shared is not None:
+                shared.spent(user_id, usage, at=at)
 
     async def settle(self) -> None:
         """Wait for the background reads of the store in flight."""
-        if self._daily is not None:
-            await self._daily.settle()
-        if self._shared_daily is not None:
-            await self._shared_daily.settle()
+        for daily, shared in self._dailies:
+            await daily.settle()
+            if shared is not None:
+                await shared.settle()
 
     async def close(self) -> None:
         """Stop background reads (at shutdown)."""
-        if self._daily is not None:
-            await self._daily.close()
-        if self._shared_daily is not None:
-            await self._shared_daily.close()
+        for daily, shared in self._dailies:
+            await daily.close()
+            if shared is not None:
+                await shared.close()
         if self._shared_streams is not None:
             await self._shared_streams.close()
+
+
+async def _check_daily(daily: DailyTokens, shared: RedisDailyTokens | None, user_id: str) -> None:
+    if shared is not None:
+        try:
+            return await shared.check(user_id)
+        except RedisDown:
+            pass
+    await daily.check(user_id)
 
 
 async def _take(shared: RedisTokenBuckets | None, local: RateLimiter, key: str) -> float | None:

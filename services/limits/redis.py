@@ -23,9 +23,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.core.errors import ChatifyError, QuotaExceeded
+from services.core.errors import ChatifyError
 from services.core.records import Clock, Usage, utc_day
 from services.core.redis_link import RedisDown, RedisLink
+from services.limits.daily_tokens import TOKENS, DailyMeasure
 from services.limits.usage import day_of, seconds_to_reset
 from services.store.base import Store
 
@@ -182,8 +183,17 @@ class RedisDailyTokens:
     from the store, and is re-read from it (keeping the larger) at most every minute, which
     heals what was spent while Redis was down."""
 
-    def __init__(self, link: RedisLink, quota: int, *, store: Store, now: Clock) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        quota: int,
+        *,
+        store: Store,
+        now: Clock,
+        measure: DailyMeasure = TOKENS,
+    ) -> None:
         self._link, self._quota, self._store, self._now = link, quota, store, now
+        self._measure = measure
         self._spend = link.client.register_script(_SPEND)
         self._settle = link.client.register_script(_SETTLE)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -192,7 +202,7 @@ class RedisDailyTokens:
     async def check(self, user_id: str) -> None:
         """``QuotaExceeded`` (until the next UTC midnight) when the user's day is spent."""
         now = self._now()
-        key = self._link.key("tokens", day_of(now), user_id)
+        key = self._link.key(self._measure.name, day_of(now), user_id)
         tokens, read_at = await self._link.call(_hmget, key)
         if tokens is None:
             tokens = await self._reread(key, user_id, day_of(now))
@@ -202,24 +212,21 @@ class RedisDailyTokens:
             self._refreshing.add(key)
             self._background(self._reread(key, user_id, day_of(now)), done=key)
         if tokens >= self._quota:
-            raise QuotaExceeded(
-                f"Daily token quota of {self._quota} tokens used up; it resets at 00:00 UTC",
-                retry_after=seconds_to_reset(now),
-            )
+            raise self._measure.refusal(self._quota, seconds_to_reset(now))
 
     def spent(self, user_id: str, usage: Usage | None, *, at: str) -> None:
         """Add a spend to the shared count of its day, if Redis holds one (else the first
         check reads it from the store, where it is counted already)."""
         if usage is None or not self._link.healthy:
             return
-        key = self._link.key("tokens", utc_day(at), user_id)
-        amount = usage.total_tokens
+        key = self._link.key(self._measure.name, utc_day(at), user_id)
+        amount = self._measure.of_usage(usage)
         self._background(self._link.script(self._spend, [key], [amount]))
 
     async def _reread(self, key: str, user_id: str, day: str) -> int:
         """The store's count, kept in Redis when larger than what it holds."""
         days = await self._store.load_usage(user_id, since_day=day, until_day=day)
-        tokens = sum(entry.total_tokens for entry in days)
+        tokens = sum(self._measure.of_day(entry) for entry in days)
         args = [tokens, self._now().timestamp(), DAY_KEY_SECONDS]
         with contextlib.suppress(RedisDown):  # the count read is right for this check anyway
             await self._link.script(self._settle, [key], args)

@@ -19,6 +19,7 @@ from typing import Protocol
 from services.core.background import Tasks
 from services.core.errors import ChatifyError
 from services.core.records import CallUsage, Clock, DayUsage, SessionRecord, Usage, isoformat
+from services.limits.cost import PriceTable
 from services.llm.client import Completion
 from services.store.base import Store
 
@@ -58,6 +59,7 @@ class UsageReport:
     days: list[DayUsage]  # newest first: today, then each day before it, zeros included
     quota: int | None  # USER_DAILY_TOKEN_QUOTA, None when there is none
     resets_at: str  # the next UTC midnight
+    cost_limit: int | None = None  # USER_DAILY_COST_LIMIT_MICROS, None when there is none
 
     @property
     def today(self) -> DayUsage:
@@ -69,14 +71,29 @@ class UsageReport:
         """Tokens left today under the quota (None: no quota)."""
         return None if self.quota is None else max(0, self.quota - self.today.total_tokens)
 
+    @property
+    def cost_remaining(self) -> int | None:
+        """Micro-USD left today under the cost limit (None: no limit)."""
+        if self.cost_limit is None:
+            return None
+        return max(0, self.cost_limit - self.today.cost_micros)
+
 
 class UsageService:
     """Reads usage for the API."""
 
-    def __init__(self, *, store: Store, clock: Clock, quota: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        quota: int | None = None,
+        cost_limit: int | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._quota = quota  # USER_DAILY_TOKEN_QUOTA, None when there is none
+        self._cost_limit = cost_limit  # USER_DAILY_COST_LIMIT_MICROS, None when there is none
 
     async def report(self, user_id: str, *, days: int) -> UsageReport:
         """The last ``days`` UTC days (today included) of a user, newest first."""
@@ -91,6 +108,7 @@ class UsageService:
             days=[by_day.get(day, DayUsage(day)) for day in window],
             quota=self._quota,
             resets_at=isoformat(next_reset(now)),
+            cost_limit=self._cost_limit,
         )
 
 
@@ -101,10 +119,18 @@ class BackgroundCalls:
     retried, never holding up or failing the caller (``add``). A count that keeps failing is
     logged and dropped."""
 
-    def __init__(self, *, store: Store, clock: Clock, meter: UsageMeter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        meter: UsageMeter | None = None,
+        prices: PriceTable | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._meter = meter
+        self._prices = prices
         self._tasks = Tasks()
 
     @property
@@ -114,13 +140,16 @@ class BackgroundCalls:
 
     def spent(self, record: SessionRecord, completion: Completion) -> CallUsage:
         """Tell the meter of one answered call at once (its tokens are spent, whatever its
-        answer was worth), and return its counts, under the provider and model that answered
-        it, for the write that stores the call's result to add (``usage``); a caller whose
-        write does not add them hands them to ``add``."""
+        answer was worth), and return its counts, priced, under the provider and model that
+        answered it, for the write that stores the call's result to add (``usage``); a caller
+        whose write does not add them hands them to ``add``."""
         at = isoformat(self._clock())
+        usage, target = completion.usage, completion.served_by
+        if self._prices is not None:
+            usage = self._prices.priced(usage, target)
         if self._meter is not None:
-            self._meter.spent(record.user_id, completion.usage, at=at)
-        return CallUsage(record.user_id, completion.usage, at, completion.served_by)
+            self._meter.spent(record.user_id, usage, at=at)
+        return CallUsage(record.user_id, usage, at, target)
 
     def add(self, session_id: str, call: CallUsage, what: str) -> None:
         """Write a call's counts with ``Store.add_usage``, in a task of its own, retried."""

@@ -142,4 +142,11 @@ def _usage(raw: Any) -> Usage | None:
         prompt, completion = int(raw["prompt_tokens"]), int(raw["completion_tokens"])
     except (KeyError, TypeError, ValueError):
         return None
-    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt,
+        completion,
+        int(raw.get("total_tokens") or prompt + completion),
+        cached if isinstance(cached, int) and cached > 0 else 0,  # OpenAI's prompt caching
+    )

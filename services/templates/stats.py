@@ -34,13 +34,19 @@ class TemplateStats:
         counts.last_used = isoformat(self._clock())
 
     def turn_done(
-        self, template_id: str, *, reply_tokens: int, served_by: Target | None = None
+        self,
+        template_id: str,
+        *,
+        reply_tokens: int,
+        served_by: Target | None = None,
+        cost_micros: int | None = None,
     ) -> None:
         """A turn was stored; ``served_by`` (the provider and the model it was asked for)
-        answered it."""
+        answered it, for ``cost_micros`` (None: unknown, not added)."""
         counts = self._pending[template_id]
         counts.turns += 1
         counts.reply_tokens += reply_tokens
+        counts.cost_micros += cost_micros or 0
         counts.last_used = isoformat(self._clock())
         if served_by is not None:
             counts.served(served_by, turns=1, reply_tokens=reply_tokens)

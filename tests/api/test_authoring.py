@@ -588,6 +588,7 @@ async def test_stats_count_concurrent_turns_without_a_store_round_trip(
     assert failed.status_code == 502
 
     tokens = sum(r.json()["usage"]["completion_tokens"] for r in replies)
+    cost = sum(r.json()["usage"]["cost_micros"] for r in replies)  # gpt-4o-mini has a price
     stats = (await chat.client.get(f"{P}/plain/stats")).json()
     expected = {
         "success": True,
@@ -598,6 +599,7 @@ async def test_stats_count_concurrent_turns_without_a_store_round_trip(
         "averageReplyTokens": round(tokens / 12, 1),
         "failedTurns": 1,
         "lastUsed": "2026-01-01T12:00:00.000Z",
+        "costMicros": cost,
         "byModel": {  # every stored turn, none of the failed one
             "default/gpt-4o-mini": {
                 "provider": "default",

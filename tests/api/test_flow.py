@@ -33,7 +33,9 @@ async def test_create_message_message_end(chat: RunningApp, llm: MockLLM) -> Non
         "user_message": stored_user,
         "assistant_message": stored_reply,
     }
-    assert set(first.json()["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(first.json()["usage"]) == {
+        "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cost_micros",
+    }  # fmt: skip
 
     second = await chat.send(session_id, "How are you?")
     assert second.json()["message_count"] == 2

@@ -154,6 +154,22 @@ async def test_a_turn_moves_the_turn_histograms_and_the_token_counters(chat: Run
     assert "Ahoy there" not in after_stream and session_id not in after_stream
 
 
+async def test_a_priced_turn_moves_the_cost_counter_by_its_stored_cost(chat: RunningApp) -> None:
+    labels = {"template": "plain", "provider": "default", "model": "gpt-4o-mini"}
+    session_id = await chat.create_session("plain")
+    first = (await chat.send(session_id, "What does this cost?")).json()
+    second = (await chat.send(session_id, "And this one?")).json()
+    costs = [reply["usage"]["cost_micros"] for reply in (first, second)]
+    assert all(costs), "gpt-4o-mini has a list price"
+    assert value(await scrape(chat), "chatify_cost_micros_total", **labels) == sum(costs)
+    unpriced = await chat.create_session("pirate")  # gpt-test-pirate has no price
+    assert (await chat.send(unpriced, "ahoy")).json()["usage"]["cost_micros"] is None
+    pirate = {**labels, "template": "pirate", "model": "gpt-test-pirate"}
+    text = await scrape(chat)
+    assert value(text, "chatify_cost_micros_total", **pirate) == 0  # never a guess
+    assert value(text, "chatify_cost_micros_total", **labels) == sum(costs)
+
+
 async def test_a_failed_turn_moves_errors_by_code(chat: RunningApp, llm: MockLLM) -> None:
     session_id = await chat.create_session("pirate")
     llm.script(Reply(status=500, error_body={"error": {"message": "upstream broke"}}))

@@ -145,11 +145,13 @@ def shares_of(replies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         share = shares.setdefault(
             f"{provider}/{model}",
             {"provider": provider, "model": model, "prompt_tokens": 0, "completion_tokens": 0,
-             "total_tokens": 0, "turns": 0, "calls": 0},
+             "total_tokens": 0, "turns": 0, "calls": 0, "cost_micros": None,
+             "calls_cost_micros": 0, "unpriced": 0},
         )  # fmt: skip
-        for name, count in reply["usage"].items():
-            share[name] += count
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            share[name] += reply["usage"][name]
         share["turns"] += 1
+        share["unpriced"] += 1  # main-model and backup-model have no price
     return shares
 
 

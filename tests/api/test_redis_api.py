@@ -85,6 +85,26 @@ async def test_the_daily_quota_is_seen_by_every_replica_at_once(
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
 
 
+async def test_the_daily_cost_limit_is_seen_by_every_replica_at_once(
+    live_app: LiveFactory, llm: MockLLM, redis_url: str, redis_server: RedisServer
+) -> None:
+    limit = {"redis_url": redis_url, "user_daily_cost_limit_micros": 5}
+    async with live_app(**limit) as a, live_app(**limit) as b:
+        first, second = await a.create_session(), await b.create_session()  # gpt-4o-mini
+        llm.script(Reply(status=500))  # B checks the limit (and holds the count), spends nothing
+        assert (await turn_body(b, second, "a first message", "c-0")).status_code == 502
+        spent = await turn_body(a, first, "spend it all " * 20, "c-1")
+        assert spent.status_code == 200 and spent.json()["usage"]["cost_micros"] >= 5
+        key = "chatify:cost:2026-01-01:u1"
+        for _ in range(200):  # the spend reaches Redis in the background
+            if int(redis_server.command("HGET", key, "t").split(b"\r\n")[1] or 0) >= 5:
+                break
+            await asyncio.sleep(0.01)
+        refused = await turn_body(b, second, "one more", "c-2")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "cost_limit"
+    assert refused.headers["retry-after"] == "43200"  # 12:00 UTC to midnight
+
+
 async def test_a_resend_with_other_text_to_another_replica_conflicts(
     live_app: LiveFactory, llm: MockLLM, redis_url: str
 ) -> None:

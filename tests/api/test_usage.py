@@ -47,6 +47,7 @@ async def stored_reply_usage(chat: RunningApp, session_id: str) -> dict[str, int
         "prompt_tokens": sum(u["prompt_tokens"] for u in replies),
         "completion_tokens": sum(u["completion_tokens"] for u in replies),
         "turns": len(replies),
+        "cost_micros": sum(u["cost_micros"] for u in replies),
     }
 
 
@@ -65,6 +66,8 @@ async def test_totals_are_the_sum_of_the_stored_replies_usage(
         **stored,
         "total_tokens": stored["prompt_tokens"] + stored["completion_tokens"],
         "calls": 0,
+        "calls_cost_micros": 0,
+        "unpriced": 0,
     }
     served = {"provider": "default", "model": "gpt-4o-mini"}  # every turn, the replay not
     expected = {**counts, "by_model": {"default/gpt-4o-mini": {**served, **counts}}}
@@ -155,6 +158,8 @@ async def test_a_user_reads_only_their_own_usage(
             "used": 0,
             "remaining": None,
             "resets_at": "2026-01-02T00:00:00.000Z",
+            "daily_cost_micros": None,
+            "cost_remaining_micros": None,
         }
 
 
@@ -175,6 +180,8 @@ async def test_past_the_daily_quota_every_transport_is_429_until_utc_midnight(
             "used": sum(spent),
             "remaining": 0,
             "resets_at": "2026-01-02T00:00:00.000Z",
+            "daily_cost_micros": None,
+            "cost_remaining_micros": None,
         }
 
         refused = [await live.client.post(turn, json={"message": "one more?"})]

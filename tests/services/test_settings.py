@@ -10,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from api.app import create_app
+from services.core.records import Usage
 from services.core.settings import Settings
+from services.limits.cost import PriceTable
 from services.store.firebase.connection import _database_url
 
 
@@ -51,6 +53,49 @@ def test_defaults_need_nothing() -> None:
 def test_bad_configuration_names_the_setting(values: dict[str, Any], names: str) -> None:
     with pytest.raises(ValidationError, match=names):
         settings(**values)
+
+
+@pytest.mark.parametrize(
+    "prices",
+    [
+        '{"gpt-4o": {"input": -1, "output": 10}}',  # negative
+        '{"gpt-4o": {"input": 2.5}}',  # no output price
+        '{"gpt-4o": {"input": 2.5, "output": 10, "per": "token"}}',  # an unknown field
+        '{"gpt-4o": {"input": "cheap", "output": 10}}',
+        '{"gpt-4o": {"input": 2500000, "output": 10}}',  # per token, not per million
+        '{" ": {"input": 1, "output": 1}}',  # no model name
+        '["gpt-4o"]',
+    ],
+)
+def test_a_bad_price_table_fails_at_start(prices: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_PRICES", prices)
+    with pytest.raises(ValidationError, match="model_prices"):
+        Settings(_env_file=None)
+    provider = {"name": "local", "base_url": "http://127.0.0.1:1/v1"}
+    monkeypatch.delenv("MODEL_PRICES")
+    monkeypatch.setenv("LLM_PROVIDERS", json.dumps([{**provider, "prices": json.loads(prices)}]))
+    with pytest.raises(ValidationError, match="llm_providers"):
+        Settings(_env_file=None)
+
+
+def test_model_prices_add_to_the_list_prices_and_a_provider_names_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODEL_PRICES", '{"gpt-4o": {"input": 1, "output": 2}, "mine": '
+                       '{"input": 0.5, "cached_input": 0.25, "output": 1}}')  # fmt: skip
+    own = {"gpt-4o": {"input": 10, "output": 20}}
+    local = {"name": "local", "base_url": "http://127.0.0.1:1/v1", "prices": own}
+    monkeypatch.setenv("LLM_PROVIDERS", json.dumps([local]))
+    table = PriceTable.of(Settings(_env_file=None))
+    spent = Usage(1000, 100, 1100, 400)  # 400 of the prompt tokens read from a cache
+    assert table.cost_micros(("default", "gpt-4o"), spent) == 1000 * 1 + 100 * 2
+    assert table.cost_micros(("local", "gpt-4o"), spent) == 1000 * 10 + 100 * 20
+    assert table.cost_micros(("local", "mine"), spent) == 300 + 100 + 100
+    # A list price stays: gpt-4o-mini at 0.15 / 0.075 / 0.60, rounded half up per call.
+    assert table.cost_micros(("default", "gpt-4o-mini"), spent) == 90 + 30 + 60
+    assert table.cost_micros(("default", "gpt-4o-mini"), Usage(1, 1, 2)) == 1  # 0.75
+    assert table.cost_micros(("default", "gpt-4o-mini"), Usage(3, 0, 3)) == 0  # 0.45
+    assert table.cost_micros(("default", "unknown-model"), spent) is None
 
 
 def test_lists_come_comma_separated() -> None:

@@ -210,6 +210,7 @@ class _Turn:
             sum(p.usage.prompt_tokens for p in self.parts),
             sum(p.usage.completion_tokens for p in self.parts),
             sum(p.usage.total_tokens for p in self.parts),
+            sum(p.usage.cached_tokens for p in self.parts),
         )
         return Completion(
             content=ROUND_SEPARATOR.join(p.content for p in self.parts if p.content),

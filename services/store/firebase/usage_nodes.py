@@ -1,6 +1,7 @@
 """Where the Firebase store keeps usage counts, and the increments that add to them:
 
-    /userSessions/{sid}/usage_totals         {prompt_tokens, completion_tokens, turns, calls}
+    /userSessions/{sid}/usage_totals         {prompt_tokens, completion_tokens, turns, calls,
+                                              cost_micros, calls_cost_micros, unpriced}
     /userSessions/{sid}/usage_by_model/{t}   the same, for one route target
     /userUsage/{user}/{YYYY-MM-DD}           the same as usage_totals, per user and UTC day
     /userUsageByModel/{user}/{day}/{t}       the same, for one route target
@@ -19,9 +20,10 @@ from typing import Any
 
 from services.core.provider_config import Target, target_key, target_of_key
 from services.core.records import DayUsage, ModelUsage, Usage, UsageTotals, by_target, utc_day
+from services.core.usage_counts import COUNTS, counts_of
 from services.store.firebase.rtdb_keys import decode_key, encode_key
 
-FIELDS = ("prompt_tokens", "completion_tokens", "turns", "calls")
+FIELDS = COUNTS  # nodes counted before the cost counters read 0 for them
 SESSION_SHARES = "usage_by_model"  # under /userSessions/{sid}
 DAY_SHARES = "userUsageByModel"
 
@@ -38,12 +40,7 @@ def usage_updates(
 ) -> dict[str, Any]:
     """Increments of the session's totals and the user's day, and of ``target``'s share of
     both (zeros left out)."""
-    counts = {
-        "prompt_tokens": usage.prompt_tokens if usage else 0,
-        "completion_tokens": usage.completion_tokens if usage else 0,
-        "turns": turns,
-        "calls": calls,
-    }
+    counts = dict(zip(FIELDS, counts_of(usage, turns=turns, calls=calls), strict=True))
     user, day = encode_key(user_id), utc_day(at)
     nodes = [f"userSessions/{session_id}/usage_totals", f"userUsage/{user}/{day}"]
     if target is not None:

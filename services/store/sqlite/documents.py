@@ -128,7 +128,7 @@ class SQLiteDocuments(SQLiteConnection):
         """Upsert-add every personality's counters, and their shares by target, in one
         transaction."""
         rows = [
-            (key, d.sessions, d.turns, d.reply_tokens, d.failed_turns, d.last_used)
+            (key, d.sessions, d.turns, d.reply_tokens, d.failed_turns, d.last_used, d.cost_micros)
             for key, d in deltas.items()
         ]
         shares = [
@@ -140,11 +140,13 @@ class SQLiteDocuments(SQLiteConnection):
         def add(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 conn.executemany(
-                    "INSERT INTO template_stats VALUES (?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO template_stats (template_id, sessions, turns, reply_tokens, "
+                    "failed_turns, last_used, cost_micros) VALUES (?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (template_id) DO UPDATE SET "
                     "sessions = sessions + excluded.sessions, turns = turns + excluded.turns, "
                     "reply_tokens = reply_tokens + excluded.reply_tokens, "
                     "failed_turns = failed_turns + excluded.failed_turns, "
+                    "cost_micros = cost_micros + excluded.cost_micros, "
                     "last_used = nullif(max(coalesce(last_used, ''), "
                     "coalesce(excluded.last_used, '')), '')",
                     rows,

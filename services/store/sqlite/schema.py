@@ -109,6 +109,8 @@ _ADDED_COLUMNS = {
         "tools": "TEXT",
     },
     "messages": {"provider": "TEXT", "model": "TEXT", "tools": "TEXT"},
+    "template_stats": {"cost_micros": "INTEGER NOT NULL DEFAULT 0"},  # older rows: 0
+    **usage_rows.ADDED_COLUMNS,
 }
 # Created after the added columns exist (an older file gains them first).
 _ADDED_INDEXES = (

@@ -22,6 +22,7 @@ from services.core.records import (
     by_target,
     utc_day,
 )
+from services.core.usage_counts import COUNTS, counts_of
 
 # Added to ``sessions`` (for new and older files alike, by the store's add-column migration).
 USAGE_COLUMNS = {
@@ -29,6 +30,9 @@ USAGE_COLUMNS = {
     "usage_completion_tokens": "INTEGER NOT NULL DEFAULT 0",
     "usage_turns": "INTEGER NOT NULL DEFAULT 0",
     "usage_calls": "INTEGER NOT NULL DEFAULT 0",
+    "usage_cost_micros": "INTEGER NOT NULL DEFAULT 0",
+    "usage_calls_cost_micros": "INTEGER NOT NULL DEFAULT 0",
+    "usage_priced": "INTEGER NOT NULL DEFAULT 0",
 }
 SELECT_TOTALS = ", ".join(USAGE_COLUMNS)
 USAGE_SCHEMA = """
@@ -63,7 +67,13 @@ CREATE TABLE IF NOT EXISTS usage_daily_by_model (
     PRIMARY KEY (user_id, day, provider, model)
 ) WITHOUT ROWID;
 """
-_COUNTS = ("prompt_tokens", "completion_tokens", "turns", "calls")
+# The cost counters, added to the tables above (for new and older files alike); rows counted
+# before them read 0, as the sessions' columns do: none of their turns and calls ``priced``.
+_COST_COLUMNS = dict.fromkeys(COUNTS[4:], "INTEGER NOT NULL DEFAULT 0")
+ADDED_COLUMNS = dict.fromkeys(
+    ("usage_daily", "session_usage_by_model", "usage_daily_by_model"), _COST_COLUMNS
+)
+_COUNTS = COUNTS
 
 
 def _add_to(table: str, keys: tuple[str, ...]) -> str:
@@ -76,6 +86,12 @@ def _add_to(table: str, keys: tuple[str, ...]) -> str:
     )
 
 
+_ADD_SESSION = (
+    "UPDATE sessions SET "
+    + ", ".join(f"{column} = {column} + ?" for column in USAGE_COLUMNS)
+    + " WHERE session_id = ?"
+)
+_ADD_DAY = _add_to("usage_daily", ("user_id", "day"))
 _ADD_SESSION_SHARE = _add_to("session_usage_by_model", ("session_id", "provider", "model"))
 _ADD_DAY_SHARE = _add_to("usage_daily_by_model", ("user_id", "day", "provider", "model"))
 
@@ -93,24 +109,10 @@ def add(
 ) -> None:
     """Add to the session's totals and the user's day, and to ``target``'s share of both,
     inside the caller's transaction."""
-    prompt = usage.prompt_tokens if usage else 0
-    completion = usage.completion_tokens if usage else 0
-    counts = (prompt, completion, turns, calls)
-    updated = conn.execute(
-        "UPDATE sessions SET usage_prompt_tokens = usage_prompt_tokens + ?, "
-        "usage_completion_tokens = usage_completion_tokens + ?, "
-        "usage_turns = usage_turns + ?, usage_calls = usage_calls + ? WHERE session_id = ?",
-        (*counts, session_id),
-    )
+    counts = counts_of(usage, turns=turns, calls=calls)
+    updated = conn.execute(_ADD_SESSION, (*counts, session_id))
     day = utc_day(at)
-    conn.execute(
-        "INSERT INTO usage_daily VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (user_id, day) DO UPDATE SET "
-        "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-        "completion_tokens = completion_tokens + excluded.completion_tokens, "
-        "turns = turns + excluded.turns, calls = calls + excluded.calls",
-        (user_id, day, *counts),
-    )
+    conn.execute(_ADD_DAY, (user_id, day, *counts))
     if target is None:
         return
     if updated.rowcount:  # never a share row for an erased session (a late background call)
@@ -131,7 +133,7 @@ def load(
 ) -> list[DayUsage]:
     """The user's days in the range, oldest first; with ``by_model``, each target's share."""
     rows = conn.execute(
-        "SELECT day, prompt_tokens, completion_tokens, turns, calls FROM usage_daily "
+        f"SELECT day, {', '.join(_COUNTS)} FROM usage_daily "
         "WHERE user_id = ? AND day >= ? AND day <= ? ORDER BY day",
         (user_id, since_day, until_day),
     ).fetchall()
