@@ -16,11 +16,13 @@ NODE_DIR = Path(__file__).parent / "node"
 
 
 def node_script() -> Path:
-    """The Node script, with the ``ai`` package installed beside it (``npm ci`` once)."""
+    """The Node script, with the packages of ``package.json`` installed beside it (``npm ci``
+    once, and again when one is missing)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not (node and npm):
         unavailable("Node.js 18+ and npm are missing; `apt-get install nodejs npm` (.ci/run does)")
-    if not (NODE_DIR / "node_modules" / "ai").exists():
+    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    if not all((NODE_DIR / "node_modules" / name).exists() for name in wanted):
         subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR, check=True)
     return NODE_DIR / "ui_chat.mjs"
 
