@@ -175,7 +175,10 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         tools=tools,
         observer=meters,
         relay=relay,
+        stops=bus if isinstance(bus, RedisBus) else None,
     )
+    if isinstance(bus, RedisBus):
+        bus.on_stop(turns.stop_here)
     stack.push_async_callback(turns.drain)
     meters.watch(
         sessions_cached=cache.__len__,

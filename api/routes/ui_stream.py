@@ -312,6 +312,7 @@ def ui_parts(turn: Turn, event: TurnEvent) -> list[dict[str, Any]]:
             "message_count": result.message_count,
             "replayed": result.replayed,
             "seq": result.assistant_message.seq if result.assistant_message else None,
+            "finish_reason": result.finish_reason,
         }
         return [
             {"type": "text-end", "id": _TEXT_ID},
