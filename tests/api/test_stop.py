@@ -189,6 +189,9 @@ async def test_the_ai_sdk_stream_finishes_a_stopped_turn(
     assert done["reply"] == "Ahoy " and done["metadata"]["finish_reason"] == "stopped"
     history = await live.history(session_id)
     assert history[-1]["content"] == "Ahoy " and history[-1]["finish_reason"] == "stopped"
+    reloaded = (await live.client.get(f"{API}/chat/{session_id}/messages")).json()["messages"]
+    assert reloaded[-1]["metadata"]["finish_reason"] == "stopped"
+    assert reloaded[0]["metadata"]["finish_reason"] is None
 
 
 async def test_a_stop_sent_to_another_replica_stops_the_turn(
