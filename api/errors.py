@@ -38,7 +38,8 @@ DOCS = {
     404: "Not found: `session_not_found` (also another user's session) or `template_not_found` "
     "(also a personality version)",
     409: "`session_ended` (ended or expired), `active_session_limit` when creating a session, "
-    "`template_exists` when creating a personality, `default_template` when deleting the default",
+    "`template_exists` when creating a personality, `default_template` when deleting the "
+    "default, `no_turn_in_flight` when stopping a session that runs no turn",
     412: "`precondition_failed`: `If-Match` names a version that is no longer current",
     413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES",
     422: "`validation_error` (detail lists the errors), `idempotency_conflict`, or "

@@ -52,6 +52,13 @@ class ClientMessageFrame(BaseModel):
     client_message_id: str | None = Field(None, min_length=1, max_length=64)
 
 
+class ClientStopFrame(BaseModel):
+    """WebSocket, client to server: stop the session's turn in flight (its `ai_response` then
+    says `finish_reason: "stopped"`; an `error` `no_turn_in_flight` when none runs)."""
+
+    type: Literal["stop"]
+
+
 class ChatHistoryFrame(BaseModel):
     """Once on connect: the last 50 messages."""
 
@@ -140,7 +147,10 @@ SSE_EVENTS: dict[str, type[BaseModel]] = {
     "done": MessageResponse,
     "error": ErrorInfo,
 }
-WS_CLIENT_FRAMES: dict[str, type[BaseModel]] = {"user_message": ClientMessageFrame}
+WS_CLIENT_FRAMES: dict[str, type[BaseModel]] = {
+    "user_message": ClientMessageFrame,
+    "stop": ClientStopFrame,
+}
 WS_SERVER_FRAMES: dict[str, type[BaseModel]] = {
     "chat_history": ChatHistoryFrame,
     "ai_response_delta": DeltaFrame,

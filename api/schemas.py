@@ -182,6 +182,12 @@ class MessageBody(BaseModel):
         description="Replies: images the image tool made, to show with the text (URLs or "
         "`data:` URLs)",
     )
+    finish_reason: Literal["stopped"] | None = Field(
+        None,
+        description="Replies: `stopped` when a stop cut it short (the text is what came "
+        "before); null for a reply that ran to its end, and for every message stored before "
+        "this field",
+    )
 
     @classmethod
     def of(cls, message: StoredMessage) -> MessageBody:
@@ -196,6 +202,7 @@ class MessageBody(BaseModel):
             model=message.model,
             tools=[ToolUseBody.of_use(use) for use in message.tools] or None,
             images=[url for use in message.tools for url in use.images] or None,
+            finish_reason="stopped" if message.finish_reason == "stopped" else None,
         )
 
 
@@ -208,6 +215,11 @@ class MessageResponse(BaseModel):
     usage: UsageBody | None
     user_message: MessageBody = Field(description="The stored user message (seq, timestamp)")
     assistant_message: MessageBody = Field(description="The stored reply (seq, timestamp)")
+    finish_reason: Literal["stop", "stopped"] = Field(
+        "stop",
+        description="`stopped` when a stop cut the reply short (`response` is what came "
+        "before it), else `stop`",
+    )
 
     @classmethod
     def of(cls, result: TurnResult) -> MessageResponse:
@@ -221,7 +233,17 @@ class MessageResponse(BaseModel):
             usage=UsageBody.of(result.usage),
             user_message=MessageBody.of(result.user_message),
             assistant_message=MessageBody.of(result.assistant_message),
+            finish_reason="stopped" if result.finish_reason == "stopped" else "stop",
         )
+
+
+class StopResponse(BaseModel):
+    session_id: str
+    stopping: Literal[True] = Field(
+        True,
+        description="The turn in flight is being stopped: its own response (JSON, stream, "
+        'socket) ends with `finish_reason: "stopped"` once the text so far is stored',
+    )
 
 
 class SessionSummary(BaseModel):

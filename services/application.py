@@ -178,7 +178,10 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         observer=meters,
         relay=relay,
         prices=prices,
+        stops=bus if isinstance(bus, RedisBus) else None,
     )
+    if isinstance(bus, RedisBus):
+        bus.on_stop(turns.stop_here)
     stack.push_async_callback(turns.drain)
     meters.watch(
         sessions_cached=cache.__len__,

@@ -4,7 +4,7 @@ It speaks real HTTP/1.1 (keep-alive, Content-Length requests, SSE responses), so
 own OpenAI client talks to it exactly as to api.openai.com. Behaviour is scripted per request:
 tests push ``Reply`` objects that say what the next request gets (an error status, a hang, a
 dropped connection, a 429 with ``Retry-After``, chunked streaming, a stream line that is not
-JSON); with nothing scripted it
+JSON, a reply held part-way until the client hangs up: ``Hold``); with nothing scripted it
 answers ``Echo: <last user message>`` after ``latency`` seconds.
 
 Tools: when a request offers ``tools`` and the user's message says
@@ -28,7 +28,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.conversation import memory
@@ -46,6 +46,25 @@ _REASONS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
+
+
+@dataclass
+class Hold:
+    """Send this many chunks (none for a reply that is not streamed), then wait for the client
+    to close the connection, as a stopped turn does: ``closed`` is set then, and ``closed_at``
+    says when (``time.monotonic()``, the same clock on every thread)."""
+
+    after_chunks: int = 0
+    closed: threading.Event = field(default_factory=threading.Event)
+    closed_at: float | None = None
+
+    async def until_closed(self, reader: asyncio.StreamReader) -> None:
+        """Read until the client hangs up."""
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        self.closed_at = time.monotonic()
+        self.closed.set()
 
 
 @dataclass
@@ -73,6 +92,7 @@ class Reply:
     # Tool calls to answer with: ``{"name": <function>, "arguments": <dict or JSON text>}``;
     # with ``content``, that text comes with them (streamed before the calls).
     tool_calls: list[dict[str, Any]] | None = None
+    hold: Hold | None = None  # stop part-way and wait for the client to close the connection
 
 
 @dataclass
@@ -271,6 +291,9 @@ class MockLLM:
             return False
         if reply.drop:
             return False
+        if reply.hold is not None and not body.get("stream"):
+            await reply.hold.until_closed(reader)
+            return False
         if reply.status != 200:
             extra = {"retry-after": str(reply.retry_after)} if reply.retry_after is not None else {}
             error = reply.error_body or {
@@ -287,7 +310,7 @@ class MockLLM:
             return True
         content = reply.content if reply.content is not None else self._echo(body)
         if body.get("stream"):
-            return await self._stream(writer, body, reply, content)
+            return await self._stream(reader, writer, body, reply, content)
         result = _completion(body, content, False)
         if reply.usage:
             result["usage"] = self._usage(body, content)
@@ -353,7 +376,12 @@ class MockLLM:
         return usage
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, body: dict[str, Any], reply: Reply, content: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        body: dict[str, Any],
+        reply: Reply,
+        content: str,
     ) -> bool:
         head = (
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -363,6 +391,9 @@ class MockLLM:
         pieces = _split(content, reply.chunks or self.config.chunks)
         for index, piece in enumerate(pieces):
             if reply.fail_after_chunks is not None and index >= reply.fail_after_chunks:
+                return False
+            if reply.hold is not None and index == reply.hold.after_chunks:
+                await reply.hold.until_closed(reader)
                 return False
             if index == reply.pause_after_chunks and reply.resume is not None:
                 await asyncio.to_thread(reply.resume.wait, 30)

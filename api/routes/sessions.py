@@ -1,4 +1,4 @@
-"""Session routes: create, one turn, read, history, rename, end."""
+"""Session routes: create, one turn, stop it, read, history, rename, end."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from api.schemas import (
     SessionStats,
     SessionSummary,
     SessionUsage,
+    StopResponse,
     invalid,
 )
 from services.application import Services
@@ -107,6 +108,20 @@ async def answer_message(
         result = dataclasses.replace(result, replayed=True)
     # Serialised by pydantic-core directly: FastAPI would validate the model a second time.
     return MessageResponse.of(result).model_dump_json().encode()
+
+
+@router.post(
+    "/session/{session_id}/stop",
+    response_model=StopResponse,
+    responses=documented(401, 404, 409, 503),
+)
+async def stop_turn(session: ValidSessionDep, services: ServicesDep) -> StopResponse:
+    """Stop the session's turn in flight, on whichever replica runs it: the model request is
+    closed and the text so far is stored as the reply (`finish_reason: "stopped"`). 409
+    `no_turn_in_flight` when none runs; a second stop while the turn is still being stored
+    answers 200 again and changes nothing."""
+    await services.turns.stop(session.session_id)
+    return StopResponse(session_id=session.session_id)
 
 
 @router.get(

@@ -116,6 +116,9 @@ class UIMessageMetadata(BaseModel):
     session_id: str
     seq: int = Field(description="Position in the session, from 0")
     timestamp: str
+    finish_reason: Literal["stopped"] | None = Field(
+        None, description="Replies: `stopped` when a stop cut it short; else null"
+    )
 
 
 class UIStoredMessage(BaseModel):
@@ -238,7 +241,10 @@ def ui_message(
         else:
             parts.append(UIToolOutputPart(**call, output=_tool_output(use)))
     metadata = UIMessageMetadata(
-        session_id=session_id, seq=message.seq, timestamp=message.timestamp
+        session_id=session_id,
+        seq=message.seq,
+        timestamp=message.timestamp,
+        finish_reason="stopped" if message.finish_reason == "stopped" else None,
     )
     return UIStoredMessage(id=message_id, role=message.role, metadata=metadata, parts=parts)
 
@@ -312,6 +318,7 @@ def ui_parts(turn: Turn, event: TurnEvent) -> list[dict[str, Any]]:
             "message_count": result.message_count,
             "replayed": result.replayed,
             "seq": result.assistant_message.seq if result.assistant_message else None,
+            "finish_reason": result.finish_reason,
         }
         return [
             {"type": "text-end", "id": _TEXT_ID},

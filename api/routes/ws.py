@@ -9,11 +9,11 @@ import logging
 import math
 import re
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 from starlette.types import Message
 
 from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath
@@ -62,6 +62,16 @@ class UserMessageFrame(BaseModel):
         return value
 
 
+class StopFrame(BaseModel):
+    """Stop the session's turn in flight (whichever connection or transport sent it)."""
+
+    type: Literal["stop"]
+
+
+Frame = Annotated[UserMessageFrame | StopFrame, Field(discriminator="type")]
+_FRAME: TypeAdapter[UserMessageFrame | StopFrame] = TypeAdapter(Frame)
+
+
 @router.websocket("/session/{session_id}/ws")
 async def session_socket(
     websocket: WebSocket,
@@ -70,7 +80,9 @@ async def session_socket(
     caller: CallerOrErrorDep,
 ) -> None:
     """`chat_history` on connect; then for each `user_message`: `ai_response_delta`…,
-    `ai_response`, `backend_status`. Turns sent by other connections to the session arrive
+    `ai_response`, `backend_status`. A `stop` frame stops the session's turn in flight (its
+    `ai_response` says `finish_reason: "stopped"`; an `error` `no_turn_in_flight` when none
+    runs). Turns sent by other connections to the session arrive
     live too (`turn_started`, then the same frames), as do `session_title` and
     `session_ended` (then close 4409). Authenticate like HTTP, or with a `token` query parameter
     (browsers cannot set WebSocket headers). Recoverable errors arrive as `error` events; the
@@ -101,12 +113,7 @@ async def session_socket(
             )
             relay = asyncio.create_task(_relay(websocket, subscription, origin))
             try:
-                while True:
-                    frame = await _next_frame(websocket, services.settings)
-                    if frame is not None and not await _turn(
-                        websocket, services, record, frame, origin
-                    ):
-                        return
+                await _serve_frames(websocket, services, record, origin)
             finally:
                 relay.cancel()
                 with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
@@ -115,6 +122,48 @@ async def session_socket(
         return
     finally:
         slot.release()
+
+
+async def _serve_frames(
+    websocket: WebSocket, services: ServicesDep, record: SessionRecord, origin: str
+) -> None:
+    """Frames in order, one turn at a time; while a turn streams, the next frame is read
+    already, so a ``stop`` acts at once (a next ``user_message`` waits for the turn's end)."""
+    reading: asyncio.Task[UserMessageFrame | StopFrame | None] | None = None
+    forwarding: asyncio.Task[bool] | None = None
+    try:
+        while True:
+            if reading is None:
+                reading = asyncio.create_task(_next_frame(websocket, services.settings))
+            waiting = {reading} if forwarding is None else {reading, forwarding}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if forwarding is not None and forwarding.done():
+                if not forwarding.result():
+                    return
+                forwarding = None
+            if not reading.done():
+                continue
+            frame, reading = reading.result(), None
+            if isinstance(frame, StopFrame):
+                await _stop(websocket, services, record)
+            elif frame is not None:
+                if forwarding is not None and not await forwarding:
+                    return
+                forwarding = await _turn(websocket, services, record, frame, origin)
+    finally:
+        for task in (reading, forwarding):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                    await task
+
+
+async def _stop(websocket: WebSocket, services: ServicesDep, record: SessionRecord) -> None:
+    """A ``stop`` frame: the turn's own frames say it stopped; only a refusal is answered."""
+    try:
+        await services.turns.stop(record.session_id)
+    except ChatifyError as error:
+        await _send_error(websocket, error.code, error.message)
 
 
 async def _relay(websocket: WebSocket, subscription: Subscription, origin: str) -> None:
@@ -176,7 +225,9 @@ def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
     return urlsplit(origin).netloc == websocket.headers.get("host")
 
 
-async def _next_frame(websocket: WebSocket, settings: Settings) -> UserMessageFrame | None:
+async def _next_frame(
+    websocket: WebSocket, settings: Settings
+) -> UserMessageFrame | StopFrame | None:
     """The next valid frame; a bad one is answered with an ``error`` event and None. A frame
     over WS_MAX_FRAME_BYTES closes the socket with 1009 (uvicorn does so itself when it serves
     with ``ws_max_size``, as ``python -m api`` does; other servers may not)."""
@@ -187,11 +238,13 @@ async def _next_frame(websocket: WebSocket, settings: Settings) -> UserMessageFr
         await websocket.close(code=MESSAGE_TOO_BIG, reason="message too big")
         raise WebSocketDisconnect(MESSAGE_TOO_BIG)
     try:
-        frame = UserMessageFrame.model_validate(json.loads(message.get("text") or "null"))
+        frame = _FRAME.validate_python(json.loads(message.get("text") or "null"))
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         code, detail = _frame_problem(exc)
         await _send_error(websocket, code, detail)
         return None
+    if isinstance(frame, StopFrame):
+        return frame
     problem = message_problem(frame.message.strip(), settings.max_message_chars)
     if problem is not None:
         await _send_error(websocket, "validation_error", problem["msg"])
@@ -211,9 +264,11 @@ def _frame_problem(exc: Exception) -> tuple[str, str]:
     if not isinstance(exc, ValidationError):
         return "bad_frame", 'Frames are JSON text: {"type": "user_message", "message": "..."}'
     first = exc.errors()[0]
-    if (first["loc"] and first["loc"][0] == "type") or first["type"] == "model_type":
-        return "bad_frame", 'Unknown frame; send {"type": "user_message", "message": "..."}'
-    where = ".".join(str(part) for part in first["loc"])
+    loc = first["loc"][1:]  # past the frame's type, which picked the model
+    if not first["loc"] or (loc and loc[0] == "type") or first["type"] == "model_type":
+        frames = '{"type": "user_message", "message": "..."} or {"type": "stop"}'
+        return "bad_frame", f"Unknown frame; send {frames}"
+    where = ".".join(str(part) for part in loc)
     return "validation_error", f"{where}: {first['msg']}"
 
 
@@ -223,8 +278,9 @@ async def _turn(
     record: SessionRecord,
     frame: UserMessageFrame,
     origin: str,
-) -> bool:
-    """Run one turn over the socket; False when the socket was closed."""
+) -> asyncio.Task[bool] | None:
+    """Start one turn over the socket: the task forwarding its frames (False once the socket
+    was closed), or None when it was refused (the client was told)."""
     try:
         admitted = await services.admission.admit(
             record.user_id,  # the socket holds its stream slot; its session was checked
@@ -241,8 +297,8 @@ async def _turn(
     except ChatifyError as error:
         answers = {"client_message_id": frame.client_message_id}
         await _send_error(websocket, error.code, error.message, **answers, **retry_of(error))
-        return True
-    return await _forward(websocket, turn)
+        return None
+    return asyncio.create_task(_forward(websocket, turn))
 
 
 async def _forward(websocket: WebSocket, turn: Turn) -> bool:

@@ -99,8 +99,9 @@ async function send(text) {
       showImages(reply, data.assistant_message.images || []);
       const total = Math.round(performance.now() - started);
       const ttft = first ? Math.round(first - started) : total;
-      status("turn " + data.message_count + " · first text after " + ttft + " ms · done in " +
-        total + " ms · " + (data.usage ? data.usage.total_tokens + " tokens" : ""));
+      const stopped = data.finish_reason === "stopped" ? "stopped · " : "";
+      status(stopped + "turn " + data.message_count + " · first text after " + ttft +
+        " ms · done in " + total + " ms · " + (data.usage ? data.usage.total_tokens + " tokens" : ""));
     } else if (event.event === "error") {
       throw new Error(data.code + ": " + data.message);
     }
@@ -109,13 +110,20 @@ async function send(text) {
 
 $("new").addEventListener("click", () => newChat().catch((e) => status(e.message, true)));
 $("end").addEventListener("click", () => endChat().catch((e) => status(e.message, true)));
+// The server stops the turn and stores the text so far; the stream then ends with its `done`.
+$("stop").addEventListener("click", () =>
+  api("POST", "/session/" + sessionId + "/stop").catch((e) => status(e.message, true)));
 $("form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("text").value.trim();
   if (!text || !sessionId) return;
   $("text").value = "";
   $("send").disabled = true;
+  $("stop").disabled = false;
   status("");
-  send(text).catch((err) => status(err.message, true)).finally(() => { $("send").disabled = false; });
+  send(text).catch((err) => status(err.message, true)).finally(() => {
+    $("send").disabled = false;
+    $("stop").disabled = true;
+  });
 });
 loadPersonalities().catch((e) => status(e.message, true));

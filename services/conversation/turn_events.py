@@ -59,6 +59,15 @@ class Turn:
         self.relayed = False  # its events are those of the same turn running on another replica
         self.replayed = False  # its events replay a stored turn: no news for other sockets
         self.taps: list[Callable[[TurnEvent], None]] = []  # told of each event (a TurnRelay)
+        self.stopped = False  # a stop was asked: the reply is what came before it
+        self.asking: asyncio.Task[Any] | None = None  # its model call, while it runs
+
+    def stop(self) -> None:
+        """Stop the reply being written: its model call is cancelled (which closes the
+        upstream request); a turn that has not asked the model yet stops as soon as it does."""
+        self.stopped = True
+        if self.asking is not None:
+            self.asking.cancel()
 
     def emit(self, kind: EventKind, **fields: object) -> None:
         """Append an event and wake every follower."""

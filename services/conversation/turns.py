@@ -24,9 +24,16 @@ from services.conversation.memory import Memory
 from services.conversation.prompt import PromptCounter, build_prompt, history_window, smaller_window
 from services.conversation.registry import ActiveSession, ActiveSessions
 from services.conversation.replay import conflict, replay, turn_result
+from services.conversation.stopping import STOPPED, StopRelay, partial_completion, unless_stopped
 from services.conversation.titles import Titles
 from services.conversation.turn_events import Broadcast, HeldDeltas, Turn, TurnRelay
-from services.core.errors import ChatifyError, ContextTooLong, SessionEnded, ToolResultsTooLong
+from services.core.errors import (
+    ChatifyError,
+    ContextTooLong,
+    NoTurnInFlight,
+    SessionEnded,
+    ToolResultsTooLong,
+)
 from services.core.metrics import TurnObserver
 from services.core.records import (
     Clock,
@@ -71,9 +78,11 @@ class TurnPipeline:
         observer: TurnObserver | None = None,
         relay: TurnRelay | None = None,
         prices: PriceTable | None = None,
+        stops: StopRelay | None = None,
     ) -> None:
         self._relay = relay
         self._prices = prices
+        self._stops = stops
         self._usage = usage
         self._tools = tools
         self._observer = observer
@@ -91,6 +100,7 @@ class TurnPipeline:
         self._in_flight: dict[tuple[str, str], Turn] = {}  # by (session_id, client_message_id)
         self._tasks: dict[asyncio.Task[TurnResult], str] = {}  # running turns: their session
         self._latest: dict[str, Turn] = {}  # the last turn submitted per session, while it runs
+        self._asking: dict[str, Turn] = {}  # the turn whose reply is being written, per session
 
     @property
     def in_flight_count(self) -> int:
@@ -104,6 +114,25 @@ class TurnPipeline:
     def in_flight(self, session_id: str, client_message_id: str) -> Turn | None:
         """The running turn started with this ``client_message_id``, if any."""
         return self._in_flight.get((session_id, client_message_id))
+
+    async def stop(self, session_id: str) -> None:
+        """Stop the session's turn in flight, here or on the replica that runs it;
+        ``NoTurnInFlight`` when none runs."""
+        if self.stop_here(session_id):
+            return
+        if self._stops is not None and await self._stops.request_stop(session_id):
+            return
+        raise NoTurnInFlight(session_id)
+
+    def stop_here(self, session_id: str) -> bool:
+        """Stop the session's turn if this process runs it: the one writing its reply, else
+        the one submitted last (it stops once it asks the model). A turn relayed from
+        another replica is stopped there."""
+        turn = self._asking.get(session_id) or self._latest.get(session_id)
+        if turn is None or turn.relayed:
+            return False
+        turn.stop()
+        return True
 
     async def check_session(self, session_id: str) -> SessionRecord:
         """The active session (``SessionNotFound``/``SessionEnded`` now, before a stream)."""
@@ -262,6 +291,7 @@ class TurnPipeline:
             client_message_id=turn.client_message_id,
             user_at=user_at,
             reply_at=isoformat(self._clock()),
+            finish_reason=STOPPED if completion.stopped else None,
             usage=usage,
             provider=completion.provider,
             model=completion.model,
@@ -367,6 +397,10 @@ class TurnPipeline:
                 await asyncio.Future()  # the turn is a replay; this task is cancelled
 
         asking = asyncio.create_task(self._ask(prompts, sampling, stream, held, before_tools))
+        turn.asking = asking
+        self._asking[turn.session_id] = turn
+        if turn.stopped:
+            asking.cancel()
         try:
             done, _ = await asyncio.wait({asking, claiming}, return_when=asyncio.FIRST_COMPLETED)
             if claiming in done:
@@ -374,13 +408,18 @@ class TurnPipeline:
                 if isinstance(early, StoredTurn):
                     return early
                 held.release()
-            completion = await asking
+            completion = await unless_stopped(turn, asking)
             claim = await claiming
             if isinstance(claim, StoredTurn):
                 return claim
             held.release()
+            if completion is None:  # stopped: what its clients were sent is the reply
+                completion = partial_completion(turn, prompts[0](), sampling)
             return completion, claim
         finally:
+            turn.asking = None
+            if self._asking.get(turn.session_id) is turn:
+                del self._asking[turn.session_id]
             if not asking.done():
                 asking.cancel()
                 with contextlib.suppress(BaseException):

@@ -33,6 +33,15 @@ class SessionEnded(ChatifyError):
         super().__init__(f"Session {session_id} is {status}; start a new session")
 
 
+class NoTurnInFlight(ChatifyError):
+    """A stop asked of a session with no turn running (it ended, or none was sent)."""
+
+    code, status = "no_turn_in_flight", 409
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"Session {session_id} has no turn in flight to stop")
+
+
 class TemplateNotFound(ChatifyError):
     code, status = "template_not_found", 404
 

@@ -281,6 +281,7 @@ class StoredMessage:
     provider: str | None = None  # replies: the provider and model that wrote it
     model: str | None = None
     tools: tuple[ToolUse, ...] = ()  # replies: the tools it called first, in order
+    finish_reason: str | None = None  # replies: "stopped" when stopped; None: ran to its end
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +298,7 @@ class NewTurn:
     model: str | None = None  # as the provider named it in its reply
     tools: tuple[ToolUse, ...] = ()
     asked_model: str | None = None  # the model the provider was asked for (the route's)
+    finish_reason: str | None = None  # "stopped": the reply is what came before a stop
 
     @property
     def served_by(self) -> Target | None:
@@ -360,6 +362,12 @@ class TurnResult:
     # The stored messages (seqs, timestamps); None only for previews, which store nothing.
     user_message: StoredMessage | None = None
     assistant_message: StoredMessage | None = None
+
+    @property
+    def finish_reason(self) -> str:
+        """``"stopped"`` for a reply stopped part-way, else ``"stop"`` (it ran to its end)."""
+        stored = self.assistant_message
+        return "stopped" if stored is not None and stored.finish_reason == "stopped" else "stop"
 
 
 @dataclass(frozen=True, slots=True)

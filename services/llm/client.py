@@ -44,6 +44,7 @@ class Completion:
     # The model it was asked for. ``model`` is the name the reply gave (a dated snapshot, a
     # router's pick); usage is counted under this one, which configuration bounds.
     asked_model: str | None = None
+    stopped: bool = False  # cut short by a stop: the text that came before it
 
     @property
     def served_by(self) -> Target:

@@ -6,6 +6,10 @@ channels of the sessions it has sockets on, and hands what other replicas publis
 subscribers. Publishing never waits: events queue for one task that sends them in order, many
 per round trip. While Redis is down, events reach this process's sockets only; the channels are
 subscribed again when it is back. Events published meanwhile are not replayed.
+
+A stop (``request_stop``) goes on the channel every replica listens to, ``{prefix}bus``: the
+replica that runs the session's turn may have no socket on the session, so it may not listen
+to the session's channel. That replica stops the turn and answers on the same channel.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -30,6 +34,7 @@ logger = logging.getLogger(__name__)
 OUTBOX_LIMIT = 10_000  # events waiting to be published; older ones are dropped past it
 READ_SECONDS = 1.0
 LINGER_SECONDS = 0.01  # events gathered per PUBLISH round trip
+STOP_ANSWER_SECONDS = 0.5  # how long a stop waits for the replica running the turn to answer
 
 
 class RedisBus:
@@ -47,6 +52,8 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         link.on_recovery(self._connected.set)
+        self._stop_here: Callable[[str], bool] = lambda session_id: False
+        self._stops_asked: dict[str, asyncio.Event] = {}  # by request id: answered
 
     def start(self) -> None:
         """Start publishing and listening (in the lifespan)."""
@@ -96,6 +103,49 @@ class RedisBus:
     def subscribers(self, session_id: str) -> int:
         """How many listen to a session on this replica."""
         return self._local.subscribers(session_id)
+
+    def on_stop(self, stop_here: Callable[[str], bool]) -> None:
+        """What stops a session's turn in this process (True when it ran one here)."""
+        self._stop_here = stop_here
+
+    async def request_stop(self, session_id: str) -> bool:
+        """Ask the other replicas to stop the session's turn; whether the one running it
+        answered within ``STOP_ANSWER_SECONDS`` (False as well while Redis is down)."""
+        if not self._link.healthy:
+            return False
+        ask = uuid.uuid4().hex
+        answered = self._stops_asked[ask] = asyncio.Event()
+        try:
+            await self._send_control({"stop": session_id, "ask": ask})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_ANSWER_SECONDS):
+                    await answered.wait()
+            return answered.is_set()
+        except RedisDown:
+            return False
+        finally:
+            del self._stops_asked[ask]
+
+    async def _send_control(self, message: dict[str, str]) -> None:
+        """Publish on the channel every replica listens to, at once (not after the linger)."""
+        payload = json.dumps({"o": self._instance, **message})
+        channel = self._link.key("bus")
+        await self._link.call(lambda client: client.publish(channel, payload))
+
+    def _control(self, envelope: dict[str, str]) -> None:
+        """A stop asked by another replica (stopped, and answered, if it runs here), or the
+        answer to one asked here."""
+        if "stopped" in envelope:
+            if (answered := self._stops_asked.get(envelope["stopped"])) is not None:
+                answered.set()
+        elif self._stop_here(envelope["stop"]):
+            task = asyncio.create_task(self._answer_stop(envelope["ask"]))
+            self._changes.add(task)
+            task.add_done_callback(self._changes.discard)
+
+    async def _answer_stop(self, ask: str) -> None:
+        with contextlib.suppress(RedisDown):
+            await self._send_control({"stopped": ask})
 
     def _channel(self, session_id: str) -> str:
         return self._link.key("session", session_id)
@@ -164,6 +214,9 @@ class RedisBus:
         try:
             envelope = json.loads(data)
             if envelope["o"] == self._instance:
+                return
+            if "e" not in envelope:
+                self._control(envelope)
                 return
             event = codec.loads(SessionEvent, envelope["e"])
         except (ValueError, KeyError, TypeError):

@@ -162,6 +162,7 @@ async def test_use_chat_reloads_the_stored_history_and_goes_on(
     assert user["parts"] == [{"type": "text", "text": ask, "state": "done"}]
     assert user["metadata"] == {
         "session_id": session_id, "seq": 0, "timestamp": stored[0]["timestamp"],
+        "finish_reason": None,
     }  # fmt: skip
     text, *tools = reply["parts"]
     assert text == {"type": "text", "text": streamed[0]["reply"], "state": "done"}

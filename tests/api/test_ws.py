@@ -72,6 +72,7 @@ async def test_history_on_connect_then_several_turns(live: Live, llm: MockLLM) -
         "usage": response["usage"],
         "user_message": user,
         "assistant_message": reply,
+        "finish_reason": "stop",
         "client_message_id": "w1",
     }
     assert (user["seq"], user["role"], user["content"], user["client_message_id"]) == (

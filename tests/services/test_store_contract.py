@@ -213,6 +213,19 @@ async def test_a_client_message_id_is_stored_once(store: Store) -> None:
     assert record is not None and record.message_count == 1
 
 
+async def test_a_stopped_reply_keeps_its_finish_reason(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    await append_turn(store, session, make_turn(0))
+    stopped = dataclasses.replace(make_turn(1, "cut"), reply="ans", finish_reason="stopped")
+    written = await append_turn(store, session, stopped)
+    assert written.assistant.finish_reason == "stopped" and written.user.finish_reason is None
+    messages = await store.load_messages(session.session_id, limit=10)
+    assert [m.finish_reason for m in messages] == [None, None, None, "stopped"]
+    found = await store.find_turn(session.session_id, "cut")
+    assert found is not None and found.assistant == written.assistant
+
+
 async def test_concurrent_appends_lose_and_duplicate_nothing(store: Store) -> None:
     session = make_session()
     await store.create_session(session)

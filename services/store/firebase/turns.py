@@ -197,7 +197,7 @@ class FirebaseTurns(FirebaseConnection):
         user = StoredMessage(seq, "user", turn.user_text, turn.user_at, cid)
         reply = StoredMessage(
             seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage, turn.provider,
-            turn.model, turn.tools,
+            turn.model, turn.tools, turn.finish_reason,
         )  # fmt: skip
         try:
             self._ref("/").update(turn_updates(session, user, reply, served_by=turn.served_by))
@@ -307,6 +307,8 @@ def message_doc(m: StoredMessage) -> dict[str, Any]:
         doc["tools"] = [
             {**use.as_dict(), "arguments": json.dumps(use.call.arguments)} for use in m.tools
         ]
+    if m.finish_reason is not None:
+        doc["finish_reason"] = m.finish_reason
     return doc
 
 
@@ -326,6 +328,7 @@ def messages_of(data: Any) -> list[StoredMessage]:
             provider=doc.get("provider"),
             model=doc.get("model"),
             tools=tool_uses(doc.get("tools")),
+            finish_reason=doc.get("finish_reason"),
         )
         for doc in items
         if isinstance(doc, dict)

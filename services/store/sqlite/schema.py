@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS messages (
     provider TEXT,
     model TEXT,
     tools TEXT,
+    finish_reason TEXT,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
@@ -108,7 +109,7 @@ _ADDED_COLUMNS = {
         "fallbacks": "TEXT",
         "tools": "TEXT",
     },
-    "messages": {"provider": "TEXT", "model": "TEXT", "tools": "TEXT"},
+    "messages": {"provider": "TEXT", "model": "TEXT", "tools": "TEXT", "finish_reason": "TEXT"},
     "template_stats": {"cost_micros": "INTEGER NOT NULL DEFAULT 0"},  # older rows: 0
     **usage_rows.ADDED_COLUMNS,
 }
@@ -117,7 +118,9 @@ _ADDED_INDEXES = (
     "CREATE INDEX IF NOT EXISTS sessions_by_user_activity "
     "ON sessions (user_id, last_activity, session_id)",
 )
-MESSAGE_COLUMNS = "seq, role, content, timestamp, client_message_id, usage, provider, model, tools"
+MESSAGE_COLUMNS = (
+    "seq, role, content, timestamp, client_message_id, usage, provider, model, tools, finish_reason"
+)
 MESSAGE_MARKS = ", ".join("?" * (MESSAGE_COLUMNS.count(",") + 2))  # and session_id
 
 
@@ -161,7 +164,7 @@ def message_of(row: sqlite3.Row) -> StoredMessage:
     usage = Usage.from_dict(json.loads(row["usage"])) if row["usage"] else None
     return StoredMessage(
         row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"], usage,
-        row["provider"], row["model"], tool_uses(row["tools"]),
+        row["provider"], row["model"], tool_uses(row["tools"]), row["finish_reason"],
     )  # fmt: skip
 
 
@@ -172,4 +175,5 @@ def message_row(session_id: str, message: StoredMessage) -> tuple[Any, ...]:
     return (
         session_id, message.seq, message.role, message.content, message.timestamp,
         message.client_message_id, usage, message.provider, message.model, tools,
+        message.finish_reason,
     )  # fmt: skip

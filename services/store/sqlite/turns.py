@@ -113,7 +113,7 @@ class SQLiteTurns(SQLiteConnection):
                 )  # fmt: skip
                 reply = StoredMessage(
                     user.seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage,
-                    turn.provider, turn.model, turn.tools,
+                    turn.provider, turn.model, turn.tools, turn.finish_reason,
                 )  # fmt: skip
                 conn.executemany(
                     f"INSERT INTO messages (session_id, {MESSAGE_COLUMNS}) "
