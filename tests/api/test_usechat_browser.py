@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
 
 from testkit.browser import chromium_page
-from testkit.mock_llm import MockLLM, Reply
+from testkit.mock_llm import Hold, MockLLM, Reply
 from testkit.usechat import build_page, page_server
 from tests.api.conftest import API, Live, LiveFactory
 
@@ -49,6 +50,7 @@ async def test_the_docs_example_sends_and_shows_what_is_stored(
             page = browser.page
             await page.goto(f"{origin}/?session={session_id}&key={KEY}")
             await send_and_check(page, llm, live, session_id)
+            await stop_and_check(page, llm, live, session_id)
             assert browser.errors == []
 
 
@@ -60,3 +62,18 @@ async def send_and_check(page: Page, llm: MockLLM, live: Live, session_id: str) 
     await expect(page.locator("p").nth(1)).to_have_text("assistant: Ahoy there, in pieces.")
     assert await shown(page) == await stored(live, session_id)
     assert await shown(page) == ["user: Hello!", "assistant: Ahoy there, in pieces."]
+
+
+async def stop_and_check(page: Page, llm: MockLLM, live: Live, session_id: str) -> None:
+    """Stop pressed while a reply streams: the model's request is closed, and the page keeps
+    the text that came, which is the stored reply."""
+    hold = Hold(after_chunks=2)
+    llm.script(Reply(content="one two three four", chunks=4, hold=hold))  # "one t", "wo th"…
+    await page.fill("input", "Count for me")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("p").nth(3)).to_have_text("assistant: one two th")
+    await page.get_by_role("button", name="Stop").click()
+    assert await asyncio.to_thread(hold.closed.wait, 10), "the upstream request stayed open"
+    await expect(page.get_by_role("button", name="Regenerate")).to_be_enabled()
+    assert await shown(page) == await stored(live, session_id)
+    assert (await shown(page))[2:] == ["user: Count for me", "assistant: one two th"]
