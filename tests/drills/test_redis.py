@@ -6,6 +6,8 @@ SQLite file and one real Redis server.
 - An SSE stream started on A and cut is resumed on B with ``Last-Event-ID``: no delta lost,
   none repeated, the same event ids, and one model call.
 - A WebSocket on B sees a turn sent to A, live.
+- A stop sent to B stops the stream A runs: the model's request closed, the text so far stored
+  once as the reply (a resend replays it), a second stop answered 409.
 - Redis killed mid-load: only documented answers, every acknowledged turn stored once,
   ``/ready`` says ``degraded``, then ``ready`` once Redis is back, with no restart; each
   process logs the outage once and the recovery once.
@@ -27,7 +29,7 @@ import websockets
 
 from bench.harness import Proc, running, start_service
 from testkit.live import read_events
-from testkit.mock_llm import MockLLM, Reply
+from testkit.mock_llm import Hold, MockLLM, Reply
 from testkit.redis_server import RedisServer, require_redis_server
 from tests.drills.test_replicas import Ack, ack_problems
 from tests.drills.test_workers import children
@@ -277,3 +279,41 @@ async def test_redis_killed_mid_load(tmp_path: Path, llm: MockLLM) -> None:
         for log in logs:
             assert log.count("redis unavailable") == 1, log[-2000:]
             assert log.count("redis available again") == 0  # INFO, below the drill's level
+
+
+async def test_a_stop_sent_to_one_replica_stops_the_stream_on_the_other(
+    two: tuple[Proc, Proc], llm: MockLLM
+) -> None:
+    a, b = two
+    hold = Hold(after_chunks=2)
+    llm.script(Reply(content="one two three four", chunks=4, hold=hold))  # "one t", "wo th"…
+    body = {"message": "count", "client_message_id": "stop-1"}
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b.url, timeout=TIMEOUT) as on_b,
+    ):
+        session_id = await new_session(on_a, "stop-user")
+        url = f"{API}/session/{session_id}/message/stream"
+        events = []
+        async with on_a.stream("POST", url, json=body) as response:
+            async for event in read_events(response):
+                events.append(event)
+                if event.event == "delta" and len([e for e in events if e.event == "delta"]) == 2:
+                    stopped = await on_b.post(f"{API}/session/{session_id}/stop")
+                    assert stopped.status_code == 200, stopped.text
+        again = await on_b.post(f"{API}/session/{session_id}/stop")
+        history = (await on_b.get(f"{API}/session/{session_id}/messages")).json()["messages"]
+        resent = await on_b.post(f"{API}/session/{session_id}/message", json=body)
+
+    assert await asyncio.to_thread(hold.closed.wait, 10), "the upstream request stayed open"
+    assert events[-1].event == "done" and events[-1].json()["finish_reason"] == "stopped"
+    partial = "".join(e.json()["content"] for e in events if e.event == "delta")
+    assert partial == "one two th"
+    assert again.status_code == 409 and again.json()["error"]["code"] == "no_turn_in_flight"
+    assert [(m["content"], m["finish_reason"]) for m in history] == [
+        ("count", None),
+        (partial, "stopped"),
+    ]
+    assert resent.status_code == 200 and resent.json()["replayed"] is True
+    assert resent.json()["response"] == partial
+    assert len(llm.chat_requests()) == 1
