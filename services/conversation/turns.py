@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from services.conversation.branches import Branches
 from services.conversation.bus import SessionBus
 from services.conversation.gate import Ticket, TurnGate
 from services.conversation.memory import Memory
@@ -26,7 +27,7 @@ from services.conversation.registry import ActiveSession, ActiveSessions
 from services.conversation.replay import conflict, replay, turn_result
 from services.conversation.stopping import STOPPED, StopRelay, partial_completion, unless_stopped
 from services.conversation.titles import Titles
-from services.conversation.turn_events import Broadcast, HeldDeltas, Turn, TurnRelay
+from services.conversation.turn_events import Broadcast, HeldDeltas, Rewrite, Turn, TurnRelay
 from services.core.errors import (
     ChatifyError,
     ContextTooLong,
@@ -98,6 +99,10 @@ class TurnPipeline:
         self._tasks: dict[asyncio.Task[TurnResult], str] = {}  # running turns: their session
         self._latest: dict[str, Turn] = {}  # the last turn submitted per session, while it runs
         self._asking: dict[str, Turn] = {}  # the turn whose reply is being written, per session
+        self.branches = Branches(
+            store=store, sessions=sessions, gate=gate, clock=clock, stats=stats, tokens=tokens,
+            memory=memory, usage=usage, observer=observer,
+        )  # fmt: skip
 
     @property
     def in_flight_count(self) -> int:
@@ -143,6 +148,7 @@ class TurnPipeline:
         client_message_id: str | None,
         stream: bool,
         origin: str | None = None,
+        rewrite: Rewrite | None = None,
     ) -> tuple[Turn, bool]:
         """Queue a turn, or join the one in flight with this ``client_message_id``.
 
@@ -151,12 +157,12 @@ class TurnPipeline:
         """
         key = (session_id, client_message_id) if client_message_id else None
         if key is not None and (running := self._in_flight.get(key)) is not None:
-            if running.text != text:
+            if running.text != text or running.rewrite != rewrite:
                 raise conflict(client_message_id)
             running.joiners += 1
             return running, True
         ticket = self._gate.reserve(session_id)
-        turn = Turn(session_id, text, client_message_id, origin)
+        turn = Turn(session_id, text, client_message_id, origin, rewrite)
         turn.task = asyncio.create_task(self._run(turn, ticket, stream))
         self._tasks[turn.task] = session_id
         self._latest[session_id] = turn
@@ -205,7 +211,7 @@ class TurnPipeline:
         try:
             async with ticket:
                 cid = turn.client_message_id
-                if cid is not None and self._relay is not None:
+                if cid is not None and self._relay is not None and turn.rewrite is None:
                     relayed = await self._relay.adopt(turn)
                     if relayed is not None:
                         return relayed
@@ -215,6 +221,9 @@ class TurnPipeline:
                     if cid is None:
                         raise
                     return await self._replay_ended(turn, cid)
+                if turn.rewrite is not None:  # a regenerate or an edit (``branches``)
+                    ask = self._ask_while_claiming
+                    return await self.branches.run(turn, active, stream=stream, ask=ask)
                 if cid is not None:
                     # Memory answers "is this id new?"; only a "maybe" (an id stored beyond the
                     # context, or the filter's rare mistake) reads before the model is asked.
