@@ -40,7 +40,6 @@ from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
 from services.application import Services
 from services.conversation.turn_events import Rewrite, Turn, TurnEvent
-from services.core.errors import MessageNotFound
 from services.core.records import StoredMessage, ToolCall, ToolUse
 from services.limits.quotas import StreamSlot
 
@@ -264,14 +263,16 @@ async def _rewrite(
     services: Services, body: UIChatRequest, session_id: str, message_id: str
 ) -> Rewrite | None:
     """What the request asks beside a new turn: a regenerate of the last stored user message
-    (an earlier one: an edit with its text), an edit of the stored message ``message_id``;
-    None for a new message (or a resend of one)."""
+    (an earlier one: an edit with its text), or an edit of the stored message ``message_id``
+    (the body's ``messageId`` names it); None for a new message, a resend of one, or one
+    that was never stored."""
     regenerate = body.trigger == "regenerate-message"
-    if not regenerate and not (body.trigger in (None, "submit-message") and body.messageId):
+    edit = body.trigger in (None, "submit-message") and body.messageId == message_id
+    if not (regenerate or edit):
         return None
     seq = await _seq_of(services, session_id, message_id)
     if seq is None:
-        raise MessageNotFound(f"Session {session_id} has no stored message {message_id!r}")
+        return None  # never stored (its turn failed): answered as a new message
     if regenerate:
         last = await services.sessions.messages(session_id, limit=1)
         if last and last[-1].seq == seq + 1:

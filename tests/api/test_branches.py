@@ -13,7 +13,10 @@ import pytest
 from services.conversation import memory as memory_module
 from testkit.live import read_events
 from testkit.mock_llm import MockLLM, Reply
+from testkit.node_ai import lines_of, run_node
+from tests.api.conftest import LiveFactory
 from tests.api.test_memory import MEMORY_TEMPLATES, is_memory_call
+from tests.api.test_ui_stream import ai_module
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 API = "/api/v1/chatbot"
@@ -276,3 +279,64 @@ async def test_an_edit_into_the_memory_has_it_folded_again_from_what_remains(
         assert (await chat.send(session_id, "foxtrot")).status_code == 200
         prompt = last_prompt(llm)
         assert not any("bravo" in content for _, content in prompt)
+
+
+# The AI SDK's own chat (what @ai-sdk/react's useChat drives): a message, regenerate(), then
+# sendMessage({ text, messageId }) on the first message.
+CONTROLS = """
+import { AbstractChat, DefaultChatTransport } from __AI__;
+class State {
+  constructor(messages) { this.messages = messages; this.status = "ready"; this.error = undefined; }
+  pushMessage(message) { this.messages = [...this.messages, message]; }
+  popMessage() { this.messages = this.messages.slice(0, -1); }
+  replaceMessage(index, message) { this.messages = this.messages.with(index, message); }
+  snapshot(thing) { return structuredClone(thing); }
+}
+const chat = new AbstractChat({
+  id: __SESSION__,
+  state: new State([]),
+  transport: new DefaultChatTransport({ api: `${__BASE__}/api/v1/chatbot/chat` }),
+});
+const text = (m) => m.parts.filter((p) => p.type === "text").map((p) => p.text).join("");
+const shown = () => chat.messages.map((m) => [m.id, m.role, text(m)]);
+await chat.sendMessage({ text: "first" });
+await chat.regenerate();
+console.log(JSON.stringify({ regenerated: shown(), error: chat.error?.message ?? null }));
+await chat.sendMessage({ text: "first, edited", messageId: chat.messages[0].id });
+console.log(JSON.stringify({ edited: shown(), error: chat.error?.message ?? null }));
+"""
+
+
+async def test_use_chat_regenerates_and_edits_and_shows_what_is_stored(
+    live_app: LiveFactory, llm: MockLLM, node_ai: Path, tmp_path: Path
+) -> None:
+    llm.script(Reply(content="Echo: first"), Reply(content="a fresh answer"))
+    async with live_app() as live:
+        session_id = await live.create_session()
+        driver = tmp_path / "controls.mjs"
+        driver.write_text(
+            CONTROLS.replace("__AI__", ai_module(node_ai))
+            .replace("__BASE__", json.dumps(live.url))
+            .replace("__SESSION__", json.dumps(session_id))
+        )
+        regenerated, edited = await lines_of(await run_node(driver))
+        stored = await live.history(session_id)
+        page = await live.client.get(f"{API}/chat/{session_id}/messages")
+        kept = await live.client.get(f"{API}/session/{session_id}/messages/0/variants")
+
+    assert regenerated["error"] is None and edited["error"] is None
+    user_id = regenerated["regenerated"][0][0]
+    assert regenerated["regenerated"] == [
+        [user_id, "user", "first"], [f"{user_id}-reply", "assistant", "a fresh answer"],
+    ]  # fmt: skip
+    assert edited["edited"] == [
+        [user_id, "user", "first, edited"],
+        [f"{user_id}-reply", "assistant", "Echo: first, edited"],
+    ]
+    # What the chat shows is what is stored, ids included.
+    assert contents(stored) == [(0, "first, edited"), (1, "Echo: first, edited")]
+    assert [[m["id"], m["role"], m["parts"][0]["text"]] for m in page.json()["messages"]] == (
+        edited["edited"]
+    )
+    (variant,) = kept.json()["variants"]
+    assert contents(variant["messages"]) == [(0, "first"), (1, "a fresh answer")]
