@@ -4,6 +4,7 @@ the active branch reaches the model and the memory."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ import pytest
 
 from services.conversation import memory as memory_module
 from testkit.live import read_events
-from testkit.mock_llm import MockLLM, Reply
+from testkit.mock_llm import Hold, MockLLM, Reply
 from testkit.node_ai import lines_of, run_node
 from tests.api.conftest import LiveFactory
 from tests.api.test_memory import MEMORY_TEMPLATES, is_memory_call
+from tests.api.test_stop import rest_of, until_delta
 from tests.api.test_ui_stream import ai_module
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
@@ -340,3 +342,34 @@ async def test_use_chat_regenerates_and_edits_and_shows_what_is_stored(
     )
     (variant,) = kept.json()["variants"]
     assert contents(variant["messages"]) == [(0, "first"), (1, "a fresh answer")]
+
+
+async def test_a_regenerate_waits_behind_the_turn_in_flight_then_answers_it_again(
+    live_app: LiveFactory, llm: MockLLM
+) -> None:
+    hold = Hold(after_chunks=1)
+    llm.script(Reply(content="one two", chunks=2, hold=hold), Reply(content="the whole answer"))
+    async with live_app() as live:
+        session_id = await live.create_session()
+        async with live.stream(session_id, "question") as response:
+            events = read_events(response)
+            await until_delta(events)
+            # Queued behind the running turn, as a second message would be.
+            regenerating = asyncio.create_task(
+                live.client.post(f"{API}/session/{session_id}/regenerate")
+            )
+            stopped = await live.client.post(f"{API}/session/{session_id}/stop")
+            assert stopped.status_code == 200, stopped.text
+            done = (await rest_of(events))[-1]
+        regenerated = await regenerating
+        stored = await live.history(session_id)
+        kept = await live.client.get(f"{API}/session/{session_id}/messages/1/variants")
+
+    assert done.event == "done" and done.json()["finish_reason"] == "stopped"
+    assert regenerated.status_code == 200, regenerated.text
+    assert regenerated.json()["response"] == "the whole answer"
+    assert regenerated.json()["finish_reason"] == "stop"
+    assert contents(stored) == [(0, "question"), (1, "the whole answer")]
+    (variant,) = kept.json()["variants"]
+    (old,) = variant["messages"]
+    assert old["finish_reason"] == "stopped" and old["content"] == done.json()["response"]
