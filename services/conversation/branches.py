@@ -25,7 +25,7 @@ from services.conversation.gate import TurnGate
 from services.conversation.memory import Memory
 from services.conversation.prompt import PromptCounter, build_prompt, history_window, smaller_window
 from services.conversation.registry import ActiveSession, ActiveSessions
-from services.conversation.replay import replay_reply, turn_result
+from services.conversation.replay import conflict, replay_reply, turn_result
 from services.conversation.stopping import STOPPED
 from services.conversation.turn_events import Rewrite, Turn
 from services.core.errors import (
@@ -99,6 +99,8 @@ class Branches:
         replayed = _replayable(turn, answered, last=seq + 2 == active.next_seq)
         if replayed is not None:
             return _replay(turn, record, replayed)
+        if not regenerate:
+            await self._check_id(turn, active, seq)
         text = answered[0].content if regenerate else turn.text
         reset = record.summary_seq > seq  # the memory covers what is replaced
         asked = dataclasses.replace(record, summary=None, summary_seq=0) if reset else record
@@ -142,6 +144,16 @@ class Branches:
         result = turn_result(record, stored, replayed=False, completion=completion, seconds=seconds)
         turn.emit("done", result=result)
         return result
+
+    async def _check_id(self, turn: Turn, active: ActiveSession, seq: int) -> None:
+        """An edit's ``client_message_id`` may name the edited message only (a resend, or the
+        AI SDK's id of the message), never another stored turn."""
+        cid = turn.client_message_id
+        if cid is None or not active.seen.may_hold(cid):
+            return
+        other = await self._store.find_turn(active.record.session_id, cid)
+        if other is not None and other.user.seq != seq:
+            raise conflict(cid)
 
     async def variants(self, session_id: str, seq: int) -> list[Variant]:
         """The variants kept at ``seq``."""

@@ -164,6 +164,19 @@ async def test_only_stored_user_messages_are_edited(chat: RunningApp) -> None:
     assert await history(chat, session_id) == [(0, "first"), (1, "Echo: first")]
 
 
+async def test_an_edit_may_not_take_the_id_of_another_turn(chat: RunningApp) -> None:
+    session_id = await chat.create_session()
+    assert (await chat.send(session_id, "first", client_message_id="c-1")).status_code == 200
+    assert (await chat.send(session_id, "second")).status_code == 200
+    response = await chat.client.patch(
+        f"{API}/session/{session_id}/messages/2",
+        json={"message": "changed", "client_message_id": "c-1"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "idempotency_conflict"
+    assert (await history(chat, session_id))[2] == (2, "second")
+
+
 async def stream_events(
     chat: RunningApp, method: str, url: str, body: dict[str, Any]
 ) -> list[tuple[str, Any]]:
