@@ -28,6 +28,7 @@ from services.conversation.registry import ActiveSession, ActiveSessions
 from services.conversation.replay import conflict, replay_reply, turn_result
 from services.conversation.stopping import STOPPED
 from services.conversation.turn_events import Rewrite, Turn
+from services.core.branch_records import NewBranch, Variant
 from services.core.errors import (
     ChatifyError,
     MessageNotFound,
@@ -38,14 +39,12 @@ from services.core.errors import (
 from services.core.metrics import TurnObserver
 from services.core.records import (
     Clock,
-    NewBranch,
     NewTurn,
     SessionRecord,
     StoredMessage,
     StoredTurn,
     TurnClaim,
     TurnResult,
-    Variant,
     isoformat,
 )
 from services.limits.usage import UsageMeter

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from services.core.branch_records import NewBranch, Variant
 from services.core.provider_config import Target
 from services.core.records import (
     CallUsage,
     DayUsage,
-    NewBranch,
     NewTurn,
     SeedReport,
     SessionCursor,
@@ -30,7 +30,6 @@ from services.core.records import (
     TemplateCounts,
     TurnClaim,
     Usage,
-    Variant,
 )
 from services.store.versions import Change, DocRef, DocVersion, DocWrite, Source
 

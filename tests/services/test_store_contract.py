@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from services.core.branch_records import NewBranch
 from services.core.errors import (
     HistoryChanged,
     PreconditionFailed,
@@ -24,7 +25,6 @@ from services.core.records import (
     DayUsage,
     ModelCounts,
     ModelUsage,
-    NewBranch,
     NewTurn,
     Sampling,
     SessionRecord,

@@ -16,13 +16,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from services.core.branch_records import NewBranch, Variant
 from services.core.errors import HistoryChanged
 from services.core.records import (
-    NewBranch,
     SessionRecord,
     StoredMessage,
     StoredTurn,
-    Variant,
     preview_of,
 )
 from services.store.firebase.connection import FirebaseConnection

@@ -10,13 +10,12 @@ import json
 import sqlite3
 from typing import Any
 
+from services.core.branch_records import NewBranch, Variant
 from services.core.errors import HistoryChanged, SessionEnded, SessionNotFound
 from services.core.records import (
-    NewBranch,
     SessionRecord,
     StoredMessage,
     StoredTurn,
-    Variant,
     preview_of,
 )
 from services.store.sqlite import usage_rows
