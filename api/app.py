@@ -21,6 +21,7 @@ from api.middleware import (
 from api.openapi import install_openapi, operation_id
 from api.routes import (
     admin,
+    branches,
     metrics,
     ops,
     personalities,
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.include_router(playground.router)
     app.include_router(studio.router)
     app.include_router(sessions.router, prefix=API_PREFIX)
+    app.include_router(branches.router, prefix=API_PREFIX)
     app.include_router(users.router, prefix=API_PREFIX)
     app.include_router(stream.router, prefix=API_PREFIX)
     app.include_router(ws.router, prefix=API_PREFIX)

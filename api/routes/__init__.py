@@ -1,6 +1,7 @@
 """The routers, one module per resource; ``api.app`` mounts them.
 
 - ``sessions``: create, read, rename, end a session; send a message (JSON); its messages.
+- ``branches``: regenerate a reply, edit a user message, list and select their variants.
 - ``stream``: a message as Server-Sent Events, and resuming it. ``ws``: the WebSocket.
 - ``ui_stream``: the Vercel AI SDK's UI-message stream (``/chat``) and its history.
 - ``users``: a user's sessions, usage, export and erasure (``me`` for the caller).

@@ -38,7 +38,8 @@ from api.deps import (
 from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
-from services.conversation.turn_events import Turn, TurnEvent
+from services.application import Services
+from services.conversation.turn_events import Rewrite, Turn, TurnEvent
 from services.core.records import StoredMessage, ToolCall, ToolUse
 from services.limits.quotas import StreamSlot
 
@@ -157,14 +158,23 @@ async def stream_ui_chat(
     body: UIChatRequest, services: ServicesDep, caller: CallerDep
 ) -> EventSourceResponse:
     """One turn for `useChat`: the last user message of `messages`, streamed back as UI
-    message parts. Resending it (same message id) resumes or replays, never runs it twice."""
+    message parts. Resending it (same message id) resumes or replays, never runs it twice.
+    `trigger: "regenerate-message"` (`regenerate()`) answers that message again, and a
+    `messageId` with `submit-message` (`sendMessage({ text, messageId })`) edits the stored
+    message of that id: both as `.../regenerate` and `PATCH .../messages/{seq}` do."""
     text, client_message_id = _last_user_message(body, services.settings.max_message_chars)
     admission = services.admission
     record = await admission.session(body.id, caller, client_message_id=client_message_id)
+    rewrite = await _rewrite(services, body, record.session_id, client_message_id)
+    cid: str | None = client_message_id
+    if rewrite is not None and rewrite.seq is None:
+        text, cid = "", None  # a regenerate answers the stored message, under no id of its own
+    elif rewrite is not None:
+        cid = _stored_id(record.session_id, client_message_id)
     admitted = await admission.admit(
         record,
         lambda: services.turns.submit(
-            record.session_id, text=text, client_message_id=client_message_id, stream=True
+            record.session_id, text=text, client_message_id=cid, stream=True, rewrite=rewrite
         ),
         stream=True,
     )
@@ -249,6 +259,48 @@ def ui_message(
     return UIStoredMessage(id=message_id, role=message.role, metadata=metadata, parts=parts)
 
 
+async def _rewrite(
+    services: Services, body: UIChatRequest, session_id: str, message_id: str
+) -> Rewrite | None:
+    """What the request asks beside a new turn: a regenerate of the last stored user message
+    (an earlier one: an edit with its text), or an edit of the stored message ``message_id``
+    (the body's ``messageId`` names it); None for a new message, a resend of one, or one
+    that was never stored."""
+    regenerate = body.trigger == "regenerate-message"
+    edit = body.trigger in (None, "submit-message") and body.messageId == message_id
+    if not (regenerate or edit):
+        return None
+    seq = await _seq_of(services, session_id, message_id)
+    if seq is None:
+        return None  # never stored (its turn failed): answered as a new message
+    if regenerate:
+        last = await services.sessions.messages(session_id, limit=1)
+        if last and last[-1].seq == seq + 1:
+            return Rewrite(asked_id=message_id)
+    return Rewrite(seq=seq, asked_id=message_id)
+
+
+async def _seq_of(services: Services, session_id: str, message_id: str) -> int | None:
+    """The seq of the stored user message a ``UIMessage`` id names (as ``ui_message`` gave
+    it: its ``client_message_id``, or ``{session_id}-{seq}``)."""
+    prefix = f"{session_id}-"
+    if message_id.startswith(prefix) and message_id[len(prefix) :].isdigit():
+        return int(message_id[len(prefix) :])
+    stored = await services.store.find_turn(session_id, message_id)
+    return stored.user.seq if stored is not None else None
+
+
+def _stored_id(session_id: str, message_id: str) -> str | None:
+    """The ``client_message_id`` a message of this UI id is stored with: none for the ids
+    ``ui_message`` makes of a seq (they name the message already)."""
+    prefix = f"{session_id}-"
+    return (
+        None
+        if message_id.startswith(prefix) and message_id[len(prefix) :].isdigit()
+        else message_id
+    )
+
+
 def _last_user_message(body: UIChatRequest, limit: int) -> tuple[str, str]:
     for index in range(len(body.messages) - 1, -1, -1):
         message = body.messages[index]
@@ -305,7 +357,8 @@ def _tool_output(use: ToolUse) -> Any:
 def ui_parts(turn: Turn, event: TurnEvent) -> list[dict[str, Any]]:
     """The UI message stream parts of one turn event."""
     if event.kind == "start":
-        message_id = f"{turn.client_message_id or turn.session_id}-reply"
+        asked = turn.rewrite.asked_id if turn.rewrite is not None else None
+        message_id = f"{asked or turn.client_message_id or turn.session_id}-reply"
         return [{"type": "start", "messageId": message_id}, {"type": "text-start", "id": _TEXT_ID}]
     if event.kind == "delta":
         return [{"type": "text-delta", "id": _TEXT_ID, "delta": event.content}]

@@ -57,24 +57,50 @@ async function newChat() {
   sessionId = data.session_id;
   bubble("note", "Session " + sessionId + " with " + data.template_id);
   if (data.welcome_message) bubble("assistant", data.welcome_message);
-  for (const id of ["text", "send", "end"]) $(id).disabled = false;
+  for (const id of ["text", "send", "end", "regenerate"]) $(id).disabled = false;
   $("text").focus();
 }
 
 async function endChat() {
   const data = await api("DELETE", "/session/" + sessionId);
   bubble("note", "Ended: " + data.stats.message_count + " turns in " + data.stats.duration_seconds + " s");
-  for (const id of ["text", "send", "end"]) $(id).disabled = true;
+  for (const id of ["text", "send", "end", "regenerate"]) $(id).disabled = true;
 }
 
-async function send(text) {
-  bubble("user", text);
+function send(text) {
+  const asked = bubble("user", text);
+  const body = { message: text, client_message_id: crypto.randomUUID() };
+  return streamTurn("POST", "/message/stream", body, asked);
+}
+
+// Regenerate: the last reply is answered again (the old one is kept as a variant).
+function regenerate() {
+  const replies = $("log").querySelectorAll(".msg.assistant");
+  const sent = $("log").querySelectorAll(".msg.user");
+  const asked = sent.length ? sent[sent.length - 1] : null;
+  if (replies.length) replies[replies.length - 1].remove();
+  const body = { client_message_id: crypto.randomUUID() };
+  return streamTurn("POST", "/regenerate/stream", body, asked);
+}
+
+// Edit (click a message you sent): it is replaced and answered anew; what followed it leaves
+// the conversation (kept as a variant).
+function edit(asked) {
+  const text = window.prompt("Edit your message", asked.textContent);
+  if (!text || !text.trim() || asked.dataset.seq === undefined) return Promise.resolve();
+  while (asked.nextSibling) asked.nextSibling.remove();
+  asked.textContent = text.trim();
+  const path = "/messages/" + asked.dataset.seq + "/stream";
+  return streamTurn("PATCH", path, { message: text.trim() }, asked);
+}
+
+async function streamTurn(method, path, body, asked) {
   const reply = bubble("assistant", "");
   const started = performance.now();
-  const response = await fetch(API + "/session/" + sessionId + "/message/stream", {
-    method: "POST",
+  const response = await fetch(API + "/session/" + sessionId + path, {
+    method,
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ message: text, client_message_id: crypto.randomUUID() }),
+    body: JSON.stringify(body),
   });
   if (!response.ok) {
     const data = await response.json();
@@ -97,6 +123,10 @@ async function send(text) {
       note.textContent += (data.is_error ? " ✗ " : " → ") + result;
     } else if (event.event === "done") {
       showImages(reply, data.assistant_message.images || []);
+      if (asked) {
+        asked.dataset.seq = data.user_message.seq;
+        asked.title = "Click to edit";
+      }
       const total = Math.round(performance.now() - started);
       const ttft = first ? Math.round(first - started) : total;
       const stopped = data.finish_reason === "stopped" ? "stopped · " : "";
@@ -113,17 +143,28 @@ $("end").addEventListener("click", () => endChat().catch((e) => status(e.message
 // The server stops the turn and stores the text so far; the stream then ends with its `done`.
 $("stop").addEventListener("click", () =>
   api("POST", "/session/" + sessionId + "/stop").catch((e) => status(e.message, true)));
+// One turn at a time from this page: Send, Regenerate and Edit wait for the reply.
+function busy(start) {
+  $("send").disabled = $("regenerate").disabled = true;
+  $("stop").disabled = false;
+  status("");
+  start().catch((err) => status(err.message, true)).finally(() => {
+    $("send").disabled = $("regenerate").disabled = false;
+    $("stop").disabled = true;
+  });
+}
 $("form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("text").value.trim();
   if (!text || !sessionId) return;
   $("text").value = "";
-  $("send").disabled = true;
-  $("stop").disabled = false;
-  status("");
-  send(text).catch((err) => status(err.message, true)).finally(() => {
-    $("send").disabled = false;
-    $("stop").disabled = true;
-  });
+  busy(() => send(text));
+});
+$("regenerate").addEventListener("click", () => busy(regenerate));
+$("log").addEventListener("click", (e) => {
+  const target = e.target;
+  if (target.classList.contains("user") && target.dataset.seq !== undefined && !$("send").disabled) {
+    busy(() => edit(target));
+  }
 });
 loadPersonalities().catch((e) => status(e.message, true));

@@ -1,10 +1,12 @@
 """A stored turn replayed: a resend of a ``client_message_id`` gets its stored reply as the
-events it first came as, and the ``TurnResult`` of a stored turn.
+events it first came as; the ``TurnResult`` of a stored turn, and its log line.
 
 A resend with other text than the stored turn's is an ``IdempotencyConflict``.
 """
 
 from __future__ import annotations
+
+import logging
 
 from services.conversation.turn_events import Turn
 from services.core.errors import IdempotencyConflict
@@ -75,3 +77,40 @@ def conflict(client_message_id: str | None) -> IdempotencyConflict:
     return IdempotencyConflict(
         f"client_message_id {client_message_id!r} was already used with a different message"
     )
+
+
+def log_stored(
+    logger: logging.Logger,
+    turn: Turn,
+    record: SessionRecord,
+    result: TurnResult,
+    completion: Completion,
+    *,
+    content: bool,
+) -> None:
+    """One line per stored turn on ``logger``, its fields also as the record's attributes
+    (JSON logs); the text of the messages only with ``content`` (LOG_MESSAGE_CONTENT=true:
+    they are private)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    usage = result.usage
+    fields: dict[str, object] = {
+        "session_id": turn.session_id,
+        "turn": result.message_count,
+        "template": record.template_id,
+        "provider": completion.provider,
+        "model": completion.model,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "latency_ms": round(result.latency_ms, 1),
+    }
+    line = (
+        "turn %(session_id)s #%(turn)d stored: template=%(template)s provider=%(provider)s "
+        "model=%(model)s tokens=%(prompt_tokens)s+%(completion_tokens)s "
+        "latency=%(latency_ms).1fms"
+    )
+    if content:
+        texts = {"message": turn.text, "reply": result.reply}
+        logger.info(line + ": %(message)r -> %(reply)r", {**fields, **texts}, extra=fields)
+    else:
+        logger.info(line, fields, extra=fields)

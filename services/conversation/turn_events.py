@@ -37,6 +37,15 @@ class TurnEvent:
     tool: ToolCall | ToolUse | None = None  # tool_call: the call; tool_result: its result
 
 
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """A turn that answers again rather than appends: the last user message (``seq`` None,
+    a regenerate) or the user message at ``seq`` with the turn's text (an edit)."""
+
+    seq: int | None = None
+    asked_id: str | None = None  # the AI SDK's id of the user message it answers
+
+
 class Turn:
     """A turn in flight: its event log, and a way to follow it."""
 
@@ -46,7 +55,9 @@ class Turn:
         text: str,
         client_message_id: str | None,
         origin: str | None = None,
+        rewrite: Rewrite | None = None,
     ) -> None:
+        self.rewrite = rewrite  # a regenerate or an edit (``services.conversation.branches``)
         self.origin = origin  # the connection that sent it, if it follows the turn itself
         self.session_id = session_id
         self.text = text

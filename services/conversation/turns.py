@@ -18,15 +18,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from services.conversation.branches import Branches
 from services.conversation.bus import SessionBus
 from services.conversation.gate import Ticket, TurnGate
 from services.conversation.memory import Memory
 from services.conversation.prompt import PromptCounter, build_prompt, history_window, smaller_window
 from services.conversation.registry import ActiveSession, ActiveSessions
-from services.conversation.replay import conflict, replay, turn_result
+from services.conversation.replay import conflict, log_stored, replay, turn_result
 from services.conversation.stopping import STOPPED, StopRelay, partial_completion, unless_stopped
 from services.conversation.titles import Titles
-from services.conversation.turn_events import Broadcast, HeldDeltas, Turn, TurnRelay
+from services.conversation.turn_events import Broadcast, HeldDeltas, Rewrite, Turn, TurnRelay
 from services.core.errors import (
     ChatifyError,
     ContextTooLong,
@@ -101,6 +102,10 @@ class TurnPipeline:
         self._tasks: dict[asyncio.Task[TurnResult], str] = {}  # running turns: their session
         self._latest: dict[str, Turn] = {}  # the last turn submitted per session, while it runs
         self._asking: dict[str, Turn] = {}  # the turn whose reply is being written, per session
+        self.branches = Branches(
+            store=store, sessions=sessions, gate=gate, clock=clock, stats=stats, tokens=tokens,
+            memory=memory, usage=usage, observer=observer,
+        )  # fmt: skip
 
     @property
     def in_flight_count(self) -> int:
@@ -146,6 +151,7 @@ class TurnPipeline:
         client_message_id: str | None,
         stream: bool,
         origin: str | None = None,
+        rewrite: Rewrite | None = None,
     ) -> tuple[Turn, bool]:
         """Queue a turn, or join the one in flight with this ``client_message_id``.
 
@@ -154,12 +160,12 @@ class TurnPipeline:
         """
         key = (session_id, client_message_id) if client_message_id else None
         if key is not None and (running := self._in_flight.get(key)) is not None:
-            if running.text != text:
+            if running.text != text or running.rewrite != rewrite:
                 raise conflict(client_message_id)
             running.joiners += 1
             return running, True
         ticket = self._gate.reserve(session_id)
-        turn = Turn(session_id, text, client_message_id, origin)
+        turn = Turn(session_id, text, client_message_id, origin, rewrite)
         turn.task = asyncio.create_task(self._run(turn, ticket, stream))
         self._tasks[turn.task] = session_id
         self._latest[session_id] = turn
@@ -208,7 +214,7 @@ class TurnPipeline:
         try:
             async with ticket:
                 cid = turn.client_message_id
-                if cid is not None and self._relay is not None:
+                if cid is not None and self._relay is not None and turn.rewrite is None:
                     relayed = await self._relay.adopt(turn)
                     if relayed is not None:
                         return relayed
@@ -218,6 +224,9 @@ class TurnPipeline:
                     if cid is None:
                         raise
                     return await self._replay_ended(turn, cid)
+                if turn.rewrite is not None:  # a regenerate or an edit (``branches``)
+                    ask = self._ask_while_claiming
+                    return await self.branches.run(turn, active, stream=stream, ask=ask)
                 if cid is not None:
                     # Memory answers "is this id new?"; only a "maybe" (an id stored beyond the
                     # context, or the filter's rare mistake) reads before the model is asked.
@@ -344,38 +353,9 @@ class TurnPipeline:
                     first_delta - started if stream and first_delta is not None else None
                 ),
             )
-        self._log_turn(turn, record, result, completion)
+        log_stored(logger, turn, record, result, completion, content=self._log_content)
         turn.emit("done", result=result)
         return result
-
-    def _log_turn(
-        self, turn: Turn, record: SessionRecord, result: TurnResult, completion: Completion
-    ) -> None:
-        """One line per stored turn, its fields also as the record's attributes (JSON logs);
-        the text of the messages only with LOG_MESSAGE_CONTENT=true (they are private)."""
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        usage = result.usage
-        fields: dict[str, object] = {
-            "session_id": turn.session_id,
-            "turn": result.message_count,
-            "template": record.template_id,
-            "provider": completion.provider,
-            "model": completion.model,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else None,
-            "latency_ms": round(result.latency_ms, 1),
-        }
-        line = (
-            "turn %(session_id)s #%(turn)d stored: template=%(template)s provider=%(provider)s "
-            "model=%(model)s tokens=%(prompt_tokens)s+%(completion_tokens)s "
-            "latency=%(latency_ms).1fms"
-        )
-        if self._log_content:
-            texts = {"message": turn.text, "reply": result.reply}
-            logger.info(line + ": %(message)r -> %(reply)r", {**fields, **texts}, extra=fields)
-        else:
-            logger.info(line, fields, extra=fields)
 
     async def _ask_while_claiming(
         self,

@@ -42,6 +42,37 @@ class NoTurnInFlight(ChatifyError):
         super().__init__(f"Session {session_id} has no turn in flight to stop")
 
 
+class NothingToRegenerate(ChatifyError):
+    """A regenerate asked of a session with no user message yet."""
+
+    code, status = "nothing_to_regenerate", 409
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"Session {session_id} has no message to answer again")
+
+
+class MessageNotFound(ChatifyError):
+    """A message seq (or a variant of it) the session's active branch does not have."""
+
+    code, status = "message_not_found", 404
+
+
+class NotAUserMessage(ChatifyError):
+    """An edit of a reply: only the user's own messages are edited."""
+
+    code, status = "not_a_user_message", 422
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"Message {seq} is a reply; only user messages can be edited")
+
+
+class HistoryChanged(ChatifyError):
+    """A regenerate, edit or variant choice found the history changed meanwhile (another
+    replica wrote to the session); nothing was written."""
+
+    code, status = "history_changed", 409
+
+
 class TemplateNotFound(ChatifyError):
     code, status = "template_not_found", 404
 

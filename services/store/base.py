@@ -6,8 +6,8 @@ Failures to reach the store raise ``StoreUnavailable``; ``None`` means "not foun
 
 Roles (each backend has one file per role, named as here without the ``Store``):
 ``StoreConnection`` (connection.py), ``SessionStore`` (sessions.py), ``TurnStore``
-(turns.py), ``MemoryStore`` (memory.py), ``DocumentStore`` (documents.py), ``UsageStore``
-(usage.py), ``UserDataStore`` (user_data.py).
+(turns.py), ``BranchStore`` (branches.py), ``MemoryStore`` (memory.py), ``DocumentStore``
+(documents.py), ``UsageStore`` (usage.py), ``UserDataStore`` (user_data.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from services.core.branch_records import NewBranch, Variant
 from services.core.provider_config import Target
 from services.core.records import (
     CallUsage,
@@ -139,6 +140,30 @@ class TurnStore(Protocol):
         """Give back a claim whose turn will not be written, leaving no gap in the seqs."""
 
 
+class BranchStore(Protocol):
+    """Regenerated and edited turns: the active branch replaced from a seq on, the messages
+    it held kept as a variant of that seq, and a variant made the active one again."""
+
+    async def write_branch(self, session: SessionRecord, branch: NewBranch) -> StoredTurn:
+        """Move the active messages from ``branch.seq`` on to a new variant of that seq and
+        store the turn's messages in their place, with ``message_count``, ``last_activity``,
+        the preview, the call's usage (as ``write_turn`` counts a turn) and, with
+        ``reset_memory``, the memory cleared: atomically, in one write (a crash leaves the
+        old branch or the new one). ``HistoryChanged`` when the branch no longer ends at
+        ``branch.next_seq``; ``SessionEnded`` when the session is over."""
+
+    async def load_variants(self, session_id: str, seq: int) -> list[Variant]:
+        """The variants kept at ``seq``, by number (none: an empty list)."""
+
+    async def select_variant(
+        self, session: SessionRecord, seq: int, number: int, *, at: str
+    ) -> list[StoredMessage] | None:
+        """Swap variant ``number`` of ``seq`` with the active messages from ``seq`` on (those
+        become variant ``number``), atomically; the memory is cleared when it covered ``seq``.
+        The active messages from ``seq`` on after it, or None when there is no such
+        variant."""
+
+
 class MemoryStore(Protocol):
     """A session's rolling memory (the summary of the messages older than its context)."""
 
@@ -246,6 +271,7 @@ class Store(
     StoreConnection,
     SessionStore,
     TurnStore,
+    BranchStore,
     MemoryStore,
     DocumentStore,
     UsageStore,

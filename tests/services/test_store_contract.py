@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from services.core.errors import PreconditionFailed, SessionEnded, SessionNotFound, TemplateNotFound
+from services.core.branch_records import NewBranch
+from services.core.errors import (
+    HistoryChanged,
+    PreconditionFailed,
+    SessionEnded,
+    SessionNotFound,
+    TemplateNotFound,
+)
 from services.core.records import (
     CallUsage,
     DayUsage,
@@ -274,6 +281,123 @@ async def test_two_claims_of_one_id_store_one_turn(store: Store) -> None:
     assert other.created is False and other.assistant == written.assistant
     record = await store.get_session(session.session_id)
     assert record is not None and record.message_count == 1
+
+
+# -- branches (BranchStore) ------------------------------------------------------------------------
+
+
+def branch_turn(text: str, client_message_id: str | None = None) -> NewTurn:
+    """A regenerated or edited turn: ``text`` is the user's message, its reply ``re: text``."""
+    return NewTurn(
+        user_text=text,
+        reply=f"re: {text}",
+        client_message_id=client_message_id,
+        user_at="2026-01-01T13:00:00.000Z",
+        reply_at="2026-01-01T13:00:01.000Z",
+        usage=Usage(20, 5, 25),
+    )
+
+
+async def session_with_turns(store: Store, count: int) -> SessionRecord:
+    session = make_session()
+    await store.create_session(session)
+    for n in range(count):
+        await append_turn(store, session, make_turn(n, f"c{n}"))
+    return session
+
+
+def contents(messages: Any) -> list[tuple[int, str]]:
+    return [(m.seq, m.content) for m in messages]
+
+
+async def test_a_regenerated_reply_replaces_the_last_and_is_kept_as_a_variant(
+    store: Store,
+) -> None:
+    session = await session_with_turns(store, 2)
+    sid = session.session_id
+    branch = NewBranch(seq=3, turn=branch_turn("ignored", "regen-1"), next_seq=4)
+    stored = await store.write_branch(session, branch)
+    assert (stored.user.seq, stored.user.content, stored.user.client_message_id) == (
+        2, "question 1", "c1",
+    )  # fmt: skip
+    assert (stored.assistant.seq, stored.assistant.content) == (3, "re: ignored")
+    assert stored.assistant.client_message_id == "regen-1"
+    messages = await store.load_messages(sid, limit=10)
+    assert contents(messages) == [
+        (0, "question 0"), (1, "answer 0"), (2, "question 1"), (3, "re: ignored"),
+    ]  # fmt: skip
+    (variant,) = await store.load_variants(sid, 3)
+    assert (variant.seq, variant.number, contents(variant.messages)) == (3, 1, [(3, "answer 1")])
+    assert variant.messages[0].usage == Usage(10, 1, 11)
+    record = await store.get_session(sid)
+    assert record is not None and record.message_count == 2
+    assert record.usage_totals is not None and record.usage_totals.turns == 3
+    assert await store.load_variants(sid, 1) == []
+    again = NewBranch(seq=3, turn=branch_turn("third", None), next_seq=4)
+    await store.write_branch(session, again)
+    assert [v.number for v in await store.load_variants(sid, 3)] == [1, 2]
+
+
+async def test_an_edit_moves_the_tail_to_a_variant_and_clears_a_memory_over_it(
+    store: Store,
+) -> None:
+    session = await session_with_turns(store, 3)
+    sid = session.session_id
+    assert await store.set_memory(sid, "- q0 q1", seq=4, expected_seq=0, at=T0)
+    branch = NewBranch(seq=2, turn=branch_turn("question 1b", "e1"), next_seq=6, reset_memory=True)
+    stored = await store.write_branch(session, branch)
+    assert (stored.user.seq, stored.assistant.seq, stored.message_count) == (2, 3, 2)
+    assert contents(await store.load_messages(sid, limit=10)) == [
+        (0, "question 0"), (1, "answer 0"), (2, "question 1b"), (3, "re: question 1b"),
+    ]  # fmt: skip
+    (variant,) = await store.load_variants(sid, 2)
+    assert contents(variant.messages) == [
+        (2, "question 1"), (3, "answer 1"), (4, "question 2"), (5, "answer 2"),
+    ]  # fmt: skip
+    record = await store.get_session(sid)
+    assert record is not None
+    assert (record.message_count, record.summary, record.summary_seq) == (2, None, 0)
+    # The moved turns' ids are free again; the edit's id finds the new turn.
+    assert await store.find_turn(sid, "c2") is None
+    found = await store.find_turn(sid, "e1")
+    assert found is not None and found.assistant.content == "re: question 1b"
+    following = await append_turn(store, session, make_turn(7, "c7"))
+    assert following.user.seq == 4
+
+
+async def test_selecting_a_variant_swaps_it_with_the_active_branch(store: Store) -> None:
+    session = await session_with_turns(store, 3)
+    sid = session.session_id
+    branch = NewBranch(seq=2, turn=branch_turn("question 1b", "e1"), next_seq=6)
+    await store.write_branch(session, branch)
+    assert await store.select_variant(session, 2, 2, at=T0) is None
+    chosen = await store.select_variant(session, 2, 1, at=T0)
+    assert chosen is not None and [m.seq for m in chosen] == [2, 3, 4, 5]
+    assert contents(await store.load_messages(sid, limit=10)) == [
+        (0, "question 0"), (1, "answer 0"), (2, "question 1"), (3, "answer 1"),
+        (4, "question 2"), (5, "answer 2"),
+    ]  # fmt: skip
+    (variant,) = await store.load_variants(sid, 2)
+    assert variant.number == 1
+    assert contents(variant.messages) == [(2, "question 1b"), (3, "re: question 1b")]
+    record = await store.get_session(sid)
+    assert record is not None and record.message_count == 3
+    found = await store.find_turn(sid, "c2")
+    assert found is not None and found.user.seq == 4
+    assert await store.delete_sessions(session.user_id, [sid]) == 1
+    assert await store.load_variants(sid, 2) == []
+
+
+async def test_a_branch_is_written_only_where_the_history_still_ends(store: Store) -> None:
+    session = await session_with_turns(store, 2)
+    sid = session.session_id
+    with pytest.raises(HistoryChanged):
+        await store.write_branch(session, NewBranch(seq=3, turn=branch_turn("x"), next_seq=2))
+    assert await store.load_variants(sid, 3) == []
+    await store.end_session(sid, at=T0)
+    with pytest.raises(SessionEnded):
+        await store.write_branch(session, NewBranch(seq=3, turn=branch_turn("x"), next_seq=4))
+    assert contents(await store.load_messages(sid, limit=10))[-1] == (3, "answer 1")
 
 
 # -- memory (MemoryStore) --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Layout (docs/data.md), with the small helper nodes the service owns:
                   {"closed": "ended" | "expired"}      recent ids (seq_node.py); once over
         conversation_client_ids/{client_message_id}: seq   idempotency pointer
         memory: {"text", "seq", "at"}                  the rolling memory (memory.py)
+        conversation_branches/m{seq}/v{n}              variants of a seq (branches.py)
     /userSessionIndex/{user}/{sid}                     summary, for a user's session list
     /sessionActivity/{sid}: last_activity              active sessions only, for expiry
 
@@ -18,8 +19,8 @@ cached, so one request in the steady state), never by a transaction on the sessi
 would read and rewrite the whole history. The turn side lives in ``turns.py``.
 
 One file per role of ``services.store.base``, each a mixin on ``FirebaseConnection``
-(connection.py): sessions.py, turns.py, memory.py, documents.py, usage.py, user_data.py;
-``FirebaseStore`` (store.py) combines them. Beside them: rtdb_keys.py (escaping keys),
+(connection.py): sessions.py, turns.py, branches.py, memory.py, documents.py, usage.py,
+user_data.py; ``FirebaseStore`` (store.py) combines them. Beside them: rtdb_keys.py (escaping keys),
 seq_node.py (the seq claim's node), usage_nodes.py (the usage counters' layout).
 """
 

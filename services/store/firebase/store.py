@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.core.settings import Settings
+from services.store.firebase.branches import FirebaseBranches
 from services.store.firebase.documents import FirebaseDocuments
 from services.store.firebase.memory import FirebaseMemory
 from services.store.firebase.sessions import FirebaseSessions
@@ -14,6 +15,7 @@ from services.store.firebase.user_data import FirebaseUserData
 class FirebaseStore(
     FirebaseSessions,
     FirebaseTurns,
+    FirebaseBranches,
     FirebaseMemory,
     FirebaseDocuments,
     FirebaseUsage,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from services.core.records import ModelUsage, SessionRecord, StoredMessage, Usage, tool_uses
@@ -62,6 +63,14 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
     ON messages (session_id, client_message_id)
     WHERE client_message_id IS NOT NULL AND role = 'user';
+CREATE TABLE IF NOT EXISTS message_variants (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    variant INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq, variant)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS templates (template_id TEXT PRIMARY KEY, document TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, document TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS document_versions (
@@ -159,8 +168,8 @@ def fallbacks_json(fallbacks: tuple[tuple[str, str], ...]) -> str | None:
     return json.dumps([{"provider": p, "model": m} for p, m in fallbacks]) if fallbacks else None
 
 
-def message_of(row: sqlite3.Row) -> StoredMessage:
-    """A message row as a stored message."""
+def message_of(row: sqlite3.Row | Mapping[str, Any]) -> StoredMessage:
+    """A message row (or a variant's message, the same fields by name) as a stored message."""
     usage = Usage.from_dict(json.loads(row["usage"])) if row["usage"] else None
     return StoredMessage(
         row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"], usage,

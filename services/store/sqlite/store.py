@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.store.sqlite.branches import SQLiteBranches
 from services.store.sqlite.documents import SQLiteDocuments
 from services.store.sqlite.memory import SQLiteMemory
 from services.store.sqlite.sessions import SQLiteSessions
@@ -11,6 +12,12 @@ from services.store.sqlite.user_data import SQLiteUserData
 
 
 class SQLiteStore(
-    SQLiteSessions, SQLiteTurns, SQLiteMemory, SQLiteDocuments, SQLiteUsage, SQLiteUserData
+    SQLiteSessions,
+    SQLiteTurns,
+    SQLiteBranches,
+    SQLiteMemory,
+    SQLiteDocuments,
+    SQLiteUsage,
+    SQLiteUserData,
 ):
     """``Store`` on a SQLite file."""

@@ -25,6 +25,7 @@ class SQLiteUserData(SQLiteConnection):
                     targets = session_ids
                 for sid in targets:
                     conn.execute("DELETE FROM messages WHERE session_id = ?", (sid,))
+                    conn.execute("DELETE FROM message_variants WHERE session_id = ?", (sid,))
                     usage_rows.erase_session(conn, sid)
                 erased = sum(
                     conn.execute(
