@@ -1,5 +1,6 @@
 """The docs' ``useChat`` example in a real browser (React, the real ``@ai-sdk/react`` and
-``ai`` packages), against the service: what the page shows is what the service stored."""
+``ai`` packages), against the service: it sends, stops a reply, regenerates and edits, and
+after each, what the page shows is what the service stored."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ async def stored(live: Live, session_id: str) -> list[str]:
     return [f"{m['role']}: {m['content']}" for m in answer.json()["messages"]]
 
 
-async def test_the_docs_example_sends_and_shows_what_is_stored(
+async def test_the_docs_example_sends_stops_regenerates_and_edits_as_stored(
     live_app: LiveFactory, llm: MockLLM, tmp_path: Path
 ) -> None:
     with page_server(tmp_path) as origin:
@@ -51,6 +52,8 @@ async def test_the_docs_example_sends_and_shows_what_is_stored(
             await page.goto(f"{origin}/?session={session_id}&key={KEY}")
             await send_and_check(page, llm, live, session_id)
             await stop_and_check(page, llm, live, session_id)
+            await regenerate_and_check(page, llm, live, session_id)
+            await edit_and_check(page, llm, live, session_id)
             assert browser.errors == []
 
 
@@ -77,3 +80,49 @@ async def stop_and_check(page: Page, llm: MockLLM, live: Live, session_id: str) 
     await expect(page.get_by_role("button", name="Regenerate")).to_be_enabled()
     assert await shown(page) == await stored(live, session_id)
     assert (await shown(page))[2:] == ["user: Count for me", "assistant: one two th"]
+
+
+async def regenerate_and_check(page: Page, llm: MockLLM, live: Live, session_id: str) -> None:
+    """Regenerate: the last message answered again; the stopped reply kept as a variant."""
+    llm.script(Reply(content="A whole count this time.", chunks=3, chunk_delay=0.01))
+    await page.get_by_role("button", name="Regenerate").click()
+    await expect(page.locator("p").nth(3)).to_have_text("assistant: A whole count this time.")
+    await expect(page.get_by_role("button", name="Regenerate")).to_be_enabled()
+    assert await shown(page) == await stored(live, session_id)
+    assert (await shown(page))[2:] == ["user: Count for me", "assistant: A whole count this time."]
+    assert await variants(live, session_id, 3) == [["assistant: one two th"]]
+
+
+async def edit_and_check(page: Page, llm: MockLLM, live: Live, session_id: str) -> None:
+    """Edit of the first message: answered anew, and what followed kept as a variant."""
+    llm.script(Reply(content="Hello to you too.", chunks=2, chunk_delay=0.01))
+    await page.locator("p").nth(0).get_by_role("button", name="Edit").click()
+    await expect(page.locator("input")).to_have_value("Hello!")
+    await page.fill("input", "Hello, edited!")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator("p")).to_have_count(2)
+    await expect(page.locator("p").nth(1)).to_have_text("assistant: Hello to you too.")
+    await expect(page.get_by_role("button", name="Regenerate")).to_be_enabled()
+    assert await shown(page) == await stored(live, session_id)
+    assert await shown(page) == ["user: Hello, edited!", "assistant: Hello to you too."]
+    assert await variants(live, session_id, 0) == [
+        [
+            "user: Hello!",
+            "assistant: Ahoy there, in pieces.",
+            "user: Count for me",
+            "assistant: A whole count this time.",
+        ]
+    ]
+    system_and_turns = llm.chat_requests()[-1]["messages"]
+    assert [m["content"] for m in system_and_turns[1:]] == ["Hello, edited!"]
+
+
+async def variants(live: Live, session_id: str, seq: int) -> list[list[str]]:
+    """The variants kept at ``seq``, each as its ``role: text`` lines."""
+    url = f"{API}/session/{session_id}/messages/{seq}/variants"
+    answer = await live.client.get(url, headers=HEADERS)
+    assert answer.status_code == 200, answer.text
+    return [
+        [f"{m['role']}: {m['content']}" for m in variant["messages"]]
+        for variant in answer.json()["variants"]
+    ]
