@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging.config
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
 from api.logs import logging_config
@@ -44,14 +46,29 @@ def main() -> None:
         # measured): uvicorn's 5 s default killed and restarted workers in a loop on a busy
         # 2-core machine.
         uvicorn.run(
-            "api.app:create_app",
+            "api.__main__:worker_app",
             factory=True,
             workers=settings.web_concurrency,
             timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
             **options,
         )
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(frozen(create_app(settings)), **options)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (``WEB_CONCURRENCY`` > 1), built as ``main`` builds it."""
+    return frozen(create_app())
+
+
+def frozen(app: FastAPI) -> FastAPI:
+    """``app``, with everything the imports and the app made so far moved out of the garbage
+    collector's sight (``gc.freeze``): they live as long as the process, and a full collection
+    walked all of them, stalling the event loop about 130 ms each time (seen in the bench as a
+    turn of 130 ms, every few hundred turns, and 0.3 ms of CPU per turn on average)."""
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 if __name__ == "__main__":
