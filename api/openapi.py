@@ -37,6 +37,12 @@ SECURITY_SCHEMES = {
     "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
 STREAM_PATH = "/api/v1/chatbot/session/{session_id}/message/stream"
+# Every route that streams a turn's events: a message, a regenerate, an edit.
+TURN_STREAMS = (
+    (STREAM_PATH, "post"),
+    ("/api/v1/chatbot/session/{session_id}/regenerate/stream", "post"),
+    ("/api/v1/chatbot/session/{session_id}/messages/{seq}/stream", "patch"),
+)
 WS_PATH = "/api/v1/chatbot/session/{session_id}/ws"
 _REF = "#/components/schemas/{model}"
 
@@ -127,11 +133,12 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _stream_events(spec: dict[str, Any]) -> None:
-    content = spec["paths"][STREAM_PATH]["post"]["responses"]["200"]["content"]
-    content["text/event-stream"] = {
-        "schema": {**SSE_EVENT_SCHEMA, "description": "One event; `data` per `x-sse-events`"},
-        "x-sse-events": {name: _ref(model) for name, model in SSE_EVENTS.items()},
-    }
+    for path, method in TURN_STREAMS:
+        content = spec["paths"][path][method]["responses"]["200"]["content"]
+        content["text/event-stream"] = {
+            "schema": {**SSE_EVENT_SCHEMA, "description": "One event; `data` per `x-sse-events`"},
+            "x-sse-events": {name: _ref(model) for name, model in SSE_EVENTS.items()},
+        }
 
 
 def _timestamps(schema: Any) -> None:

@@ -13,6 +13,15 @@ from typing import Any
 from testkit.tools import unavailable
 
 NODE_DIR = Path(__file__).parent / "node"
+# The state the AI SDK's AbstractChat keeps (what @ai-sdk/react's useChat keeps in React), for
+# scripts that drive the package's own chat.
+CHAT_STATE = """class State {
+  constructor(messages) { this.messages = messages; this.status = "ready"; this.error = undefined; }
+  pushMessage(message) { this.messages = [...this.messages, message]; }
+  popMessage() { this.messages = this.messages.slice(0, -1); }
+  replaceMessage(index, message) { this.messages = this.messages.with(index, message); }
+  snapshot(thing) { return structuredClone(thing); }
+}"""
 
 
 def node_script() -> Path:

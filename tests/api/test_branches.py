@@ -14,7 +14,7 @@ import pytest
 from services.conversation import memory as memory_module
 from testkit.live import read_events
 from testkit.mock_llm import Hold, MockLLM, Reply
-from testkit.node_ai import lines_of, run_node
+from testkit.node_ai import CHAT_STATE, lines_of, run_node
 from tests.api.conftest import LiveFactory
 from tests.api.test_memory import MEMORY_TEMPLATES, is_memory_call
 from tests.api.test_stop import rest_of, until_delta
@@ -300,13 +300,7 @@ async def test_an_edit_into_the_memory_has_it_folded_again_from_what_remains(
 # sendMessage({ text, messageId }) on the first message.
 CONTROLS = """
 import { AbstractChat, DefaultChatTransport } from __AI__;
-class State {
-  constructor(messages) { this.messages = messages; this.status = "ready"; this.error = undefined; }
-  pushMessage(message) { this.messages = [...this.messages, message]; }
-  popMessage() { this.messages = this.messages.slice(0, -1); }
-  replaceMessage(index, message) { this.messages = this.messages.with(index, message); }
-  snapshot(thing) { return structuredClone(thing); }
-}
+__STATE__
 const chat = new AbstractChat({
   id: __SESSION__,
   state: new State([]),
@@ -331,6 +325,7 @@ async def test_use_chat_regenerates_and_edits_and_shows_what_is_stored(
         driver = tmp_path / "controls.mjs"
         driver.write_text(
             CONTROLS.replace("__AI__", ai_module(node_ai))
+            .replace("__STATE__", CHAT_STATE)
             .replace("__BASE__", json.dumps(live.url))
             .replace("__SESSION__", json.dumps(session_id))
         )

@@ -32,6 +32,7 @@ async def test_create_message_message_end(chat: RunningApp, llm: MockLLM) -> Non
         "usage": first.json()["usage"],
         "user_message": stored_user,
         "assistant_message": stored_reply,
+        "finish_reason": "stop",
     }
     assert set(first.json()["usage"]) == {
         "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "cost_micros",

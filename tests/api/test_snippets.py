@@ -173,7 +173,7 @@ async def test_the_use_chat_transport_sends_authorization_only_with_a_key(
 ) -> None:
     text = (REPO_ROOT / "docs" / "streaming.md").read_text()
     [jsx] = [block for block in re.findall(r"```jsx\n(.*?)```", text, re.S) if "useChat" in block]
-    [headers] = re.findall(r"^\s*headers: (.*?),(?: //.*)?$", jsx, re.M)
+    [headers] = re.findall(r"^\s*const headers = (.*?);(?: //.*)?$", jsx, re.M)
     driver = f"""
 for (const apiKey of [undefined, null, "", "user-key"]) {{
   console.log(JSON.stringify({{ headers: {headers} }}));

@@ -17,7 +17,7 @@ from api.routes.ui_stream import ui_message
 from services.core.records import StoredMessage, ToolCall, ToolUse
 from services.core.settings import REPO_ROOT
 from testkit.mock_llm import MockLLM, Reply
-from testkit.node_ai import lines_of, run_node
+from testkit.node_ai import CHAT_STATE, lines_of, run_node
 from tests.api.conftest import API, Live, LiveFactory
 from tests.api.test_tools import CONVERT, TEMPLATES, stdio
 
@@ -28,13 +28,7 @@ RELOAD = """
 import { AbstractChat, DefaultChatTransport, validateUIMessages } from __AI__;
 const BASE = __BASE__;
 __LOADER__
-class State {
-  constructor(messages) { this.messages = messages; this.status = "ready"; this.error = undefined; }
-  pushMessage(message) { this.messages = [...this.messages, message]; }
-  popMessage() { this.messages = this.messages.slice(0, -1); }
-  replaceMessage(index, message) { this.messages = this.messages.with(index, message); }
-  snapshot(thing) { return structuredClone(thing); }
-}
+__STATE__
 const sessionId = __SESSION__;
 const messages = await validateUIMessages({ messages: await loadChat(sessionId) });
 console.log(JSON.stringify({ loaded: messages }));
@@ -146,6 +140,7 @@ async def test_use_chat_reloads_the_stored_history_and_goes_on(
         driver = tmp_path / "reload.mjs"
         driver.write_text(
             RELOAD.replace("__AI__", ai_module(node_ai))
+            .replace("__STATE__", CHAT_STATE)
             .replace("__BASE__", json.dumps(live.url))
             .replace("__SESSION__", json.dumps(session_id))
             .replace("__LOADER__", doc_loader())
