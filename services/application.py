@@ -179,9 +179,11 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         relay=relay,
         prices=prices,
         stops=bus if isinstance(bus, RedisBus) else None,
+        rewrites=bus if isinstance(bus, RedisBus) else None,
     )
     if isinstance(bus, RedisBus):
         bus.on_stop(turns.stop_here)
+        bus.on_forget(cache.forget)
     stack.push_async_callback(turns.drain)
     meters.watch(
         sessions_cached=cache.__len__,

@@ -20,6 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from services.conversation.gate import TurnGate
 from services.conversation.memory import Memory
@@ -57,6 +58,14 @@ logger = logging.getLogger(__name__)
 Ask = Callable[..., Awaitable[tuple[Completion, TurnClaim] | StoredTurn]]
 
 
+class BranchRelay(Protocol):
+    """Tells the other replicas that a session's history was rewritten, so that none of them
+    sends the model the branch it holds in memory."""
+
+    async def rewritten(self, session_id: str) -> None:
+        """Have every other replica drop the session from memory (it reads it again)."""
+
+
 class Branches:
     """Runs the last step of regenerates and edits, and lists and selects variants."""
 
@@ -72,7 +81,9 @@ class Branches:
         memory: Memory | None,
         usage: UsageMeter | None,
         observer: TurnObserver | None,
+        relay: BranchRelay | None = None,
     ) -> None:
+        self._relay = relay
         self._store = store
         self._sessions = sessions
         self._gate = gate
@@ -133,6 +144,7 @@ class Branches:
             reset_memory=reset,
         )
         stored = await self._write(record, branch)
+        await self._rewritten(record.session_id)
         self._remember(active, earlier, stored, reset=reset)
         seconds = time.perf_counter() - started
         self._count(record, stored, new, completion, seconds)
@@ -173,7 +185,14 @@ class Branches:
         self._sessions.forget(record.session_id)
         if chosen is None:
             raise MessageNotFound(f"Message {seq} has no variant {number}")
+        await self._rewritten(record.session_id)
         return chosen
+
+    async def _rewritten(self, session_id: str) -> None:
+        """Other replicas holding the session drop it before the answer goes out: a turn the
+        client sends next, wherever it lands, is sent the new branch."""
+        if self._relay is not None:
+            await self._relay.rewritten(session_id)
 
     async def _ask(
         self,

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from services.conversation.branches import Branches
+from services.conversation.branches import Branches, BranchRelay
 from services.conversation.bus import SessionBus
 from services.conversation.gate import Ticket, TurnGate
 from services.conversation.memory import Memory
@@ -80,6 +80,7 @@ class TurnPipeline:
         relay: TurnRelay | None = None,
         prices: PriceTable | None = None,
         stops: StopRelay | None = None,
+        rewrites: BranchRelay | None = None,
     ) -> None:
         self._relay = relay
         self._prices = prices
@@ -104,7 +105,7 @@ class TurnPipeline:
         self._asking: dict[str, Turn] = {}  # the turn whose reply is being written, per session
         self.branches = Branches(
             store=store, sessions=sessions, gate=gate, clock=clock, stats=stats, tokens=tokens,
-            memory=memory, usage=usage, observer=observer,
+            memory=memory, usage=usage, observer=observer, relay=rewrites,
         )  # fmt: skip
 
     @property

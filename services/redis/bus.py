@@ -9,7 +9,9 @@ subscribed again when it is back. Events published meanwhile are not replayed.
 
 A stop (``request_stop``) goes on the channel every replica listens to, ``{prefix}bus``: the
 replica that runs the session's turn may have no socket on the session, so it may not listen
-to the session's channel. That replica stops the turn and answers on the same channel.
+to the session's channel. That replica stops the turn and answers on the same channel. So
+does a session's rewrite (``rewritten``: a regenerate, an edit, a variant chosen): every other
+replica drops the session from memory, so that none sends the model the branch it held.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class RedisBus:
         self._connected = asyncio.Event()
         link.on_recovery(self._connected.set)
         self._stop_here: Callable[[str], bool] = lambda session_id: False
+        self._forget_here: Callable[[str], None] = lambda session_id: None
         self._stops_asked: dict[str, asyncio.Event] = {}  # by request id: answered
 
     def start(self) -> None:
@@ -108,6 +111,19 @@ class RedisBus:
         """What stops a session's turn in this process (True when it ran one here)."""
         self._stop_here = stop_here
 
+    def on_forget(self, forget_here: Callable[[str], None]) -> None:
+        """What drops a session from this process's memory (another replica rewrote it)."""
+        self._forget_here = forget_here
+
+    async def rewritten(self, session_id: str) -> None:
+        """Have the other replicas drop the session from memory: its history was rewritten
+        here (a regenerate, an edit, a variant chosen). Redis down: they cannot be told,
+        and one of them may send the model the old branch until it reloads the session."""
+        try:
+            await self._send_control({"forget": session_id})
+        except RedisDown:
+            logger.warning("session %s rewritten with Redis down: replicas not told", session_id)
+
     async def request_stop(self, session_id: str) -> bool:
         """Ask the other replicas to stop the session's turn; whether the one running it
         answered within ``STOP_ANSWER_SECONDS`` (False as well while Redis is down)."""
@@ -135,7 +151,9 @@ class RedisBus:
     def _control(self, envelope: dict[str, str]) -> None:
         """A stop asked by another replica (stopped, and answered, if it runs here), or the
         answer to one asked here."""
-        if "stopped" in envelope:
+        if "forget" in envelope:
+            self._forget_here(envelope["forget"])
+        elif "stopped" in envelope:
             if (answered := self._stops_asked.get(envelope["stopped"])) is not None:
                 answered.set()
         elif self._stop_here(envelope["stop"]):

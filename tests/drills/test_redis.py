@@ -317,3 +317,51 @@ async def test_a_stop_sent_to_one_replica_stops_the_stream_on_the_other(
     assert resent.status_code == 200 and resent.json()["replayed"] is True
     assert resent.json()["response"] == partial
     assert len(llm.chat_requests()) == 1
+
+
+async def test_regenerates_and_edits_on_either_replica_keep_one_history(
+    two: tuple[Proc, Proc], llm: MockLLM
+) -> None:
+    a, b = two
+    llm.script(*(Reply(content=f"reply {n}") for n in range(1, 6)))
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b.url, timeout=TIMEOUT) as on_b,
+    ):
+        session_id = await new_session(on_a, "branch-user")
+        base = f"{API}/session/{session_id}"
+        steps = [  # five turns: within the drill's rate of five a minute
+            (on_a.post(f"{base}/message", json={"message": "first", "client_message_id": "t1"})),
+            (on_b.post(f"{base}/regenerate", json={"client_message_id": "g1"})),
+            (on_a.post(f"{base}/regenerate", json={"client_message_id": "g2"})),
+            (
+                on_b.patch(
+                    f"{base}/messages/0", json={"message": "edited", "client_message_id": "e1"}
+                )
+            ),
+            (on_a.post(f"{base}/message", json={"message": "next", "client_message_id": "t2"})),
+        ]
+        answers = []
+        for step in steps:
+            answer = await step
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json()["response"])
+        history = (await on_b.get(f"{base}/messages")).json()["messages"]
+        at_0 = (await on_a.get(f"{base}/messages/0/variants")).json()["variants"]
+        at_1 = (await on_b.get(f"{base}/messages/1/variants")).json()["variants"]
+
+    assert answers == [f"reply {n}" for n in range(1, 6)]
+    assert [m["content"] for m in history] == ["edited", "reply 4", "next", "reply 5"]
+    # Each model call was sent the active branch as it was then, whichever replica ran it.
+    prompts = [
+        [m["content"] for m in r["messages"] if m["role"] != "system"] for r in llm.chat_requests()
+    ]
+    assert prompts == [
+        ["first"],
+        ["first"],
+        ["first"],
+        ["edited"],
+        ["edited", "reply 4", "next"],
+    ]
+    assert [[m["content"] for m in v["messages"]] for v in at_0] == [["first", "reply 3"]]
+    assert [[m["content"] for m in v["messages"]] for v in at_1] == [["reply 1"], ["reply 2"]]
