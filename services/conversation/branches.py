@@ -111,6 +111,7 @@ class Branches:
             return _replay(turn, record, replayed)
         if not regenerate:
             await self._check_id(turn, active, seq)
+        active.memory_epoch += 1  # a fold under way summarizes what may be replaced: dropped
         text = answered[0].content if regenerate else turn.text
         reset = record.summary_seq > seq  # the memory covers what is replaced
         asked = dataclasses.replace(record, summary=None, summary_seq=0) if reset else record
@@ -145,6 +146,9 @@ class Branches:
         )
         stored = await self._write(record, branch)
         await self._rewritten(record.session_id)
+        # A fold that was storing as this began may have moved the memory over what is
+        # replaced meanwhile: the store's write cleared it too.
+        reset = reset or record.summary_seq > seq
         self._remember(active, earlier, stored, reset=reset)
         seconds = time.perf_counter() - started
         self._count(record, stored, new, completion, seconds)
@@ -176,6 +180,7 @@ class Branches:
         ticket = self._gate.reserve(record.session_id)
         try:
             async with ticket:
+                self._sessions.forget(record.session_id)  # and a fold under way on it
                 chosen = await self._store.select_variant(
                     record, seq, number, at=isoformat(self._clock())
                 )

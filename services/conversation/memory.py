@@ -53,6 +53,7 @@ INSTRUCTIONS = (
     "conversation's language, at most {words} words. Answer with the updated memory only."
 )
 MEMORY_SO_FAR, NEW_MESSAGES = "Memory so far:", "New messages:"
+_REWRITTEN = "\x00rewritten"  # _store_fold: the history changed under the fold
 
 
 class Memory:
@@ -112,7 +113,7 @@ class Memory:
     async def _fold_once(self, active: ActiveSession, upto: int) -> bool:
         """One fold with its retries; whether the memory moved on."""
         record = active.record
-        sid, since = record.session_id, record.summary_seq
+        sid, since, epoch = record.session_id, record.summary_seq, active.memory_epoch
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
             await asyncio.sleep(delay)
             try:
@@ -120,12 +121,15 @@ class Memory:
                 if not messages:
                     return False
                 upto = min(upto, messages[-1].seq + 1)
-                text = await self._store_fold(record, messages, since=since, upto=upto)
+                text = await self._store_fold(active, messages, since=since, upto=upto, epoch=epoch)
             except (ChatifyError, EmptyMemory) as error:
                 logger.warning(
                     "memory of session %s failed (attempt %d): %s", sid, attempt, error.code
                 )
                 continue
+            if text is _REWRITTEN:
+                logger.info("session %s: history rewritten during a fold: not stored", sid)
+                return False
             if text is not None:
                 record.summary, record.summary_seq = text, upto
                 logger.info("session %s: memory now covers seq < %d", sid, upto)
@@ -135,12 +139,25 @@ class Memory:
         return False
 
     async def _store_fold(
-        self, record: SessionRecord, messages: Sequence[StoredMessage], *, since: int, upto: int
+        self,
+        active: ActiveSession,
+        messages: Sequence[StoredMessage],
+        *,
+        since: int,
+        upto: int,
+        epoch: int,
     ) -> str | None:
         """Summarize, then store the memory and the call's counts in one write: the memory,
-        or None when another fold got there first. A call whose counts that write cannot
-        carry (an empty answer, a failed write) is counted on its own."""
+        or None when another fold got there first, or ``_REWRITTEN`` when the history was
+        rewritten meanwhile (the summary is of messages no longer active: not stored). A call
+        whose counts that write cannot carry (an empty answer, a failed write, a rewrite) is
+        counted on its own."""
+        record = active.record
         text, spent = await self._summarize(record, messages)
+        if active.memory_epoch != epoch:
+            if spent is not None and self._calls is not None:
+                self._calls.add(record.session_id, spent, "memory")
+            return _REWRITTEN
         try:
             if not text:
                 raise EmptyMemory("The model answered an empty memory")

@@ -67,6 +67,9 @@ class ActiveSession:
     # Every client_message_id stored below next_seq: a new id needs no read before the model
     # is asked, and the store needs none beside it (see ``Store.claim_turn``'s known_below).
     seen: SeenIds
+    # Moves on when the history is rewritten (a regenerate, an edit, a variant chosen): a
+    # memory fold that began before drops its summary of what was replaced.
+    memory_epoch: int = 0
 
     def find(self, client_message_id: str) -> StoredTurn | None:
         """A turn still in the context window, by the id of its user message."""
@@ -148,8 +151,11 @@ class ActiveSessions:
             active.record.title = title
 
     def forget(self, session_id: str) -> None:
-        """Drop a session from memory (it stays in the store)."""
-        self._cache.pop(session_id, None)
+        """Drop a session from memory (it stays in the store). What was held may be stale (a
+        rewrite here or on another replica): a memory fold under way on it is not stored."""
+        active = self._cache.pop(session_id, None)
+        if active is not None:
+            active.memory_epoch += 1
 
     def evict_idle(self) -> list[str]:
         """Drop sessions idle longer than the time to live; their ids."""

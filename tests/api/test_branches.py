@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +382,28 @@ async def test_a_regenerate_waits_behind_the_turn_in_flight_then_answers_it_agai
     (variant,) = kept.json()["variants"]
     (old,) = variant["messages"]
     assert old["finish_reason"] == "stopped" and old["content"] == done.json()["response"]
+
+
+async def test_a_fold_in_flight_when_an_edit_lands_stores_no_memory_of_the_old_branch(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM, memory_templates: None
+) -> None:
+    asked, release = threading.Event(), threading.Event()
+    # A window of 6 is full after 3 turns: the third sets off a fold, held here.
+    first_three = [Reply(content=f"Reply {n}") for n in range(1, 4)]
+    llm.script(*first_three, Reply(content="- alpha was said", arrived=asked, gate=release))
+    async with running_app(make_settings(session_memory=True), clock) as chat:
+        session_id = await chat.create_session("companion")
+        for text in ("alpha", "bravo", "charlie"):
+            assert (await chat.send(session_id, text)).status_code == 200
+        assert await asyncio.to_thread(asked.wait, 10), "no memory call"
+        edited = await chat.client.patch(
+            f"{API}/session/{session_id}/messages/0", json={"message": "delta"}
+        )
+        assert edited.status_code == 200, edited.text
+        release.set()  # the fold of alpha..charlie answers after the edit replaced them
+        await chat.services.memory.idle()
+        record = await chat.services.store.get_session(session_id)
+        assert record is not None and (record.summary, record.summary_seq) == (None, 0)
+        assert (await chat.send(session_id, "echo")).status_code == 200
+        prompt = last_prompt(llm)
+        assert not any("alpha" in content for _, content in prompt)

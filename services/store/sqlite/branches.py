@@ -58,7 +58,13 @@ class SQLiteBranches(SQLiteConnection):
                     conn, sid, branch.seq, _next_number(conn, sid, branch.seq), at=turn.reply_at
                 )
                 _insert(conn, sid, new)
-                _set_counters(conn, sid, reply, reset_memory=branch.reset_memory)
+                # A memory stored since the caller looked (a fold landing meanwhile) that
+                # covers what is replaced goes as well.
+                covered = conn.execute(
+                    "SELECT summary_seq FROM sessions WHERE session_id = ?", (sid,)
+                ).fetchone()[0]
+                reset = branch.reset_memory or covered > branch.seq
+                _set_counters(conn, sid, reply, reset_memory=reset)
                 usage_rows.add(
                     conn, user_id=session.user_id, session_id=sid, usage=turn.usage,
                     at=turn.reply_at, turns=1, target=turn.served_by,
