@@ -48,6 +48,7 @@ from services.core.records import (
     TurnResult,
     isoformat,
 )
+from services.limits.cost import PriceTable
 from services.limits.usage import UsageMeter
 from services.llm.client import ChatMessage, Completion
 from services.store.base import Store
@@ -82,8 +83,10 @@ class Branches:
         usage: UsageMeter | None,
         observer: TurnObserver | None,
         relay: BranchRelay | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self._relay = relay
+        self._prices = prices
         self._store = store
         self._sessions = sessions
         self._gate = gate
@@ -125,6 +128,9 @@ class Branches:
         if (smaller := smaller_window(window)) is not None:
             prompts.append(functools.partial(build_prompt, asked, smaller, text))
         completion = await self._ask(turn, record, prompts, ask, stream=stream)
+        usage = completion.usage
+        if self._prices is not None:  # priced as a turn is: once, stored by the branch write
+            usage = self._prices.priced(usage, completion.served_by)
         new = NewTurn(
             user_text=text,
             reply=completion.content,
@@ -132,7 +138,7 @@ class Branches:
             user_at=answered[0].timestamp if regenerate else isoformat(self._clock()),
             reply_at=isoformat(self._clock()),
             finish_reason=STOPPED if completion.stopped else None,
-            usage=completion.usage,
+            usage=usage,
             provider=completion.provider,
             model=completion.model,
             tools=completion.tool_uses,
@@ -263,7 +269,10 @@ class Branches:
         usage = stored.assistant.usage
         reply_tokens = usage.completion_tokens if usage else 0
         self._stats.turn_done(
-            record.template_id, reply_tokens=reply_tokens, served_by=new.served_by
+            record.template_id,
+            reply_tokens=reply_tokens,
+            served_by=new.served_by,
+            cost_micros=new.usage.cost_micros if new.usage else None,
         )
         if self._usage is not None:
             self._usage.spent(record.user_id, usage, at=new.reply_at)

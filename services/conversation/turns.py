@@ -105,7 +105,7 @@ class TurnPipeline:
         self._asking: dict[str, Turn] = {}  # the turn whose reply is being written, per session
         self.branches = Branches(
             store=store, sessions=sessions, gate=gate, clock=clock, stats=stats, tokens=tokens,
-            memory=memory, usage=usage, observer=observer, relay=rewrites,
+            memory=memory, usage=usage, observer=observer, relay=rewrites, prices=prices,
         )  # fmt: skip
 
     @property

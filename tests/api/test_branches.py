@@ -17,6 +17,7 @@ from testkit.live import read_events
 from testkit.mock_llm import Hold, MockLLM, Reply
 from testkit.node_ai import CHAT_STATE, lines_of, run_node
 from tests.api.conftest import LiveFactory
+from tests.api.test_cost import priced
 from tests.api.test_memory import MEMORY_TEMPLATES, is_memory_call
 from tests.api.test_stop import rest_of, until_delta
 from tests.api.test_ui_stream import ai_module
@@ -407,3 +408,22 @@ async def test_a_fold_in_flight_when_an_edit_lands_stores_no_memory_of_the_old_b
         assert (await chat.send(session_id, "echo")).status_code == 200
         prompt = last_prompt(llm)
         assert not any("alpha" in content for _, content in prompt)
+
+
+async def test_a_regenerated_or_edited_reply_is_priced_like_a_turn(
+    chat: RunningApp, llm: MockLLM
+) -> None:
+    session_id = await chat.create_session("plain")  # gpt-4o-mini: a list price
+    for text in ("first", "second"):
+        assert (await chat.send(session_id, text)).status_code == 200
+    regenerated = await chat.client.post(f"{API}/session/{session_id}/regenerate", json={})
+    assert regenerated.status_code == 200, regenerated.text
+    regenerate_cost = priced(*llm.reported_usage[-1])
+    edited = await chat.client.patch(
+        f"{API}/session/{session_id}/messages/0", json={"message": "first, edited"}
+    )
+    assert edited.status_code == 200, edited.text
+    edit_cost = priced(*llm.reported_usage[-1])
+    for answer, cost in ((regenerated, regenerate_cost), (edited, edit_cost)):
+        assert cost > 0
+        assert answer.json()["usage"]["cost_micros"] == cost
