@@ -71,7 +71,7 @@ class SQLiteBranches(SQLiteConnection):
                 )  # fmt: skip
                 return StoredTurn(user, reply)
 
-        return await self._run(write)
+        return await self._write(write)
 
     async def load_variants(self, session_id: str, seq: int) -> list[Variant]:
         """Every variant row of the seq."""
@@ -117,7 +117,7 @@ class SQLiteBranches(SQLiteConnection):
                 _set_counters(conn, sid, chosen[-1], reset_memory=summary_seq > seq)
                 return chosen
 
-        return await self._run(swap)
+        return await self._write(swap)
 
 
 def _check_active(conn: sqlite3.Connection, sid: str, next_seq: int | None) -> None:

@@ -72,7 +72,7 @@ class SQLiteDocuments(SQLiteConnection):
                     (report.overwritten if exists else report.created).append(label)
             return report
 
-        return await self._run(seed)
+        return await self._write(seed)
 
     async def read_document(self, ref: DocRef) -> dict[str, Any] | None:
         """The stored template or rules document."""
@@ -112,7 +112,7 @@ class SQLiteDocuments(SQLiteConnection):
                 )
                 return DocWrite(stored, etag_of(stored))
 
-        return await self._run(write)
+        return await self._write(write)
 
     async def list_versions(self, ref: DocRef) -> list[DocVersion]:
         """The history, oldest first."""
@@ -159,7 +159,7 @@ class SQLiteDocuments(SQLiteConnection):
                     shares,
                 )
 
-        await self._run(add)
+        await self._write(add)
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every row of the stats table, with the personality's shares by target."""

@@ -37,4 +37,4 @@ class SQLiteMemory(SQLiteConnection):
                     usage_rows.add_call(conn, session_id, usage)
             return cursor.rowcount == 1
 
-        return await self._run(update)
+        return await self._write(update)

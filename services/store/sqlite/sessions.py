@@ -32,7 +32,7 @@ class SQLiteSessions(SQLiteConnection):
             with transaction(conn):
                 conn.execute(sql, row)
 
-        await self._run(insert)
+        await self._write(insert)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session row (with its usage totals and their shares by target), or None."""
@@ -61,7 +61,7 @@ class SQLiteSessions(SQLiteConnection):
                 row: sqlite3.Row | None = conn.execute(sql, (session_id,)).fetchone()
                 return row
 
-        row = await self._run(end)
+        row = await self._write(end)
         return session_of(row) if row else None
 
     async def list_user_sessions(
@@ -107,7 +107,7 @@ class SQLiteSessions(SQLiteConnection):
                 ).fetchone()
                 return found
 
-        row = await self._run(rename)
+        row = await self._write(rename)
         return session_of(row) if row else None
 
     async def expire_idle_sessions(self, *, idle_before: str, at: str) -> list[str]:
@@ -122,4 +122,4 @@ class SQLiteSessions(SQLiteConnection):
                 ).fetchall()
             return [row[0] for row in rows]
 
-        return await self._run(expire)
+        return await self._write(expire)

@@ -131,7 +131,7 @@ class SQLiteTurns(SQLiteConnection):
                 )  # fmt: skip
                 return StoredTurn(user, reply)
 
-        return await self._run(write)
+        return await self._write(write)
 
     async def release_turn(
         self, session: SessionRecord, claim: TurnClaim, client_message_id: str | None

@@ -30,7 +30,7 @@ class SQLiteUsage(SQLiteConnection):
             with transaction(conn):
                 usage_rows.add_call(conn, session_id, CallUsage(user_id, usage, at, target))
 
-        await self._run(add)
+        await self._write(add)
 
     async def load_usage(
         self, user_id: str, *, since_day: str, until_day: str, by_model: bool = False

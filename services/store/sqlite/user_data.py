@@ -36,4 +36,4 @@ class SQLiteUserData(SQLiteConnection):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return erased
 
-        return await self._run(delete)
+        return await self._run(delete)  # not grouped: its checkpoint follows its own commit
