@@ -12,7 +12,6 @@ from api.deps import (
     BeforeSeq,
     CallerDep,
     PageLimit,
-    QuotasDep,
     ServicesDep,
     SessionIdPath,
     SessionServiceDep,
@@ -39,7 +38,7 @@ from api.schemas import (
 )
 from services.application import Services
 from services.conversation.titles import client_title
-from services.core.records import parse_iso
+from services.core.records import SessionRecord, parse_iso
 from services.identity import Caller
 
 router = APIRouter(prefix="/chatbot", tags=["sessions"])
@@ -53,11 +52,17 @@ HISTORY_IN_DETAIL = 50
     responses=documented(401, 403, 404, 409, 413, 422, 429, 503),
 )
 async def create_session(
-    body: CreateSessionRequest, sessions: SessionServiceDep, caller: CallerDep, quotas: QuotasDep
-) -> CreateSessionResponse:
+    body: CreateSessionRequest, services: ServicesDep, caller: CallerDep
+) -> Response:
     """Start a session with a personality (the default one when template_id is absent).
     A non-public personality answers 404 to callers bound to a user (Firebase ID tokens,
     per-user keys); server keys, admins and AUTH_MODE=none may use it."""
+    created = await start_session(services, caller, body)
+    return Response(created, status_code=201, media_type="application/json")
+
+
+async def start_session(services: Services, caller: Caller, body: CreateSessionRequest) -> bytes:
+    """A new session, as the 201 body's JSON (the turn lane serves it too)."""
     user_id = caller.resolve_user(body.user_id)
     if user_id is None:
         raise invalid("body", "user_id", msg="Field required", kind="missing")
@@ -65,8 +70,8 @@ async def create_session(
         # The user routes read `me` as the caller's own id: a user named so could not reach
         # its data there.
         raise invalid("body", "user_id", msg="'me' is reserved: it names the caller's own id")
-    await quotas.take_session(user_id)
-    created = await sessions.create_session(
+    await services.quotas.take_session(user_id)
+    created = await services.sessions.create_session(
         user_id=user_id,
         template_id=body.template_id,
         variables=body.variables,
@@ -75,11 +80,15 @@ async def create_session(
         # their id (Firebase users, per-user keys) cannot start them.
         public_only=caller.role == "user",
     )
-    return CreateSessionResponse(
-        session_id=created.record.session_id,
-        template_id=created.record.template_id,
-        welcome_message=created.welcome_message,
-        created_at=created.record.created_at,
+    return (
+        CreateSessionResponse(
+            session_id=created.record.session_id,
+            template_id=created.record.template_id,
+            welcome_message=created.welcome_message,
+            created_at=created.record.created_at,
+        )
+        .model_dump_json()
+        .encode()
     )
 
 
@@ -187,9 +196,16 @@ async def end_session(
     purge: Annotated[
         bool, Query(description="Erase the session and its messages from the store for good")
     ] = False,
-) -> EndSessionResponse:
+) -> Response:
     """End a session (idempotent): its record and history stay stored. With `purge=true`,
     erase it instead (then it is 404 like one that never existed)."""
+    ended = await finish_session(services, session, purge=purge)
+    return Response(ended, media_type="application/json")
+
+
+async def finish_session(services: Services, session: SessionRecord, *, purge: bool) -> bytes:
+    """End or erase the caller's session, as the 200 body's JSON (the turn lane serves it
+    too)."""
     if purge:
         await services.user_data.erase_session(session)
         record = session
@@ -198,13 +214,19 @@ async def end_session(
         record = await services.sessions.end_session(session.session_id)
         message = "Session ended successfully"
     ended_at = parse_iso(record.ended_at or record.last_activity)
-    return EndSessionResponse(
-        message=message,
-        stats=SessionStats(
-            duration_seconds=round((ended_at - parse_iso(record.created_at)).total_seconds(), 3),
-            message_count=record.message_count,
-            total_messages=record.message_count * 2,
-        ),
+    return (
+        EndSessionResponse(
+            message=message,
+            stats=SessionStats(
+                duration_seconds=round(
+                    (ended_at - parse_iso(record.created_at)).total_seconds(), 3
+                ),
+                message_count=record.message_count,
+                total_messages=record.message_count * 2,
+            ),
+        )
+        .model_dump_json()
+        .encode()
     )
 
 
