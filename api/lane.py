@@ -117,7 +117,7 @@ class TurnLane:
                 created = await start_session(services, caller, body)
                 return Response(created, status_code=201, media_type="application/json")
             if body is None:  # the end of a session
-                session = owned(await services.sessions.get_session(session_id), caller)
+                session = owned(await services.sessions.owned_by(session_id), caller)
                 ended = await finish_session(services, session, purge=False)
                 return Response(ended, media_type="application/json")
             if kind == "message":

@@ -144,6 +144,11 @@ class ActiveSessions:
         self._cache[record.session_id] = active
         return active
 
+    def held(self, session_id: str) -> SessionRecord | None:
+        """The record of a session held here, if it is (its idle time is not restarted)."""
+        active = self._cache.get(session_id)
+        return active.record if active is not None else None
+
     def retitle(self, session_id: str, title: str | None) -> None:
         """Keep a held session's title in step with the store."""
         active = self._cache.get(session_id)

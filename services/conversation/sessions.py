@@ -113,6 +113,13 @@ class SessionService:
             raise SessionNotFound(session_id)
         return record
 
+    async def owned_by(self, session_id: str) -> SessionRecord:
+        """The session, for a check of whose it is before a write that reads it again (an
+        end): the record held here when there is one (a session's user never changes; one
+        erased meanwhile is not found by that write), else the stored one."""
+        held = self._sessions.held(session_id)
+        return held if held is not None else await self.get_session(session_id)
+
     async def messages(
         self, session_id: str, *, limit: int, before: int | None = None
     ) -> list[StoredMessage]:

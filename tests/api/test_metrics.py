@@ -288,3 +288,20 @@ def test_personality_and_model_labels_are_capped() -> None:
     }
     assert len(templates) == MAX_LABEL_VALUES + 1 and "other" in templates
     assert value(text, "chatify_turn_seconds_count", template="other") == 5
+
+
+async def test_ending_a_session_held_here_reads_nothing_before_its_write(chat: RunningApp) -> None:
+    # Whose a held session is never changes: the end's one store call is its write.
+    held = await chat.create_session("pirate")
+    before = await scrape(chat)
+    ended = await chat.client.delete(f"{API}/session/{held}")
+    assert ended.status_code == 200 and ended.json()["stats"]["message_count"] == 0
+    after = await scrape(chat)
+    reads = "chatify_store_seconds_count"
+    assert value(after, reads, operation="get_session") == value(
+        before, reads, operation="get_session"
+    )
+    assert (
+        value(after, reads, operation="end_session")
+        == value(before, reads, operation="end_session") + 1
+    )
