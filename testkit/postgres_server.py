@@ -54,6 +54,18 @@ def _free_port() -> int:
         return port
 
 
+def dump(url: str) -> str:
+    """Every row of the database at ``url`` as ``pg_dump --data-only`` writes it."""
+    folder = postgres_bin()
+    if folder is None:
+        raise RuntimeError("no PostgreSQL binaries")
+    done = subprocess.run(
+        [str(folder / "pg_dump"), "--data-only", "-d", url],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout
+
+
 class PostgresServer:
     """One cluster and its server process."""
 
