@@ -65,7 +65,7 @@ class PostgresConnection:
                 command_timeout=self._timeout,
             )
         except (*DRIVER_ERRORS, ValueError) as exc:
-            message = f"Cannot open the PostgreSQL store at {self.where}: {self._scrub(exc)}"
+            message = f"Cannot open the PostgreSQL store at {self.where}: {self._reason(exc)}"
             logger.error("%s", message)
             raise StoreUnavailable(message) from None
         async with self._pool.acquire() as conn:
@@ -92,8 +92,12 @@ class PostgresConnection:
         """A connection outside the pool (the listener's)."""
         return await asyncpg.connect(self._url, timeout=self._timeout)
 
-    def _scrub(self, exc: BaseException) -> str:
-        """An error's first line, without the password, whatever the driver put in it."""
+    def _reason(self, exc: BaseException) -> str:
+        """What went wrong, in words, without the password whatever the driver put in it."""
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self._timeout:g} s (STORE_TIMEOUT_SECONDS)"
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"the server cannot be reached ({exc.strerror})"
         text = (str(exc).splitlines() or [type(exc).__name__])[0][:300] or type(exc).__name__
         password = urlsplit(self._url).password
         return text.replace(unquote(password), "***").replace(password, "***") if password else text
