@@ -135,11 +135,12 @@ class PostgresServer:
         )  # fmt: skip
         return ready.returncode == 0
 
-    def psql(self, sql: str, database: str = "postgres") -> str:
-        """Run SQL with ``psql`` over TCP, as a client would; its unaligned output."""
+    def psql(self, sql: str, database: str = "postgres", *, sep: str = "|") -> str:
+        """Run SQL with ``psql`` over TCP, as a client would; its unaligned output (fields
+        apart by ``sep``)."""
         done = subprocess.run(
             [str(self.bindir / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-             "-d", self.url(database), "-c", sql],
+             "-F", sep, "-d", self.url(database), "-c", sql],
             capture_output=True, text=True, check=False, timeout=60,
         )  # fmt: skip
         if done.returncode != 0:
