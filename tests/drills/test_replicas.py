@@ -1,6 +1,7 @@
 """Two replicas on one store: two service processes on one SQLite file, one Realtime
-Database test server, or one PostgreSQL database. Clients spray turns for shared sessions at both at once; afterwards
-nothing acknowledged is lost, nothing is stored twice, and every history is whole and exact.
+Database test server, or one PostgreSQL database. Clients spray turns for shared sessions at
+both at once; afterwards nothing acknowledged is lost, nothing is stored twice, and every
+history is whole and exact.
 """
 
 from __future__ import annotations

@@ -114,9 +114,12 @@ class PostgresBranches(PostgresConnection):
 
 
 async def _lock(conn: Any, sid: str) -> Any:
-    """The session row, locked until the transaction ends (None: no such session)."""
+    """The session row, locked until the transaction ends (None: no such session): the lock
+    a turn's ``UPDATE`` takes, so either waits for the other; not one that waits for a
+    foreign key's check (inserting a session's messages)."""
     return await conn.fetchrow(
-        "SELECT status, message_count, summary_seq FROM sessions WHERE session_id = $1 FOR UPDATE",
+        "SELECT status, message_count, summary_seq FROM sessions WHERE session_id = $1 "
+        "FOR NO KEY UPDATE",
         sid,
     )
 

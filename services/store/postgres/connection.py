@@ -29,8 +29,15 @@ from services.store.postgres.schema import migrate
 logger = logging.getLogger(__name__)
 
 # What a lost or refused database looks like from the driver: server errors (a restart's
-# "terminating connection", a cut backend), a closed connection, a socket error, a timeout.
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# "terminating connection", a cut backend), a closed connection or one left mid-protocol by
+# the cut (InternalClientError), a socket error, a timeout.
+DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 class PostgresConnection:
