@@ -69,8 +69,9 @@ def dump(url: str) -> str:
 class PostgresServer:
     """One cluster and its server process."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable  # fsync and synchronous commits on, as in production (bench)
         self.port = _free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="chatify-pg-"))
         self.data = self.folder / "data"
@@ -112,10 +113,12 @@ class PostgresServer:
         """Start the server and wait until it takes a connection (bounded)."""
         args = [
             str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-            "-k", str(self.sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-            "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            "-k", str(self.sockets), "-c", "listen_addresses=127.0.0.1",
             "-c", "max_connections=300", "-c", "shared_buffers=64MB",
         ]  # fmt: skip
+        if not self.durable:  # a test's data need not survive a power cut: no disk syncs
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            args += ["-c", "full_page_writes=off"]
         with self.log.open("ab") as out:
             self._process = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, cwd=self.folder, **self._as

@@ -27,9 +27,9 @@ TIMEOUT = httpx.Timeout(30.0)
 
 def postgres_settings(llm_url: str, database_url: str) -> dict[str, Any]:
     """Service settings on the database, background LLM calls off (one writer per turn)."""
-    settings = bench_settings(llm_url, None, session_titles=False, session_memory=False)
-    del settings["sqlite_path"]
-    return {**settings, "store": "postgres", "database_url": database_url}
+    return bench_settings(
+        llm_url, None, database_url=database_url, session_titles=False, session_memory=False
+    )
 
 
 @dataclass

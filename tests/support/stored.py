@@ -136,11 +136,10 @@ class DrillStore:
 
     def settings(self, llm_url: str) -> dict[str, Any]:
         """Service settings on this store (abuse limits raised for load)."""
-        settings = bench_settings(llm_url, self.rtdb.url if self.rtdb else None)
         if self.postgres is not None:
-            del settings["sqlite_path"]
-            settings.update(store="postgres", database_url=self.database_url)
-        elif self.rtdb is None:
+            return bench_settings(llm_url, None, database_url=self.database_url)
+        settings = bench_settings(llm_url, self.rtdb.url if self.rtdb else None)
+        if self.rtdb is None:
             settings["sqlite_path"] = str(self.sqlite_path)
         else:
             self.namespace = str(settings["firebase_database_url"]).split("?ns=", 1)[1]
