@@ -75,9 +75,18 @@ class PostgresConnection:
             message = f"Cannot open the PostgreSQL store at {self.where}: {self._reason(exc)}"
             logger.error("%s", message)
             raise StoreUnavailable(message) from None
-        async with self._pool.acquire() as conn:
-            await migrate(conn)
-        await self._listener.start()
+        try:
+            async with self._pool.acquire() as conn:
+                await migrate(conn)
+            await self._listener.start()
+        except BaseException as exc:
+            await self.close()
+            if not isinstance(exc, DRIVER_ERRORS):
+                raise
+            # e.g. a role that may not create tables
+            message = f"Cannot prepare the PostgreSQL store at {self.where}: {self._reason(exc)}"
+            logger.error("%s", message)
+            raise StoreUnavailable(message) from None
 
     async def close(self) -> None:
         """Stop listening and close every connection."""

@@ -29,6 +29,7 @@ class DocumentListener:
         self._connect = connect
         self._subscribers: list[_Subscriber] = []
         self._task: asyncio.Task[None] | None = None
+        self._conn: Any = None  # the listening connection, while there is one
 
     def subscribe(self, changed: Callable[[], Awaitable[None]]) -> None:
         """Call ``changed`` on every notice."""
@@ -36,8 +37,8 @@ class DocumentListener:
 
     async def start(self) -> None:
         """Listen from now on (the first connection is opened before this returns)."""
-        conn = await self._open()
-        self._task = asyncio.create_task(self._keep(conn), name="postgres-listener")
+        self._conn = await self._open()
+        self._task = asyncio.create_task(self._keep(), name="postgres-listener")
 
     async def stop(self) -> None:
         """Stop listening and wait for the calls under way."""
@@ -46,6 +47,10 @@ class DocumentListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=1)
         for subscriber in self._subscribers:
             await subscriber.stop()
 
@@ -54,29 +59,25 @@ class DocumentListener:
         await conn.add_listener(CHANNEL, self._notified)
         return conn
 
-    async def _keep(self, conn: Any) -> None:
+    async def _keep(self) -> None:
         """Hold the connection; open it again when it is lost."""
         attempt = 0
-        try:
-            while True:
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await lost.wait()
-                logger.warning("postgres listener lost its connection; reopening it")
-                while True:
-                    await asyncio.sleep(_RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)])
-                    try:
-                        conn = await self._open()
-                    except Exception as exc:  # the server is still away: try again
-                        attempt += 1
-                        logger.info("postgres listener reconnect failed: %s", type(exc).__name__)
-                        continue
-                    attempt = 0
-                    self._notified()  # edits made while away notified nobody
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        while True:
+            lost = asyncio.Event()
+            self._conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            await lost.wait()
+            logger.warning("postgres listener lost its connection; reopening it")
+            self._conn.terminate()  # already gone: release what is left of it at once
+            self._conn = None
+            while self._conn is None:
+                await asyncio.sleep(_RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)])
+                try:
+                    self._conn = await self._open()
+                except Exception as exc:  # the server is still away: try again
+                    attempt += 1
+                    logger.info("postgres listener reconnect failed: %s", type(exc).__name__)
+            attempt = 0
+            self._notified()  # edits made while away notified nobody
 
     def _notified(self, *_: Any) -> None:
         for subscriber in self._subscribers:
