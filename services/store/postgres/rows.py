@@ -12,6 +12,7 @@ from services.core.records import (
     ModelUsage,
     SessionRecord,
     StoredMessage,
+    ToolUse,
     Usage,
     UsageTotals,
     tool_uses,
@@ -60,12 +61,20 @@ def message_of(row: Mapping[str, Any]) -> StoredMessage:
     )  # fmt: skip
 
 
+def usage_json(usage: Usage | None) -> str | None:
+    """The ``usage`` column of a message."""
+    return json.dumps(usage.as_dict()) if usage else None
+
+
+def tools_json(tools: tuple[ToolUse, ...]) -> str | None:
+    """The ``tools`` column of a message."""
+    return json.dumps([use.as_dict() for use in tools]) if tools else None
+
+
 def message_values(session_id: str, message: StoredMessage) -> tuple[Any, ...]:
     """A message as the values of its row: ``session_id``, then ``MESSAGE_COLUMNS``."""
-    usage = json.dumps(message.usage.as_dict()) if message.usage else None
-    tools = json.dumps([use.as_dict() for use in message.tools]) if message.tools else None
     return (
         session_id, message.seq, message.role, message.content, message.timestamp,
-        message.client_message_id, usage, message.provider, message.model, tools,
-        message.finish_reason,
+        message.client_message_id, usage_json(message.usage), message.provider, message.model,
+        tools_json(message.tools), message.finish_reason,
     )  # fmt: skip

@@ -28,7 +28,7 @@ from services.core.records import (
 from services.core.usage_counts import counts_of
 from services.store.postgres import usage_rows
 from services.store.postgres.connection import PostgresConnection
-from services.store.postgres.rows import MESSAGE_COLUMNS, message_of, message_values
+from services.store.postgres.rows import MESSAGE_COLUMNS, message_of, tools_json, usage_json
 
 CLIENT_ID_INDEX = "messages_by_client_id"
 _MESSAGE_NAMES = f"session_id, {MESSAGE_COLUMNS}"
@@ -118,13 +118,7 @@ class PostgresTurns(PostgresConnection):
     ) -> StoredTurn:
         """The turn's one statement; the turn this ``client_message_id`` stored meanwhile
         instead, when the unique index refuses it."""
-        sid = session.session_id
-        user = StoredMessage(0, "user", turn.user_text, turn.user_at, turn.client_message_id)
-        reply = StoredMessage(
-            1, "assistant", turn.reply, turn.reply_at, None, turn.usage, turn.provider,
-            turn.model, turn.tools, turn.finish_reason,
-        )  # fmt: skip
-        values = message_values(sid, reply)
+        sid, cmid = session.session_id, turn.client_message_id
         counted = usage_rows.counted_args(
             session_id=sid, user_id=session.user_id, at=turn.reply_at, target=turn.served_by,
             counts=counts_of(turn.usage, turns=1),
@@ -132,14 +126,14 @@ class PostgresTurns(PostgresConnection):
         async with self._connection() as conn:
             try:
                 row = await conn.fetchrow(
-                    _WRITE_TURN, *counted, turn.client_message_id, turn.user_text, turn.user_at,
-                    turn.reply, turn.reply_at, values[6], turn.provider, turn.model, values[9],
-                    preview_of(turn.reply), turn.finish_reason,
+                    _WRITE_TURN, *counted, cmid, turn.user_text, turn.user_at, turn.reply,
+                    turn.reply_at, usage_json(turn.usage), turn.provider, turn.model,
+                    tools_json(turn.tools), preview_of(turn.reply), turn.finish_reason,
                 )  # fmt: skip
             except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name != CLIENT_ID_INDEX or turn.client_message_id is None:
+                if exc.constraint_name != CLIENT_ID_INDEX or cmid is None:
                     raise
-                stored = _turn_of(await conn.fetch(_FIND_TURN, sid, turn.client_message_id))
+                stored = _turn_of(await conn.fetch(_FIND_TURN, sid, cmid))
                 if stored is None:  # refused for an id whose turn is gone again: erased
                     raise StoreUnavailable("The session changed meanwhile; try again") from exc
                 return stored
@@ -149,10 +143,10 @@ class PostgresTurns(PostgresConnection):
             raise SessionEnded(sid, row["status"])
         seq = int(row["n"]) * 2
         return StoredTurn(
-            StoredMessage(seq, "user", user.content, user.timestamp, user.client_message_id),
+            StoredMessage(seq, "user", turn.user_text, turn.user_at, cmid),
             StoredMessage(
-                seq + 1, "assistant", reply.content, reply.timestamp, None, reply.usage,
-                reply.provider, reply.model, reply.tools, reply.finish_reason,
+                seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage, turn.provider,
+                turn.model, turn.tools, turn.finish_reason,
             ),
         )  # fmt: skip
 
