@@ -2,8 +2,9 @@
 docs/memory.md, docs/tools.md and docs/streaming.md (stopping), one command.
 
 Each scenario starts its own service (``python -m api``), mock LLM and, for Firebase, the
-Realtime Database test server, all on 127.0.0.1; measures going direct to the mock and going
-through the service in the same run; and prints Markdown tables. ``--quick`` runs fewer turns.
+Realtime Database test server (for PostgreSQL, a cluster of its own), all on 127.0.0.1;
+measures going direct to the mock and going through the service in the same run; and prints
+Markdown tables. ``--quick`` runs fewer turns.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main() -> None:
         return max(3, int(turns * q))
 
     rows = []
-    for store in ("sqlite", "firebase"):
+    for store in ("sqlite", "firebase", "postgres"):
         for users, latency, turns in ((1, 0, 400), (1, 200, 25), (32, 0, 25), (32, 200, 10)):
             pair = scenario(store=store, users=users, turns=n(turns), latency_ms=latency)
             rows.append(overhead_row(f"{store}, {users} user(s), LLM {latency} ms", pair, "turn"))
@@ -59,7 +60,7 @@ def main() -> None:
         )
         name = f"sqlite, 64 users, LLM 0 ms (throughput), {workers} worker(s)"
         rows.append(overhead_row(name, pair, "turn"))
-    for store in ("sqlite", "firebase"):
+    for store in ("sqlite", "firebase", "postgres"):
         pair = scenario(store=store, users=64, turns=n(15), latency_ms=200)
         rows.append(overhead_row(f"{store}, 64 users, LLM 200 ms", pair, "turn"))
     if "streams1000" not in args.skip:

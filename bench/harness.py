@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-_SETTING_PREFIXES = ("OPENAI_", "FIREBASE_", "GOOGLE_APPLICATION", "STORE", "SQLITE_", "AUTH_")
+_SETTING_PREFIXES = (
+    "OPENAI_", "FIREBASE_", "GOOGLE_APPLICATION", "STORE", "SQLITE_", "AUTH_", "DATABASE_",
+)  # fmt: skip
 
 
 def free_port() -> int:

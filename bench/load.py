@@ -331,7 +331,9 @@ def main() -> None:
 
 
 def bench_settings(llm_url: str, rtdb_url: str | None, **extra: object) -> dict[str, Any]:
-    """Service settings for load: limits that a benchmark must not hit."""
+    """Service settings for load: limits that a benchmark must not hit. The store: the
+    Realtime Database at ``rtdb_url``, else PostgreSQL when ``database_url`` is among
+    ``extra``, else a SQLite file of its own."""
     settings: dict[str, Any] = {
         "openai_base_url": f"{llm_url}/v1",
         "openai_api_key": "bench",
@@ -344,6 +346,8 @@ def bench_settings(llm_url: str, rtdb_url: str | None, **extra: object) -> dict[
     }
     if rtdb_url:
         settings["firebase_database_url"] = f"{rtdb_url}?ns=bench{os.getpid()}"
+    elif settings.get("database_url"):
+        settings["store"] = "postgres"
     else:
         settings["store"] = "sqlite"
         settings["sqlite_path"] = f"/tmp/chatify-bench-{os.getpid()}-{time.time_ns()}.db"

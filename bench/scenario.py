@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.harness import REPO, running, start_mock_llm, start_rtdb, start_service
 from bench.load import Phase, bench_settings, measure, summary_table
+from testkit.postgres_server import PostgresServer, postgres_bin
 
 logger = logging.getLogger("bench")
 
@@ -39,8 +40,10 @@ def scenario(
     one-time work (FastAPI building routes on first use, the first title and memory fold)
     is not counted as the turns' cost."""
     llm_args = ["--latency-ms", str(latency_ms), "--chunks", str(chunks), *llm_flags]
-    with running(start_mock_llm(*llm_args)) as llm:
+    with running(start_mock_llm(*llm_args)) as llm, postgres_database(store) as database_url:
         rtdb = start_rtdb() if store == "firebase" else None
+        if database_url is not None:
+            settings = {**settings, "database_url": database_url}
         try:
             config = bench_settings(llm.url, rtdb.url if rtdb else None, **settings)
             with running(start_service(repo=repo, **config)) as service:
@@ -63,6 +66,20 @@ def scenario(
         row.update(store=store, latency_ms=latency_ms)
     logger.info("%s", summary_table([direct, through]))
     return direct, through
+
+
+@contextlib.contextmanager
+def postgres_database(store: str) -> Iterator[str | None]:
+    """For ``store="postgres"``, a database on a cluster of its own, durable as in
+    production (fsync and synchronous commits on); None for the other stores."""
+    if store != "postgres":
+        yield None
+        return
+    bindir = postgres_bin()
+    if bindir is None:
+        raise RuntimeError("the postgres scenarios need Debian's postgresql package (README)")
+    with PostgresServer(bindir, durable=True) as server:
+        yield server.create_database("bench")
 
 
 def overhead_row(name: str, pair: tuple[dict[str, Any], dict[str, Any]], op: str) -> dict[str, Any]:

@@ -122,6 +122,7 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
     templates = TemplateService(store, settings, clock=clock)
     await templates.seed_if_empty()
     await templates.refresh()
+    store.watch_documents(templates.refresh)  # PostgreSQL: edits served as soon as committed
 
     llm = build_llm(settings, observer=meters)
     stack.push_async_callback(llm.close)

@@ -21,6 +21,7 @@ from api.app import create_app
 from services.application import Services
 from services.core.settings import Settings
 from testkit.mock_llm import MockLLM
+from testkit.postgres_server import PostgresServer, require_postgres
 from testkit.redis_server import RedisServer, require_redis_server
 from testkit.rtdb_server import RTDBServer
 
@@ -131,9 +132,19 @@ def firebase_url(server: RTDBServer, *, google_emulator: bool) -> str:
     return server.database_url(namespace)
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the run (testkit.postgres_server); a database of
+    its own per test."""
+    with PostgresServer(require_postgres()) as server:
+        yield server
+
+
 # "firebase" runs on Google's emulator when FIREBASE_DATABASE_EMULATOR_HOST is set (else on our
 # test server); "firebase-test-server" always runs on ours, for tests that inject faults.
-@pytest.fixture(params=["sqlite", pytest.param("firebase", marks=pytest.mark.firebase_emulator)])
+@pytest.fixture(
+    params=["sqlite", pytest.param("firebase", marks=pytest.mark.firebase_emulator), "postgres"]
+)
 def backend(request: pytest.FixtureRequest) -> str:
     """Each store backend in turn."""
     name: str = request.param
@@ -142,18 +153,27 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_settings(
-    tmp_path: Path, llm: MockLLM, seed_dir: Path, backend: str, rtdb: RTDBServer
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    llm: MockLLM,
+    seed_dir: Path,
+    backend: str,
+    rtdb: RTDBServer,
 ) -> SettingsFactory:
     """Settings on an empty store of the backend under test and the mock LLM; keyword
-    overrides win. Each call on the Firebase backend gets the same fresh database."""
-    store: dict[str, Any] = (
-        {
+    overrides win. Each call on the Firebase or PostgreSQL backend gets the same fresh
+    database."""
+    store: dict[str, Any]
+    if backend.startswith("firebase"):
+        store = {
             "store": "firebase",
             "firebase_database_url": firebase_url(rtdb, google_emulator=backend == "firebase"),
         }
-        if backend.startswith("firebase")
-        else {"store": "sqlite", "sqlite_path": tmp_path / "chatify.db"}
-    )
+    elif backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        store = {"store": "postgres", "database_url": server.create_database()}
+    else:
+        store = {"store": "sqlite", "sqlite_path": tmp_path / "chatify.db"}
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {

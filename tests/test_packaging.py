@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -64,6 +65,39 @@ def test_compose_runs_the_service_beside_redis() -> None:
     assert chatify["build"] == "." and redis["image"] == "redis:7"
     assert chatify["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert all(port.startswith("127.0.0.1:") for port in chatify["ports"])
+
+
+def test_compose_has_a_postgres_profile_the_service_can_use() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    chatify, postgres = compose["services"]["chatify"], compose["services"]["postgres"]
+    assert postgres["image"] == "postgres:15" and postgres["profiles"] == ["postgres"]
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert chatify["environment"]["STORE"] == "${STORE:-}"
+    assert chatify["environment"]["DATABASE_URL"] == "${DATABASE_URL:-}"
+    waits = chatify["depends_on"]["postgres"]
+    assert waits == {"condition": "service_healthy", "required": False}  # off without it
+
+
+def test_the_blueprint_names_an_optional_postgres_database() -> None:
+    """Uncommented, the option is a Render Postgres database and the two settings on it."""
+    lines = (REPO_ROOT / "render.yaml").read_text().splitlines()
+
+    def uncommented(first: str, last: str) -> Any:
+        begin = next(i for i, line in enumerate(lines) if line.strip() == first)
+        end = next(i for i in range(begin, len(lines)) if lines[i].strip() == last)
+        block = [line.split("# ", 1)[1] for line in lines[begin : end + 1]]
+        return yaml.safe_load("\n".join(block))
+
+    settings = uncommented("# - key: STORE", "#     property: connectionString")
+    database = uncommented("# databases:", "#     ipAllowList: []")["databases"][0]
+    assert settings == [
+        {"key": "STORE", "value": "postgres"},
+        {
+            "key": "DATABASE_URL",
+            "fromDatabase": {"name": database["name"], "property": "connectionString"},
+        },
+    ]
+    assert database["name"] == "chatify-db" and database["ipAllowList"] == []
 
 
 def test_the_blueprint_names_an_optional_key_value_store() -> None:

@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     ws_max_frame_bytes: int = Field(65536, ge=1024)
 
     # Storage
-    store: Literal["sqlite", "firebase"] = "sqlite"  # firebase when FIREBASE_DATABASE_URL is set
+    # firebase when FIREBASE_DATABASE_URL is set; postgres needs DATABASE_URL
+    store: Literal["sqlite", "firebase", "postgres"] = "sqlite"
     sqlite_path: Path = REPO_ROOT / "data" / "chatify.db"
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     store_threads: int = Field(4, ge=1, le=64)
@@ -134,6 +135,10 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field("chatify:", max_length=64)
     redis_timeout_seconds: float = Field(0.5, gt=0, le=30)
 
+    # PostgreSQL (STORE=postgres): a libpq URL, postgresql://user:password@host:port/db?sslmode=…
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(10, ge=1, le=500)  # connections per process, at most
+
     # Firebase Realtime Database (STORE=firebase)
     firebase_database_url: str | None = None
     firebase_credentials_json: SecretStr | None = None
@@ -164,6 +169,7 @@ class Settings(BaseSettings):
         "firebase_auth_emulator_host",
         "metrics_token",
         "redis_url",
+        "database_url",
         mode="before",
     )
     @classmethod
@@ -227,6 +233,12 @@ class Settings(BaseSettings):
     def _check_cors(self) -> Settings:
         if "*" in self.cors_origins and len(self.cors_origins) > 1:
             raise ValueError("CORS_ORIGINS: '*' cannot be combined with other origins")
+        return self
+
+    @model_validator(mode="after")
+    def _check_postgres(self) -> Settings:
+        if self.store == "postgres" and not self.database_url:
+            raise ValueError("STORE=postgres needs DATABASE_URL (postgresql://user:pw@host/db)")
         return self
 
     @model_validator(mode="after")

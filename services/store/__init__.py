@@ -16,13 +16,16 @@ Each backend is a package with one file per role, named alike: ``connection.py``
 its pools, ``open``/``close``/``ping``), ``sessions.py``, ``turns.py``, ``memory.py``,
 ``documents.py``, ``usage.py``, ``user_data.py``, each a mixin on the backend's connection
 class, and ``store.py``, whose one class combines them (``sqlite.SQLiteStore``,
-``firebase.FirebaseStore``). What a backend keeps beside them is its own: SQLite's tables and
-row conversions (``schema.py``) and usage queries (``usage_rows.py``); Firebase's key escaping
-(``rtdb_keys.py``), seq claim node (``seq_node.py``) and usage layout (``usage_nodes.py``).
+``firebase.FirebaseStore``, ``postgres.PostgresStore``). What a backend keeps beside them is
+its own: SQLite's tables and row conversions (``schema.py``) and usage queries
+(``usage_rows.py``); Firebase's key escaping (``rtdb_keys.py``), seq claim node
+(``seq_node.py``) and usage layout (``usage_nodes.py``); PostgreSQL's migrations
+(``schema.py``, ``migrations/``), row conversions (``rows.py``), usage statements
+(``usage_rows.py``) and document notices (``notify.py``).
 
-A third backend (PostgreSQL) is written the same way: a package ``services/store/<name>/`` with
-the same files, each implementing its role's protocol, a value of ``Settings.store`` and a
-branch in ``build_store``, and the backend added to the ``backend`` fixture's parameters
+A further backend is written the same way: a package ``services/store/<name>/`` with the same
+files, each implementing its role's protocol, a value of ``Settings.store`` and a branch in
+``build_store``, and the backend added to the ``backend`` fixture's parameters
 (``tests/conftest.py``); ``tests/services/test_store_contract.py``, organised by role, is the
 contract every backend passes. ``metered`` times every method of
 ``Store`` on whichever backend.
@@ -47,6 +50,10 @@ def build_store(settings: Settings) -> Store:
             synchronous=settings.sqlite_synchronous,
             busy_timeout=settings.store_timeout_seconds,
         )
+    if settings.store == "postgres":
+        from services.store.postgres import PostgresStore
+
+        return PostgresStore(settings)
     from services.store.firebase import FirebaseStore
 
     return FirebaseStore(settings)

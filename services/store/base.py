@@ -1,5 +1,5 @@
-"""The storage contract every backend implements (SQLite, Firebase Realtime Database), one
-small protocol per role, and ``Store``, all of them together.
+"""The storage contract every backend implements (SQLite, Firebase Realtime Database,
+PostgreSQL), one small protocol per role, and ``Store``, all of them together.
 
 All methods are async; a backend whose client blocks runs it on its own bounded thread pool.
 Failures to reach the store raise ``StoreUnavailable``; ``None`` means "not found".
@@ -12,7 +12,7 @@ Roles (each backend has one file per role, named as here without the ``Store``):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from services.core.branch_records import NewBranch, Variant
@@ -227,6 +227,11 @@ class DocumentStore(Protocol):
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every personality's stored totals, with their shares by target."""
+
+    def watch_documents(self, changed: Callable[[], Awaitable[None]]) -> None:
+        """Call ``changed`` after any instance writes a template or the rules, where the
+        backend hears of writes (PostgreSQL's ``LISTEN``/``NOTIFY``); elsewhere never, and
+        the scheduled refresh (``TEMPLATE_REFRESH_SECONDS``) reads them."""
 
 
 class UsageStore(Protocol):

@@ -10,7 +10,7 @@ import pytest
 
 from services.store.versions import DocRef
 from testkit.mock_llm import MockLLM, Reply
-from tests.api.conftest import Live, LiveFactory, collect
+from tests.api.conftest import Live, LiveFactory, collect, until
 from tests.conftest import RULES, FakeClock, RunningApp, SettingsFactory, running_app
 
 P = "/api/v1/personalities"
@@ -524,7 +524,9 @@ async def test_variables_are_filled_once_at_session_start(
 
 async def test_preview_streams_the_draft_and_stores_nothing(live: Live, llm: MockLLM) -> None:
     llm.script(Reply(content="Arr, a preview reply!", chunks=3))
-    sessions_before = await live.services.store.list_user_sessions("u1", status=None, limit=100)
+    # Read through the API: the served app's store lives on the server's event loop.
+    sessions = "/api/v1/chatbot/users/u1/sessions"
+    sessions_before = (await live.client.get(sessions)).json()
     draft = {"personalityPrompt": "You are an unsaved draft pirate.", "temperature": 0.1}
     async with live.client.stream(
         "POST",
@@ -547,10 +549,7 @@ async def test_preview_streams_the_draft_and_stores_nothing(live: Live, llm: Moc
     assert sent["messages"][0]["content"] == f"{RULES}\n\nYou are an unsaved draft pirate."
     assert [m["content"] for m in sent["messages"][1:]] == ["Ahoy", "Arr", "Who are you?"]
     assert sent["temperature"] == 0.1
-    assert (
-        await live.services.store.list_user_sessions("u1", status=None, limit=100)
-        == sessions_before
-    )
+    assert (await live.client.get(sessions)).json() == sessions_before
     assert "draft" not in live.services.templates.stored()
 
     invalid = await live.client.post(
@@ -626,9 +625,32 @@ async def test_an_edit_reaches_another_instance_on_refresh(
     async with running_app(make_settings(), clock) as other:
         await chat.client.patch(f"{P}/plain", json={"personalityPrompt": "You are edited now."})
         assert chat.services.templates.resolve("plain").system_prompt.endswith("edited now.")
+        if chat.services.settings.store == "postgres":  # NOTIFY: no refresh needed (below)
+            return
         assert other.services.templates.resolve("plain").system_prompt.endswith("You are plain.")
         await other.services.templates.refresh()  # the TEMPLATE_REFRESH_SECONDS job
         assert other.services.templates.resolve("plain").system_prompt.endswith("edited now.")
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_an_edit_reaches_another_instance_by_notify_without_polling(
+    make_settings: SettingsFactory, clock: FakeClock
+) -> None:
+    """PostgreSQL tells every instance of a committed edit (LISTEN/NOTIFY): the other serves
+    it with its scheduled refresh an hour away, rules included."""
+    settings = make_settings(template_refresh_seconds=3600)
+    async with running_app(settings, clock) as one, running_app(settings, clock) as other:
+
+        def served(running: RunningApp) -> str:
+            return running.services.templates.resolve("plain").system_prompt
+
+        prompt = {"personalityPrompt": "You are notified."}
+        edited = await one.client.patch(f"{P}/plain", json=prompt)
+        assert edited.status_code == 200, edited.text
+        await until(lambda: served(other).endswith("You are notified."), "the edit at the other")
+        rules = await one.client.put(U, json={"rules": "Be brief.", "version": "2.0"})
+        assert rules.status_code == 200, rules.text
+        await until(lambda: served(other).startswith("Be brief."), "the rules at the other")
 
 
 async def test_a_preview_ends_with_its_error_when_the_provider_sends_a_line_that_is_not_json(

@@ -1,11 +1,13 @@
 """Data rights: export everything of a user; erase a user or one session from the store for
-good (checked in the SQLite file's bytes and in the Realtime Database's tree)."""
+good (checked in the SQLite file's bytes, in the Realtime Database's tree and in every row of
+the PostgreSQL database)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from testkit.mock_llm import MockLLM
+from testkit.postgres_server import dump
 from testkit.rtdb_server import RTDBServer
 from tests.conftest import RunningApp
 
@@ -28,6 +30,8 @@ def stored_anywhere(chat: RunningApp, rtdb: RTDBServer, text: str) -> bool:
     if settings.store == "sqlite":
         files = [Path(f"{settings.sqlite_path}{suffix}") for suffix in ("", "-wal")]
         return any(f.exists() and text.encode() in f.read_bytes() for f in files)
+    if settings.database_url is not None:  # every row of every table
+        return text in dump(settings.database_url.get_secret_value())
     ns = (settings.firebase_database_url or "").split("ns=")[1]
     return text in repr(rtdb.get_data(ns, "/"))
 

@@ -1,6 +1,7 @@
-"""Two replicas on one store: two service processes on one SQLite file, or on one Realtime
-Database test server. Clients spray turns for shared sessions at both at once; afterwards
-nothing acknowledged is lost, nothing is stored twice, and every history is whole and exact.
+"""Two replicas on one store: two service processes on one SQLite file, one Realtime
+Database test server, or one PostgreSQL database. Clients spray turns for shared sessions at
+both at once; afterwards nothing acknowledged is lost, nothing is stored twice, and every
+history is whole and exact.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ async def test_two_replicas_lose_and_duplicate_nothing(store: DrillStore) -> Non
 
 # A phone that times out on one replica and resends to the other while the first still works:
 # one stored turn, and the stored reply back.
-@pytest.mark.parametrize("store", ["sqlite", "firebase"], indirect=True)
+@pytest.mark.parametrize("store", ["sqlite", "firebase", "postgres"], indirect=True)
 async def test_same_client_message_id_at_both_replicas_is_stored_once(store: DrillStore) -> None:
     pairs = 8
     with running(start_mock_llm("--latency-ms", "15")) as llm:

@@ -32,6 +32,12 @@ def test_defaults_need_nothing() -> None:
         ({"context_messages": -1}, "context_messages"),
         ({"cors_origins": "*,https://a.example"}, "CORS_ORIGINS"),
         ({"store": "firebase"}, "FIREBASE_DATABASE_URL"),
+        ({"store": "postgres"}, "DATABASE_URL"),
+        ({"store": "postgres", "database_url": "  "}, "DATABASE_URL"),
+        (
+            {"store": "postgres", "database_url": "postgresql://x/y", "database_pool_size": 0},
+            "database_pool_size",
+        ),
         ({"firebase_database_url": "ftp://x"}, "FIREBASE_DATABASE_URL"),
         ({"firebase_database_url": "https://x.firebaseio.com"}, "FIREBASE_CREDENTIALS_JSON"),
         (
@@ -107,6 +113,13 @@ def test_a_database_url_selects_firebase_unless_store_says_otherwise() -> None:
     url = "http://127.0.0.1:9000?ns=chatify"
     assert settings(firebase_database_url=url).store == "firebase"
     assert settings(firebase_database_url=url, store="sqlite").store == "sqlite"
+
+
+def test_a_postgres_url_is_a_secret_in_the_settings() -> None:
+    url = "postgresql://chatify:hunter2-secret@db.example.com:5432/chatify?sslmode=require"
+    chosen = settings(store="postgres", database_url=url)
+    assert chosen.database_url is not None and chosen.database_url.get_secret_value() == url
+    assert "hunter2-secret" not in repr(chosen) and "hunter2-secret" not in str(chosen)
 
 
 def test_emulator_host_turns_a_production_url_into_the_emulator_namespace() -> None:

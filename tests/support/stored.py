@@ -13,6 +13,7 @@ import httpx
 
 from bench.harness import Proc
 from bench.load import bench_settings
+from testkit.postgres_server import PostgresServer
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,25 @@ def firebase_snapshot(data: Any) -> Snapshot:
     return Snapshot(histories, counts, next_seq)
 
 
+def read_postgres(server: PostgresServer, url: str) -> Snapshot:
+    """With ``psql``, as any client of the database would."""
+    database = url.rsplit("/", 1)[1]
+    sep = "\x1f"  # unit separator: in no message
+    sessions = server.psql("SELECT session_id, message_count FROM sessions", database, sep=sep)
+    counts = {sid: int(n) for sid, n in (line.split(sep) for line in sessions.splitlines())}
+    histories: dict[str, list[Msg]] = {sid: [] for sid in counts}
+    rows = server.psql(
+        "SELECT session_id, seq, role, content, coalesce(client_message_id, '') FROM messages "
+        "ORDER BY session_id, seq",
+        database,
+        sep=sep,
+    )
+    for line in rows.splitlines():
+        sid, seq, role, content, cmid = line.split(sep)
+        histories.setdefault(sid, []).append(Msg(int(seq), role, content, cmid or None))
+    return Snapshot(histories, counts, {sid: 2 * count for sid, count in counts.items()})
+
+
 def history_problems(snapshot: Snapshot, *, contiguous: bool = True) -> list[str]:
     """Whole turns only (a user message and its reply on adjacent seqs), exact counts, seqs
     0..n-1 (unless ``contiguous`` is off), no client_message_id stored twice."""
@@ -100,14 +120,24 @@ def history_problems(snapshot: Snapshot, *, contiguous: bool = True) -> list[str
 class DrillStore:
     """The store under test: settings for service processes, and a way to read it directly."""
 
-    def __init__(self, kind: str, tmp_path: Path, rtdb: Proc | None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        tmp_path: Path,
+        rtdb: Proc | None,
+        postgres: PostgresServer | None = None,
+    ) -> None:
         self.kind = kind
         self.rtdb = rtdb
         self.sqlite_path = tmp_path / "chatify.db"
         self.namespace = ""
+        self.postgres = postgres
+        self.database_url = postgres.create_database() if postgres is not None else ""
 
     def settings(self, llm_url: str) -> dict[str, Any]:
         """Service settings on this store (abuse limits raised for load)."""
+        if self.postgres is not None:
+            return bench_settings(llm_url, None, database_url=self.database_url)
         settings = bench_settings(llm_url, self.rtdb.url if self.rtdb else None)
         if self.rtdb is None:
             settings["sqlite_path"] = str(self.sqlite_path)
@@ -117,6 +147,8 @@ class DrillStore:
 
     def read(self) -> Snapshot:
         """Everything stored now."""
+        if self.postgres is not None:
+            return read_postgres(self.postgres, self.database_url)
         if self.rtdb is None:
             return read_sqlite(self.sqlite_path)
         url = f"{self.rtdb.url}/userSessions.json?ns={self.namespace}"

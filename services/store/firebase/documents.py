@@ -14,7 +14,7 @@ request fails, the next write records the document as it then finds it, so histo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from firebase_admin import db
@@ -156,6 +156,9 @@ class FirebaseDocuments(FirebaseConnection):
             updates.update(_share_updates(template_id, delta))
         if updates:
             await self._run(lambda: self._ref("/").update(updates))
+
+    def watch_documents(self, changed: Callable[[], Awaitable[None]]) -> None:
+        """Nothing to hear: the scheduled refresh reads other instances' edits."""
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every personality's totals, and their shares by target (two reads side by side)."""

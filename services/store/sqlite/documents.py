@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from services.core.records import SeedReport, TemplateCounts
@@ -160,6 +160,9 @@ class SQLiteDocuments(SQLiteConnection):
                 )
 
         await self._write(add)
+
+    def watch_documents(self, changed: Callable[[], Awaitable[None]]) -> None:
+        """Nothing to hear: the scheduled refresh reads other instances' edits."""
 
     async def load_template_stats(self) -> dict[str, TemplateCounts]:
         """Every row of the stats table, with the personality's shares by target."""
