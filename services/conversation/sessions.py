@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from services.conversation.bus import SessionBus, SessionEvent
 from services.conversation.registry import ActiveSessions
-from services.core.errors import ActiveSessionLimit, SessionNotFound
+from services.core.errors import SessionNotFound
 from services.core.records import (
     Clock,
     SessionCursor,
@@ -77,11 +77,6 @@ class SessionService:
         snapshot = self._templates.resolve(
             template_id, variables=variables, timezone=timezone, public_only=public_only
         )
-        cap = self._settings.max_active_sessions_per_user
-        if len(await self._store.list_user_sessions(user_id, status="active", limit=cap)) >= cap:
-            raise ActiveSessionLimit(
-                f"User {user_id} already has {cap} active sessions; end one to start another"
-            )
         now = isoformat(self._clock())
         record = SessionRecord(
             session_id=str(uuid.uuid4()),
@@ -100,7 +95,9 @@ class SessionService:
             context_tokens=snapshot.context_tokens,
             memory_mode=snapshot.memory_mode,
         )
-        await self._store.create_session(record)
+        # The user's active sessions are counted by the store's write (one round trip).
+        cap = self._settings.max_active_sessions_per_user
+        await self._store.create_session(record, max_active=cap)
         self._sessions.put(record)
         self._stats.session_started(record.template_id)
         logger.info("session %s created with template %s", record.session_id, record.template_id)

@@ -153,6 +153,13 @@ class ActiveSessionLimit(ChatifyError):
     code, status = "active_session_limit", 409
 
 
+def active_limit(user_id: str, cap: int) -> ActiveSessionLimit:
+    """A user's ``cap`` active sessions reached: end one to start another."""
+    return ActiveSessionLimit(
+        f"User {user_id} already has {cap} active sessions; end one to start another"
+    )
+
+
 class InvalidInput(ChatifyError):
     """A 422 whose ``problems`` list every bad field as ``{type, loc, msg}``."""
 

@@ -52,8 +52,12 @@ class StoreConnection(Protocol):
 class SessionStore(Protocol):
     """A session's metadata: created, read, listed, renamed, ended, expired."""
 
-    async def create_session(self, session: SessionRecord) -> None:
-        """Store a new session (no messages yet)."""
+    async def create_session(
+        self, session: SessionRecord, *, max_active: int | None = None
+    ) -> None:
+        """Store a new session (no messages yet); ``ActiveSessionLimit`` when its user has
+        ``max_active`` active sessions already (counted with the write where the store can;
+        None: no cap)."""
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """A session's metadata, without history."""

@@ -14,6 +14,7 @@ import pytest
 
 from services.core.branch_records import NewBranch
 from services.core.errors import (
+    ActiveSessionLimit,
     HistoryChanged,
     PreconditionFailed,
     SessionEnded,
@@ -111,6 +112,37 @@ async def test_ending_is_idempotent(store: Store) -> None:
     assert first.status == second.status == "ended"
     assert first.ended_at == second.ended_at == "2026-01-01T13:00:00.000Z"
     assert await store.end_session(str(uuid.uuid4()), at=T0) is None
+
+
+async def test_a_users_active_sessions_are_capped_by_the_create(store: Store) -> None:
+    first, second = make_session("alice"), make_session("alice")
+    await store.create_session(first, max_active=2)
+    await store.create_session(second, max_active=2)
+    await store.create_session(make_session("bob"), max_active=2)  # another user's own cap
+    over = make_session("alice")
+    with pytest.raises(ActiveSessionLimit):
+        await store.create_session(over, max_active=2)
+    assert await store.get_session(over.session_id) is None
+    await store.end_session(first.session_id, at=T0)  # only active sessions count
+    await store.create_session(over, max_active=2)
+    assert await store.get_session(over.session_id) is not None
+
+
+async def test_concurrent_creates_pass_the_cap_no_further(store: Store, backend: str) -> None:
+    sessions = [make_session("alice") for _ in range(8)]
+    outcomes = await asyncio.gather(
+        *(store.create_session(s, max_active=3) for s in sessions), return_exceptions=True
+    )
+    created = sum(o is None for o in outcomes)
+    assert all(isinstance(o, ActiveSessionLimit) for o in outcomes if o is not None)
+    active = await store.list_user_sessions("alice", status="active", limit=10)
+    assert len(active) == created
+    if backend.startswith("firebase"):
+        # The Realtime Database has no transaction over a query: its count is read before
+        # the write, so creates at the same moment may pass it together (docs/data.md).
+        assert created >= 3
+    else:
+        assert created == 3
 
 
 async def test_user_sessions_newest_first(store: Store) -> None:

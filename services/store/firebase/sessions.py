@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from services.core.errors import active_limit
 from services.core.records import (
     CallUsage,
     Sampling,
@@ -43,8 +44,18 @@ class FirebaseSessions(FirebaseConnection):
     _slot: Callable[..., tuple[Any, str] | None]
     _count_call: Callable[..., Coroutine[Any, Any, None]]
 
-    async def create_session(self, session: SessionRecord) -> None:
-        """The session node, its seq slot, its index entry and its activity, in one update."""
+    async def create_session(
+        self, session: SessionRecord, *, max_active: int | None = None
+    ) -> None:
+        """The session node, its seq slot, its index entry and its activity, in one update,
+        after a read of the user's active sessions (not atomic with it: the database has no
+        transactions over a query)."""
+        if max_active is not None:
+            active = await self.list_user_sessions(
+                session.user_id, status="active", limit=max_active
+            )
+            if len(active) >= max_active:
+                raise active_limit(session.user_id, max_active)
         sid = session.session_id
         node = _session_doc(session)
         node["next_seq"] = created_node()

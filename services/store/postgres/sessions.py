@@ -5,34 +5,49 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from services.core.errors import active_limit
 from services.core.records import CallUsage, SessionCursor, SessionRecord, SessionStatus
 from services.store.postgres import usage_rows
 from services.store.postgres.connection import PostgresConnection
 from services.store.postgres.rows import SELECT_TOTALS, SESSION_COLUMNS, fallbacks_json, session_of
 
+USER_LOCK_CLASS = 7001  # advisory locks on one user: (this class, hashtext(user_id))
 _COUNT = SESSION_COLUMNS.count(",") + 1
 _INSERT = (
     f"INSERT INTO sessions ({SESSION_COLUMNS}) "
     f"VALUES ({', '.join(f'${n}' for n in range(1, _COUNT + 1))})"
 )
 _SELECT_ONE = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"
+_LOCK_USER = f"SELECT pg_advisory_xact_lock({USER_LOCK_CLASS}, hashtext($1))"
+_ACTIVE = (
+    "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE user_id = $1 AND status = 'active' "
+    "LIMIT $2) AS active"
+)
 
 
 class PostgresSessions(PostgresConnection):
     """``SessionStore`` on the ``sessions`` table."""
 
-    async def create_session(self, session: SessionRecord) -> None:
-        """Insert the session row."""
+    async def create_session(
+        self, session: SessionRecord, *, max_active: int | None = None
+    ) -> None:
+        """Insert the session row, the user's active sessions counted in its transaction
+        under a lock on the user (exact across replicas)."""
         s, p = session, session.sampling
-        await self._execute(
-            _INSERT,
-            s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
-            s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature, p.max_tokens,
-            p.presence_penalty, p.frequency_penalty, s.context_messages, s.title, s.summary,
-            s.template_version, s.preview, s.welcome_message, s.context_tokens, s.memory_mode,
-            s.summary_seq, p.provider, fallbacks_json(p.fallbacks),
-            json.dumps(list(p.tools)) if p.tools else None,
-        )  # fmt: skip
+        async with self._transaction() as conn:
+            if max_active is not None:
+                await conn.execute(_LOCK_USER, s.user_id)
+                if await conn.fetchval(_ACTIVE, s.user_id, max_active) >= max_active:
+                    raise active_limit(s.user_id, max_active)
+            await conn.execute(
+                _INSERT,
+                s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
+                s.ended_at, s.message_count, s.system_prompt, p.model, p.temperature,
+                p.max_tokens, p.presence_penalty, p.frequency_penalty, s.context_messages,
+                s.title, s.summary, s.template_version, s.preview, s.welcome_message,
+                s.context_tokens, s.memory_mode, s.summary_seq, p.provider,
+                fallbacks_json(p.fallbacks), json.dumps(list(p.tools)) if p.tools else None,
+            )  # fmt: skip
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session row (with its usage totals and their shares by target), or None."""

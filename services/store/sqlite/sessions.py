@@ -6,17 +6,25 @@ import json
 import sqlite3
 from typing import Any
 
+from services.core.errors import active_limit
 from services.core.records import CallUsage, SessionCursor, SessionRecord, SessionStatus
 from services.store.sqlite import usage_rows
 from services.store.sqlite.connection import SQLiteConnection, transaction
 from services.store.sqlite.schema import SESSION_COLUMNS, fallbacks_json, session_of
 
+_ACTIVE = (
+    "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE user_id = ? AND status = 'active' LIMIT ?)"
+)
+
 
 class SQLiteSessions(SQLiteConnection):
     """``SessionStore`` on the ``sessions`` table."""
 
-    async def create_session(self, session: SessionRecord) -> None:
-        """Insert the session row."""
+    async def create_session(
+        self, session: SessionRecord, *, max_active: int | None = None
+    ) -> None:
+        """Insert the session row, the user's active sessions counted in its transaction
+        (exact: this process's writes are one at a time, other processes wait for the file)."""
         s, p = session, session.sampling
         row = (
             s.session_id, s.user_id, s.template_id, s.status, s.created_at, s.last_activity,
@@ -30,6 +38,10 @@ class SQLiteSessions(SQLiteConnection):
 
         def insert(conn: sqlite3.Connection) -> None:
             with transaction(conn):
+                if max_active is not None:
+                    active = conn.execute(_ACTIVE, (session.user_id, max_active)).fetchone()[0]
+                    if active >= max_active:
+                        raise active_limit(session.user_id, max_active)
                 conn.execute(sql, row)
 
         await self._write(insert)
