@@ -238,6 +238,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def ws_frame_limit(self) -> int:
+        """The largest WebSocket frame taken: WS_MAX_FRAME_BYTES, plus room for a message's
+        images as base64 when image input is on."""
+        images = self.attachments_per_message * (self.attachment_max_bytes * 4 // 3 + 64)
+        return self.ws_max_frame_bytes + images
+
+    @property
     def attachments_path(self) -> Path:
         """The local folder of image attachments (the SQLite store's, and any but Firebase's)."""
         return self.attachment_dir or self.sqlite_path.parent / "attachments"
