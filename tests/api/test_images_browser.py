@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.async_api import expect
+from playwright.async_api import FilePayload, expect
 
 from services.core.settings import REPO_ROOT
 from testkit.browser import chromium_page
@@ -33,7 +33,7 @@ async def test_a_png_sent_through_use_chat_reaches_the_model_and_the_reloaded_hi
             page = browser.page
             await page.goto(f"{origin}/?session={session_id}&key={KEY}")
             await page.fill("input[type=text]", "What plant is this?")
-            leaf = {"name": "leaf.png", "mimeType": "image/png", "buffer": png(color="green")}
+            leaf = FilePayload(name="leaf.png", mimeType="image/png", buffer=png(color="green"))
             await page.set_input_files("input[type=file]", files=[leaf])
             await page.get_by_role("button", name="Send").click()
             reply = "assistant: Echo: What plant is this? [image/png]"
