@@ -70,6 +70,7 @@ class BucketAttachments:
         def upload() -> None:
             blob = self._bucket.blob(_name(user_id, attachment.id))
             blob.metadata = {
+                "size": str(attachment.size),
                 "width": str(attachment.width),
                 "height": str(attachment.height),
             }
@@ -92,7 +93,7 @@ class BucketAttachments:
             attachment = Attachment(
                 attachment_id,
                 str(blob.content_type),
-                len(data),
+                int(meta.get("size") or len(data)),
                 int(meta.get("width") or 0),
                 int(meta.get("height") or 0),
             )
