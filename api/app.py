@@ -118,17 +118,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     return app
 
 
-def image_body_limits(settings: Settings) -> dict[str, int]:
-    """The body limits of the routes that carry images: an upload holds one image; a message
-    (JSON, SSE, the AI SDK route) ATTACHMENTS_PER_MESSAGE of them as base64 (4/3 the bytes)."""
+def image_body_limits(settings: Settings) -> dict[str, tuple[int, bytes | None]]:
+    """The body limits of the routes that carry images, and what a body with images holds:
+    an upload is one image; a message (JSON, SSE, the AI SDK route) has ATTACHMENTS_PER_MESSAGE
+    of them as base64 (4/3 the bytes)."""
     if settings.attachments_per_message == 0:
         return {}
     base = settings.max_request_bytes
     one = settings.attachment_max_bytes
     message = base + settings.attachments_per_message * (one * 4 // 3 + 64)
     return {
-        "/attachments": base + one,
-        "/message": message,
-        "/message/stream": message,
-        "/chatbot/chat": message,
+        "/attachments": (base + one, None),
+        "/message": (message, b'"attachments"'),
+        "/message/stream": (message, b'"attachments"'),
+        "/chatbot/chat": (message, b'"file"'),
     }

@@ -339,3 +339,19 @@ def test_an_image_costs_what_openai_counts_for_its_tiles() -> None:
     assert Attachment("a", "image/png", 1, 64, 48).tokens == 85 + 170  # one tile
     assert Attachment("a", "image/png", 1, 1024, 1024).tokens == 85 + 170 * 4  # 768² → 2×2
     assert Attachment("a", "image/png", 1, 2048, 4096).tokens == 85 + 170 * 6  # 768×1536 → 2×3
+
+
+async def test_a_message_with_images_may_pass_the_body_limit_and_nothing_else_may(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    noise = Image.effect_noise((400, 400), 64).convert("RGB")
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    photo = data_url(buffer.getvalue())
+    assert len(photo) > 200_000  # over MAX_REQUEST_BYTES (65536)
+    async with running_app(make_settings(), clock) as running:
+        sid = await running.create_session()
+        sent = await running.send(sid, "Noise?", attachments=[{"url": photo}])
+        padded = await running.send(sid, "Noise?", padding=photo)  # no images: the usual limit
+    assert sent.status_code == 200, sent.text
+    assert padded.status_code == 413
