@@ -8,9 +8,11 @@ from typing import Any
 
 import httpx
 import websockets
+from playwright.async_api import FilePayload, expect
 
+from testkit.browser import chromium_page
 from testkit.mock_llm import MockLLM
-from tests.api.conftest import API, Live
+from tests.api.conftest import API, Live, LiveFactory
 from tests.api.test_images import data_url, image_parts, png
 from tests.api.test_ws import receive, turn_events, ws_url
 
@@ -86,3 +88,23 @@ async def test_a_file_part_that_lies_about_its_type_is_refused(live: Live, llm: 
     assert refused.status_code == 422
     assert refused.json()["error"]["code"] == "invalid_image"
     assert llm.chat_requests() == []
+
+
+async def test_the_playground_sends_an_image_with_a_message(
+    live_app: LiveFactory, llm: MockLLM
+) -> None:
+    async with live_app() as live, chromium_page() as browser:
+        page = browser.page
+        await page.goto(f"{live.url}/playground")
+        await page.click("#new")
+        await expect(page.locator("#attach")).to_be_enabled()
+        leaf = FilePayload(name="leaf.png", mimeType="image/png", buffer=png(color="green"))
+        await page.set_input_files("#image", files=[leaf])
+        await expect(page.locator("#attach")).to_have_text("Image (1)")
+        await page.fill("#text", "What plant?")
+        await page.press("#text", "Enter")
+        await expect(page.locator(".msg.assistant").last).to_contain_text("[image/png]")
+        sent = page.locator(".msg.user img.sent")
+        assert await sent.evaluate("img => img.naturalWidth") == 64
+        assert browser.errors == []
+    assert len(image_parts(llm)) == 1
