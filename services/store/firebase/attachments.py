@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as google_errors
+from google.auth import exceptions as google_auth_errors
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
@@ -39,11 +40,22 @@ class BucketAttachments:
         self._timeout = settings.store_timeout_seconds
         self._executor: ThreadPoolExecutor | None = None
         self._bucket: Any = None
+        # A database emulator without a storage one (local runs, drills): no bucket to reach,
+        # so no image is ever stored; reads find none and erasing has nothing to do.
+        self._configured = bool(settings.storage_emulator_host) or not (
+            settings.firebase_uses_emulator
+        )
 
     async def open(self) -> None:
-        """The bucket's client (no request yet)."""
+        """The pool; the bucket's client is made on first use, so a service whose users send
+        no images starts without Cloud Storage credentials."""
         self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="attachments")
-        self._bucket = await self._run(self._connect)
+
+    def _bucket_client(self) -> Any:
+        """The bucket (made once, on a pool thread: building the client may read files)."""
+        if self._bucket is None:
+            self._bucket = self._connect()
+        return self._bucket
 
     def _connect(self) -> Any:
         settings = self._settings
@@ -66,9 +78,11 @@ class BucketAttachments:
 
     async def put(self, user_id: str, attachment: Attachment, data: bytes) -> None:
         """One upload: the bytes, with the reference as metadata."""
+        if not self._configured:
+            raise StoreUnavailable("Images need STORAGE_EMULATOR_HOST with a database emulator")
 
         def upload() -> None:
-            blob = self._bucket.blob(_name(user_id, attachment.id))
+            blob = self._bucket_client().blob(_name(user_id, attachment.id))
             blob.metadata = {
                 "size": str(attachment.size),
                 "width": str(attachment.width),
@@ -80,9 +94,11 @@ class BucketAttachments:
 
     async def get(self, user_id: str, attachment_id: str) -> tuple[Attachment, bytes] | None:
         """The object's metadata, then its bytes."""
+        if not self._configured:
+            return None
 
         def download() -> tuple[Attachment, bytes] | None:
-            blob = self._bucket.get_blob(_name(user_id, attachment_id))
+            blob = self._bucket_client().get_blob(_name(user_id, attachment_id))
             if blob is None:
                 return None
             try:
@@ -103,11 +119,13 @@ class BucketAttachments:
 
     async def delete_user(self, user_id: str) -> int:
         """Every object under the user's prefix, listed then deleted."""
+        if not self._configured:
+            return 0
 
         def remove() -> int:
             prefix = f"{PREFIX}/{user_folder(user_id)}/"
             count = 0
-            for blob in list(self._bucket.list_blobs(prefix=prefix)):
+            for blob in list(self._bucket_client().list_blobs(prefix=prefix)):
                 try:
                     blob.delete()
                 except google_errors.NotFound:
@@ -126,8 +144,11 @@ class BucketAttachments:
                 return await loop.run_in_executor(self._executor, work)
         except TimeoutError as exc:
             raise StoreUnavailable("The attachment store is not answering") from exc
-        except (google_errors.GoogleAPIError, OSError) as exc:
+        except (google_errors.GoogleAPIError, google_auth_errors.GoogleAuthError, OSError) as exc:
             logger.error("attachment bucket error: %s", type(exc).__name__)
+            raise StoreUnavailable("The attachment store is unavailable; retry shortly") from exc
+        except ValueError as exc:  # no credentials: FIREBASE_CREDENTIALS_JSON or the key file
+            logger.error("attachment bucket not configured: %s", exc)
             raise StoreUnavailable("The attachment store is unavailable; retry shortly") from exc
 
 
