@@ -355,3 +355,30 @@ async def test_a_message_with_images_may_pass_the_body_limit_and_nothing_else_ma
         padded = await running.send(sid, "Noise?", padding=photo)  # no images: the usual limit
     assert sent.status_code == 200, sent.text
     assert padded.status_code == 413
+
+
+async def test_a_token_budget_counts_an_image_at_its_tile_rate(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    async with running_app(make_settings(), clock) as running:
+        # 600 tokens of history: a short exchange fits, its 2048² image (765 tokens) not.
+        template = {
+            "name": "Budget",
+            "personalityPrompt": "Be brief, always.",
+            "contextTokens": 600,
+        }
+        saved = await running.client.post("/api/v1/personalities", json=template)
+        assert saved.status_code == 201, saved.text
+        with_image, without = (
+            await running.create_session("budget"),
+            await running.create_session("budget"),
+        )
+        big = data_url(png(2048, 2048))
+        assert (await running.send(with_image, "Look", attachments=[{"url": big}])).is_success
+        assert (await running.send(without, "Look")).is_success
+        assert (await running.send(with_image, "And now?")).is_success
+        dropped = llm.chat_requests()[-1]["messages"]
+        assert (await running.send(without, "And now?")).is_success
+        kept = llm.chat_requests()[-1]["messages"]
+    assert [m["role"] for m in kept[1:]] == ["user", "assistant", "user"]
+    assert [m["role"] for m in dropped[1:]] == ["assistant", "user"]  # the image message left
