@@ -115,6 +115,7 @@ class TurnPipeline:
         self.branches = Branches(
             store=store, sessions=sessions, gate=gate, clock=clock, stats=stats, tokens=tokens,
             memory=memory, usage=usage, observer=observer, relay=rewrites, prices=prices,
+            attachments=attachments,
         )  # fmt: skip
 
     @property

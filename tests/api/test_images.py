@@ -382,3 +382,19 @@ async def test_a_token_budget_counts_an_image_at_its_tile_rate(
         kept = llm.chat_requests()[-1]["messages"]
     assert [m["role"] for m in kept[1:]] == ["user", "assistant", "user"]
     assert [m["role"] for m in dropped[1:]] == ["assistant", "user"]  # the image message left
+
+
+async def test_a_regenerate_sends_the_messages_images_again(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    async with running_app(make_settings(), clock) as running:
+        sid = await running.create_session()
+        sent = await running.send(sid, "What is this?", attachments=[{"url": data_url(png())}])
+        assert sent.status_code == 200, sent.text
+        again = await running.client.post(f"{API}/{sid}/regenerate", json={})
+        assert again.status_code == 200, again.text
+        assert len(image_parts(llm)) == 1
+        assert (
+            again.json()["user_message"]["attachments"]
+            == sent.json()["user_message"]["attachments"]
+        )
