@@ -59,9 +59,14 @@ class Attachments:
         # threads, however many images arrive together.
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="images")
         self._urls: LRUCache[tuple[str, str], str] = LRUCache(_CACHE_BYTES, getsizeof=len)
+        # A message's images are written while its turn asks the model: the writes under way,
+        # by id, awaited before the turn's messages reference them (``written``).
+        self._writes: dict[str, asyncio.Task[None]] = {}
 
     async def close(self) -> None:
-        """Stop the image pool."""
+        """Finish the writes under way, then stop the image pool."""
+        if self._writes:
+            await asyncio.gather(*self._writes.values(), return_exceptions=True)
         self._pool.shutdown(wait=True)
 
     def check_allowed(self, *, model: str, template_allows: bool) -> None:
@@ -86,15 +91,18 @@ class Attachments:
             kind, data = data_url_bytes(item.url, self.rules)
             if item.media_type is not None:
                 kind = claimed_type(item.media_type, self.rules) or kind
-            taken.append(await self.store_image(user_id, data, claimed=kind))
+            taken.append(await self.store_image(user_id, data, claimed=kind, wait=False))
         return tuple(taken)
 
     async def upload(self, user_id: str, data: bytes, media_type: str | None) -> Attachment:
         """An uploaded file, checked and stored."""
         return await self.store_image(user_id, data, claimed=claimed_type(media_type, self.rules))
 
-    async def store_image(self, user_id: str, data: bytes, *, claimed: str | None) -> Attachment:
-        """Clean the image on the pool, then store it; nothing is stored when it is refused."""
+    async def store_image(
+        self, user_id: str, data: bytes, *, claimed: str | None, wait: bool = True
+    ) -> Attachment:
+        """Clean the image on the pool, then store it; nothing is stored when it is refused.
+        Without ``wait``, the write goes on while the caller carries on (``written`` waits)."""
         loop = asyncio.get_running_loop()
         clean: CleanImage = await loop.run_in_executor(
             self._pool, lambda: clean_image(data, claimed=claimed, rules=self.rules)
@@ -102,18 +110,38 @@ class Attachments:
         attachment = Attachment(
             uuid.uuid4().hex, clean.media_type, len(clean.data), clean.width, clean.height
         )
-        await self._store.put(user_id, attachment, clean.data)
         self._urls[(user_id, attachment.id)] = _data_url(attachment, clean.data)
+        if wait:
+            await self._store.put(user_id, attachment, clean.data)
+        else:
+            task = asyncio.create_task(self._store.put(user_id, attachment, clean.data))
+            self._writes[attachment.id] = task
+            task.add_done_callback(lambda done: self._write_done(attachment.id, done))
         logger.info(
             "stored an image attachment %s (%d bytes, %dx%d)",
             attachment.id, attachment.size, attachment.width, attachment.height,
         )  # fmt: skip
         return attachment
 
+    async def written(self, attachments: Iterable[Attachment]) -> None:
+        """Wait for these images' writes under way; ``StoreUnavailable`` when one failed (the
+        message that would reference it is then not stored)."""
+        for attachment in attachments:
+            task = self._writes.get(attachment.id)
+            if task is not None:
+                await asyncio.shield(task)
+
+    def _write_done(self, attachment_id: str, task: asyncio.Task[None]) -> None:
+        self._writes.pop(attachment_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("an image attachment %s was not stored", attachment_id)
+
     async def read(self, user_id: str, attachment_id: str) -> tuple[Attachment, bytes]:
         """The user's image, or ``AttachmentNotFound`` (also for another user's)."""
         if not _is_id(attachment_id):
             raise AttachmentNotFound(attachment_id)
+        if (task := self._writes.get(attachment_id)) is not None:
+            await asyncio.wait({task})
         found = await self._store.get(user_id, attachment_id)
         if found is None:
             raise AttachmentNotFound(attachment_id)

@@ -297,6 +297,8 @@ class TurnPipeline:
             answered = await self._ask_while_claiming(
                 turn, prompts, record.sampling, claiming, stream=stream
             )
+            if turn.images and self._attachments:  # written while the model answered
+                await self._attachments.written(turn.images)
         except BaseException as error:
             await self._abandon(record, turn, claiming)
             if isinstance(error, SessionEnded):
