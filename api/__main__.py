@@ -37,7 +37,7 @@ def main() -> None:
         "ws_ping_timeout": settings.ws_ping_seconds,
         # uvicorn closes a socket with 1009 on a larger frame before buffering it (its default
         # is 16 MiB); the app checks the same limit for servers that do not.
-        "ws_max_size": settings.ws_max_frame_bytes,
+        "ws_max_size": settings.ws_frame_limit,
     }
     if settings.web_concurrency > 1:
         # Each worker process builds its own app (and reads the same settings) from the

@@ -21,6 +21,7 @@ from api.middleware import (
 from api.openapi import install_openapi, operation_id
 from api.routes import (
     admin,
+    attachments,
     branches,
     metrics,
     ops,
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.include_router(playground.router)
     app.include_router(studio.router)
     app.include_router(sessions.router, prefix=API_PREFIX)
+    app.include_router(attachments.router, prefix=API_PREFIX)
     app.include_router(branches.router, prefix=API_PREFIX)
     app.include_router(users.router, prefix=API_PREFIX)
     app.include_router(stream.router, prefix=API_PREFIX)
@@ -103,10 +105,31 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
             ],
             expose_headers=["X-Request-ID", "Retry-After", "ETag"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        limits=image_body_limits(settings),
+    )
     # Inside the request log (its status, X-Request-ID and request id on the traceback), and
     # around everything that can fail, so that a bug does not cost the client its connection.
     app.add_middleware(UnhandledErrors)
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(TrailingSlashMiddleware)
     return app
+
+
+def image_body_limits(settings: Settings) -> dict[str, tuple[int, bytes | None]]:
+    """The body limits of the routes that carry images, and what a body with images holds:
+    an upload is one image; a message (JSON, SSE, the AI SDK route) has ATTACHMENTS_PER_MESSAGE
+    of them as base64 (4/3 the bytes)."""
+    if settings.attachments_per_message == 0:
+        return {}
+    base = settings.max_request_bytes
+    one = settings.attachment_max_bytes
+    message = base + settings.attachments_per_message * (one * 4 // 3 + 64)
+    return {
+        "/attachments": (base + one, None),
+        "/message": (message, b'"attachments"'),
+        "/message/stream": (message, b'"attachments"'),
+        "/chatbot/chat": (message, b'"file"'),
+    }

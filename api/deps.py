@@ -148,8 +148,13 @@ async def admit_message(
     cid = body.client_message_id
     record = await services.admission.session(session_id, caller, client_message_id=cid)
     text = checked_message(body, services.settings)
+    images = await services.admission.images(
+        record, [item.as_input() for item in body.attachments or ()]
+    )
     return await services.admission.admit(
         record,
-        lambda: services.turns.submit(session_id, text=text, client_message_id=cid, stream=stream),
+        lambda: services.turns.submit(
+            session_id, text=text, client_message_id=cid, stream=stream, images=images
+        ),
         stream=stream,
     )

@@ -37,17 +37,21 @@ DOCS = {
     403: "`forbidden`: the caller may not act for that user, or is not an admin",
     404: "Not found: `session_not_found` (also another user's session), `template_not_found` "
     "(also a personality version) or `message_not_found` (a seq, or a variant of it, the "
-    "session's active branch does not have)",
+    "session's active branch does not have), `attachment_not_found` (an image id the "
+    "session's user does not have)",
     409: "`session_ended` (ended or expired), `active_session_limit` when creating a session, "
     "`template_exists` when creating a personality, `default_template` when deleting the "
     "default, `no_turn_in_flight` when stopping a session that runs no turn, "
     "`nothing_to_regenerate` before a session's first message, `history_changed` when "
     "another replica changed the history a regenerate, edit or variant choice replaces",
     412: "`precondition_failed`: `If-Match` names a version that is no longer current",
-    413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES",
+    413: "`payload_too_large`: the body exceeds MAX_REQUEST_BYTES (routes that carry images: "
+    "docs/images.md), or an image exceeds ATTACHMENT_MAX_BYTES",
     422: "`validation_error` (detail lists the errors), `idempotency_conflict`, "
     "`context_too_long` (the model refused the prompt, even with less history; nothing "
-    "stored), or `not_a_user_message` (an edit of a reply)",
+    "stored), `not_a_user_message` (an edit of a reply), `invalid_image` (not a readable "
+    "image of the type it claims, too many, too many pixels) or `images_not_supported` (the "
+    "personality or its model takes no images)",
     429: "`session_busy` (over SESSION_QUEUE_LIMIT waiting) or `rate_limited` (also previews); "
     "see Retry-After. `quota_exceeded`: USER_DAILY_TOKEN_QUOTA is spent, `cost_limit`: "
     "USER_DAILY_COST_LIMIT_MICROS is spent; for both, Retry-After is the time to the next "

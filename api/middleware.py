@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
 from fastapi.routing import iter_route_contexts
@@ -136,23 +137,45 @@ def _incoming_id(scope: Scope) -> str | None:
 
 class BodyLimitMiddleware:
     """413 for bodies over ``max_bytes``, before any parsing: by Content-Length when sent, else
-    by reading the body (up to the limit) before the app sees it, then replaying it."""
+    by reading the body (up to the limit) before the app sees it, then replaying it.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    Routes that carry images take more (docs/images.md): ``limits`` maps a path's end
+    (``/message``, ``/attachments``…) to its limit and the bytes a body with images holds
+    (``"attachments"``; None: any body, an upload). A body over ``max_bytes`` without them is
+    refused as any other, once read (up to the route's limit)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        limits: Mapping[str, tuple[int, bytes | None]] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self._limits = dict(limits or {})
+
+    def _limit(self, scope: Scope) -> tuple[int, bytes | None]:
+        if self._limits and scope["method"] in ("POST", "PUT", "PATCH"):
+            path: str = scope["path"]
+            for tail, limit in self._limits.items():
+                if path.endswith(tail):
+                    return limit
+        return self.max_bytes, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, marker = self._limit(scope)
         length = _content_length(scope)
         if length is not None:
-            if length > self.max_bytes:
-                await self._reject(scope, receive, send)
-            else:
+            if length > max_bytes:
+                await self._reject(scope, receive, send, max_bytes)
+                return
+            if length <= self.max_bytes or marker is None:
                 await self.app(scope, receive, send)
-            return
+                return
         chunks: list[bytes] = []
         received = 0
         then: Message | None = None  # a disconnect met while buffering, handed on after
@@ -163,15 +186,19 @@ class BodyLimitMiddleware:
                 break
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
-            if received > self.max_bytes:
-                await self._reject(scope, receive, send)
+            if received > max_bytes:
+                await self._reject(scope, receive, send, max_bytes)
                 return
             if not message.get("more_body", False):
                 break
-        await self.app(scope, replay(b"".join(chunks), receive, then=then), send)
+        body = b"".join(chunks)
+        if received > self.max_bytes and marker is not None and marker not in body:
+            await self._reject(scope, receive, send, self.max_bytes)  # no images: the usual
+            return
+        await self.app(scope, replay(body, receive, then=then), send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"Request body larger than {self.max_bytes} bytes"
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+        message = f"Request body larger than {max_bytes} bytes"
         count_error(scope["app"], PayloadTooLarge.code)
         await error_response(413, PayloadTooLarge.code, message)(scope, receive, send)
 

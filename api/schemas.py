@@ -7,6 +7,7 @@ from typing import Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.attachment_bodies import AttachmentBody, AttachmentRef, attachment_bodies
 from services.conversation.titles import TITLE_MAX_CHARS
 from services.core.provider_config import target_key
 from services.core.records import (
@@ -86,6 +87,12 @@ class SendMessageRequest(BaseModel):
         description="Idempotency key: resending it returns the stored reply without a new "
         "LLM call; reusing it with a different message is 422 idempotency_conflict",
         examples=["5f0c9a2e-msg-1"],
+    )
+    attachments: list[AttachmentRef] | None = Field(
+        None,
+        max_length=16,
+        description="Images sent with the message (docs/images.md), at most "
+        "ATTACHMENTS_PER_MESSAGE",
     )
 
 
@@ -188,10 +195,13 @@ class MessageBody(BaseModel):
         "before); null for a reply that ran to its end, and for every message stored before "
         "this field",
     )
+    attachments: list[AttachmentBody] | None = Field(
+        None, description="User messages: the images sent with it (docs/images.md)"
+    )
 
     @classmethod
-    def of(cls, message: StoredMessage) -> MessageBody:
-        """From a stored message."""
+    def of(cls, message: StoredMessage, *, session_id: str | None = None) -> MessageBody:
+        """From a stored message (with its images' read URLs when ``session_id`` is given)."""
         return cls(
             seq=message.seq,
             role=message.role,
@@ -203,6 +213,7 @@ class MessageBody(BaseModel):
             tools=[ToolUseBody.of_use(use) for use in message.tools] or None,
             images=[url for use in message.tools for url in use.images] or None,
             finish_reason="stopped" if message.finish_reason == "stopped" else None,
+            attachments=attachment_bodies(message.attachments, session_id),
         )
 
 
@@ -231,7 +242,7 @@ class MessageResponse(BaseModel):
             message_count=result.message_count,
             replayed=result.replayed,
             usage=UsageBody.of(result.usage),
-            user_message=MessageBody.of(result.user_message),
+            user_message=MessageBody.of(result.user_message, session_id=result.session_id),
             assistant_message=MessageBody.of(result.assistant_message),
             finish_reason="stopped" if result.finish_reason == "stopped" else "stop",
         )
@@ -398,9 +409,10 @@ class ExportedMessage(MessageBody):
     usage: UsageBody | None = Field(description="Token usage of a reply")
 
     @classmethod
-    def of_stored(cls, message: StoredMessage) -> ExportedMessage:
+    def of_stored(cls, message: StoredMessage, session_id: str) -> ExportedMessage:
         """From a stored message, usage included."""
-        return cls(**MessageBody.of(message).model_dump(), usage=UsageBody.of(message.usage))
+        body = MessageBody.of(message, session_id=session_id).model_dump()
+        return cls(**body, usage=UsageBody.of(message.usage))
 
 
 class ExportedSession(SessionSummary):

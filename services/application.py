@@ -12,6 +12,7 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from services.attachments.service import Attachments
 from services.conversation.admission import Admission
 from services.conversation.bus import LocalBus, SessionBus
 from services.conversation.gate import TurnGate
@@ -40,7 +41,7 @@ from services.llm.tools.loop import ToolLimits, ToolLoop
 from services.llm.tools.mcp import McpServers
 from services.redis.bus import RedisBus
 from services.redis.turns import RedisTurns
-from services.store import build_store
+from services.store import build_attachment_store, build_store
 from services.store.base import Store
 from services.store.metered import metered
 from services.templates.authoring import Authoring
@@ -73,6 +74,7 @@ class Services:
     usage: UsageService
     calls: BackgroundCalls
     metrics: Metrics
+    attachments: Attachments
     redis: RedisLink | None = None  # REDIS_URL set: shared limits, resume, live events
     relay: RedisTurns | None = None
 
@@ -118,6 +120,12 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
     store = metered(build_store(settings), meters)
     await store.open()
     stack.push_async_callback(store.close)
+
+    attachment_store = build_attachment_store(settings)
+    await attachment_store.open()
+    stack.push_async_callback(attachment_store.close)
+    attachments = Attachments(attachment_store, settings)
+    stack.push_async_callback(attachments.close)
 
     templates = TemplateService(store, settings, clock=clock)
     await templates.seed_if_empty()
@@ -181,6 +189,7 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         prices=prices,
         stops=bus if isinstance(bus, RedisBus) else None,
         rewrites=bus if isinstance(bus, RedisBus) else None,
+        attachments=attachments,
     )
     if isinstance(bus, RedisBus):
         bus.on_stop(turns.stop_here)
@@ -215,7 +224,13 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         llm=llm,
         sessions=session_service,
         turns=turns,
-        admission=Admission(turns=turns, sessions=session_service, quotas=quotas),
+        admission=Admission(
+            turns=turns,
+            sessions=session_service,
+            quotas=quotas,
+            attachments=attachments,
+            templates=templates,
+        ),
         auth=auth,
         quotas=quotas,
         authoring=Authoring(store, templates, clock=clock),
@@ -223,7 +238,9 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         previews=previews,
         titles=titles,
         memory=memory,
-        user_data=UserData(store=store, sessions=cache, turns=turns, clock=clock, bus=bus),
+        user_data=UserData(
+            store=store, sessions=cache, turns=turns, clock=clock, bus=bus, images=attachments
+        ),
         bus=bus,
         calls=calls,
         usage=UsageService(
@@ -233,6 +250,7 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
             cost_limit=settings.user_daily_cost_limit_micros or None,
         ),
         metrics=meters,
+        attachments=attachments,
         redis=redis,
         relay=relay,
     )

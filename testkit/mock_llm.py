@@ -424,7 +424,19 @@ class MockLLM:
         if messages[-1].get("role") == "tool":
             results = [m.get("content", "") for m in _trailing_tool_messages(messages)]
             return "Tool said: " + " | ".join(results)
-        return f"{self.config.reply_prefix}{messages[-1].get('content', '')}"
+        return f"{self.config.reply_prefix}{_said(messages[-1].get('content', ''))}"
+
+
+def _said(content: Any) -> str:
+    """A message's text; content parts' text, each image as ``[image/png]``-like marks."""
+    if not isinstance(content, list):
+        return str(content)
+    said = [str(p.get("text", "")) for p in content if p.get("type") == "text"]
+    for part in content:
+        if part.get("type") == "image_url":
+            url = str((part.get("image_url") or {}).get("url", ""))
+            said.append(f"[{url.removeprefix('data:').split(';', 1)[0]}]")
+    return " ".join(said)
 
 
 _DIRECTIVE = re.compile(r"\[\[(call|loop) (\S+) (\{.*?\})\]\]")
@@ -488,7 +500,7 @@ def _too_long(limit: int) -> dict[str, Any]:
 
 
 def _usage(body: dict[str, Any], content: str) -> dict[str, int]:
-    prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
+    prompt = sum(len(_said(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
     completion = len(content) // 4 + 1
     return {
         "prompt_tokens": prompt,

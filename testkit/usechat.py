@@ -36,18 +36,19 @@ _HTML = (
 )
 
 
-def docs_example() -> str:
+def docs_example(doc: Path = DOC, heading: str = "## React: `useChat`") -> str:
     """The section's ``jsx`` block (the components) and its ``js`` block (``loadChat``)."""
-    section = DOC.read_text().split("## React: `useChat`", 1)[1].split("\n## ", 1)[0]
+    section = doc.read_text().split(heading, 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```(jsx|js)\n(.*?)```", section, flags=re.DOTALL)
     code: dict[str, str] = dict(reversed(blocks))  # the first block of each kind
     return code["jsx"] + "\n" + code["js"]
 
 
-def build_page(service_url: str, out: Path) -> Path:
-    """The example bundled for the browser in ``out``, talking to ``service_url``."""
+def build_page(service_url: str, out: Path, *, example: str | None = None) -> Path:
+    """The example (the streaming docs' unless given) bundled for the browser in ``out``,
+    talking to ``service_url``."""
     node_script()  # the packages installed
-    example = docs_example()
+    example = example or docs_example()
     assert EXAMPLE_BASE in example, "the docs' example names where Chatify runs"
     (out / "example.jsx").write_text(example.replace(EXAMPLE_BASE, service_url))
     (out / "main.jsx").write_text(_ENTRY)

@@ -24,6 +24,7 @@ from testkit.mock_llm import MockLLM
 from testkit.postgres_server import PostgresServer, require_postgres
 from testkit.redis_server import RedisServer, require_redis_server
 from testkit.rtdb_server import RTDBServer
+from testkit.storage_server import StorageServer
 
 # Google's emulator, when the Firebase suite runs against it (`-m firebase_emulator`, README).
 GOOGLE_EMULATOR = os.environ.get("FIREBASE_DATABASE_EMULATOR_HOST")
@@ -124,6 +125,13 @@ def rtdb(rtdb_server: RTDBServer) -> Iterator[RTDBServer]:
     rtdb_server.faults.clear()
 
 
+@pytest.fixture(scope="session")
+def storage_server() -> Iterator[StorageServer]:
+    """Our Cloud Storage test server (the Firebase store's image attachments)."""
+    with StorageServer() as server:
+        yield server
+
+
 def firebase_url(server: RTDBServer, *, google_emulator: bool) -> str:
     """A database of its own (a fresh namespace), on Google's emulator when asked and set."""
     namespace = f"chatify-{uuid.uuid4().hex[:12]}"
@@ -159,6 +167,7 @@ def make_settings(
     seed_dir: Path,
     backend: str,
     rtdb: RTDBServer,
+    storage_server: StorageServer,
 ) -> SettingsFactory:
     """Settings on an empty store of the backend under test and the mock LLM; keyword
     overrides win. Each call on the Firebase or PostgreSQL backend gets the same fresh
@@ -168,6 +177,9 @@ def make_settings(
         store = {
             "store": "firebase",
             "firebase_database_url": firebase_url(rtdb, google_emulator=backend == "firebase"),
+            # Image attachments: a bucket of its own on the Cloud Storage test server.
+            "storage_emulator_host": storage_server.url,
+            "firebase_storage_bucket": f"chatify-{uuid.uuid4().hex[:12]}",
         }
     elif backend == "postgres":
         server: PostgresServer = request.getfixturevalue("postgres_server")

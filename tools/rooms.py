@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 ROOMS = (
     "core",
     "store",
+    "attachments",
     "templates",
     "llm",
     "limits",

@@ -145,7 +145,7 @@ async def get_session(session: ValidSessionDep, sessions: SessionServiceDep) -> 
         **SessionSummary.fields_of(session),
         template_version=session.template_version,
         welcome_message=session.welcome_message,
-        conversation_history=[MessageBody.of(m) for m in history],
+        conversation_history=[MessageBody.of(m, session_id=session.session_id) for m in history],
         usage=SessionUsage.of(session.usage_totals),
     )
 
@@ -178,11 +178,14 @@ async def list_messages(
         page = await sessions.messages_after(session.session_id, after=after, limit=limit)
         next_after = page[-1].seq if len(page) == limit else None
         return MessagesPage(
-            messages=[MessageBody.of(m) for m in page], next_before=None, next_after=next_after
+            messages=[MessageBody.of(m, session_id=session.session_id) for m in page],
+            next_before=None,
+            next_after=next_after,
         )
     page = await sessions.messages(session.session_id, limit=limit, before=before)
     next_before = page[0].seq if page and page[0].seq > 0 else None
-    return MessagesPage(messages=[MessageBody.of(m) for m in page], next_before=next_before)
+    messages = [MessageBody.of(m, session_id=session.session_id) for m in page]
+    return MessagesPage(messages=messages, next_before=next_before)
 
 
 @router.delete(

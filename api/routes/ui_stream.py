@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
+from api.attachment_bodies import ATTACHMENT_PATH
 from api.deps import (
     BeforeSeq,
     CallerDep,
@@ -39,6 +40,7 @@ from api.errors import documented
 from api.events import SSE_EVENT_SCHEMA
 from api.schemas import invalid, message_problem
 from services.application import Services
+from services.attachments.service import ImageInput
 from services.conversation.turn_events import Rewrite, Turn, TurnEvent
 from services.core.records import StoredMessage, ToolCall, ToolUse
 from services.limits.quotas import StreamSlot
@@ -80,6 +82,15 @@ class UITextPart(BaseModel):
     type: Literal["text"] = "text"
     text: str
     state: Literal["done"] = "done"
+
+
+class UIFilePart(BaseModel):
+    """An image the user sent (docs/images.md): ``url`` is the service route that serves it
+    to the session's user (same credentials)."""
+
+    type: Literal["file"] = "file"
+    mediaType: str
+    url: str
 
 
 class UIToolImages(BaseModel):
@@ -131,8 +142,8 @@ class UIStoredMessage(BaseModel):
     )
     role: Literal["user", "assistant"]
     metadata: UIMessageMetadata
-    parts: list[UITextPart | UIToolOutputPart | UIToolErrorPart] = Field(
-        description="The text, then a reply's tool calls in order"
+    parts: list[UITextPart | UIFilePart | UIToolOutputPart | UIToolErrorPart] = Field(
+        description="The text, then a user message's images or a reply's tool calls in order"
     )
 
 
@@ -162,7 +173,7 @@ async def stream_ui_chat(
     `trigger: "regenerate-message"` (`regenerate()`) answers that message again, and a
     `messageId` with `submit-message` (`sendMessage({ text, messageId })`) edits the stored
     message of that id: both as `.../regenerate` and `PATCH .../messages/{seq}` do."""
-    text, client_message_id = _last_user_message(body, services.settings.max_message_chars)
+    text, client_message_id, files = _last_user_message(body, services.settings.max_message_chars)
     admission = services.admission
     record = await admission.session(body.id, caller, client_message_id=client_message_id)
     rewrite = await _rewrite(services, body, record.session_id, client_message_id)
@@ -171,10 +182,16 @@ async def stream_ui_chat(
         text, cid = "", None  # a regenerate answers the stored message, under no id of its own
     elif rewrite is not None:
         cid = _stored_id(record.session_id, client_message_id)
+    images = await admission.images(record, files) if rewrite is None else ()
     admitted = await admission.admit(
         record,
         lambda: services.turns.submit(
-            record.session_id, text=text, client_message_id=cid, stream=True, rewrite=rewrite
+            record.session_id,
+            text=text,
+            client_message_id=cid,
+            stream=True,
+            rewrite=rewrite,
+            images=images,
         ),
         stream=True,
     )
@@ -241,9 +258,12 @@ def ui_message(
     else:
         asked_id = asked.client_message_id if asked is not None else None
         message_id = f"{asked_id or f'{session_id}-{message.seq - 1}'}-reply"
-    parts: list[UITextPart | UIToolOutputPart | UIToolErrorPart] = [
+    parts: list[UITextPart | UIFilePart | UIToolOutputPart | UIToolErrorPart] = [
         UITextPart(text=message.content)
     ]
+    for image in message.attachments:
+        url = ATTACHMENT_PATH.format(session_id=session_id, attachment_id=image.id)
+        parts.append(UIFilePart(mediaType=image.media_type, url=url))
     for use in message.tools:
         call = {"toolName": use.call.name, "toolCallId": use.call.id, "input": use.call.arguments}
         if use.is_error:
@@ -301,10 +321,12 @@ def _stored_id(session_id: str, message_id: str) -> str | None:
     )
 
 
-def _last_user_message(body: UIChatRequest, limit: int) -> tuple[str, str]:
+def _last_user_message(body: UIChatRequest, limit: int) -> tuple[str, str, list[ImageInput]]:
+    """The last user message's text, id and ``file`` parts (its images)."""
     for index in range(len(body.messages) - 1, -1, -1):
         message = body.messages[index]
         if message.role == "user":
+            files = [_file_input(p) for p in message.parts if p.type == "file"]
             text = "".join(p.text or "" for p in message.parts if p.type == "text").strip()
             where = ("body", "messages", index)
             problem = message_problem(text, limit)
@@ -312,8 +334,18 @@ def _last_user_message(body: UIChatRequest, limit: int) -> tuple[str, str]:
                 problem = {"type": "string_too_long", "msg": "Message ids have 1-64 characters"}
             if problem is not None:
                 raise RequestValidationError([{**problem, "loc": where}])
-            return text, message.id
+            return text, message.id, files
     raise invalid("body", "messages", msg="No user message", kind="missing")
+
+
+def _file_input(part: UIMessagePart) -> ImageInput:
+    """A ``file`` part (``mediaType``, ``url``: a ``data:`` URL) as an image to check."""
+    extra = part.model_extra or {}
+    url, media_type = extra.get("url"), extra.get("mediaType")
+    return ImageInput(
+        url=url if isinstance(url, str) else "",
+        media_type=media_type if isinstance(media_type, str) else None,
+    )
 
 
 def _response(turn: Turn, slot: StreamSlot, ping: float) -> EventSourceResponse:

@@ -89,7 +89,9 @@ async def export_user(user_id: PathUserDep, services: ServicesDep, caller: Calle
             ExportedSession(
                 **SessionSummary.fields_of(item.record),
                 welcome_message=item.record.welcome_message,
-                messages=[ExportedMessage.of_stored(m) for m in item.messages],
+                messages=[
+                    ExportedMessage.of_stored(m, item.record.session_id) for m in item.messages
+                ],
             )
             for item in exported
         ],

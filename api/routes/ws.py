@@ -16,6 +16,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 from starlette.types import Message
 
+from api.attachment_bodies import AttachmentRef
 from api.deps import CallerOrErrorDep, ServicesDep, SessionIdPath
 from api.schemas import MessageBody, MessageResponse, message_problem, tool_data
 from services.conversation.bus import Overflowed, SessionEvent, Subscription
@@ -52,6 +53,7 @@ class UserMessageFrame(BaseModel):
     type: Literal["user_message"]
     message: str
     client_message_id: str | None = Field(None, min_length=1, max_length=64)
+    attachments: list[AttachmentRef] | None = Field(None, max_length=16)
 
     @field_validator("message", "client_message_id")
     @classmethod
@@ -106,7 +108,7 @@ async def session_socket(
         # holds (match by seq), but none falls between the two.
         with services.bus.subscribe(session_id) as subscription:
             history = await services.sessions.messages(session_id, limit=HISTORY_ON_CONNECT)
-            messages = [MessageBody.of(m).model_dump() for m in history]
+            messages = [MessageBody.of(m, session_id=session_id).model_dump() for m in history]
             welcome = record.welcome_message
             await websocket.send_json(
                 {"type": "chat_history", "messages": messages, "welcome_message": welcome}
@@ -229,12 +231,16 @@ async def _next_frame(
     websocket: WebSocket, settings: Settings
 ) -> UserMessageFrame | StopFrame | None:
     """The next valid frame; a bad one is answered with an ``error`` event and None. A frame
-    over WS_MAX_FRAME_BYTES closes the socket with 1009 (uvicorn does so itself when it serves
-    with ``ws_max_size``, as ``python -m api`` does; other servers may not)."""
+    over WS_MAX_FRAME_BYTES (one with ``attachments``: room for its images beside) closes the
+    socket with 1009 (uvicorn does so itself for the larger bound when it serves with
+    ``ws_max_size``, as ``python -m api`` does; other servers may not)."""
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
-    if _frame_size(message) > settings.ws_max_frame_bytes:
+    size = _frame_size(message)
+    if size > settings.ws_max_frame_bytes and (
+        size > settings.ws_frame_limit or '"attachments"' not in (message.get("text") or "")
+    ):  # only a frame with images may pass WS_MAX_FRAME_BYTES (docs/images.md)
         await websocket.close(code=MESSAGE_TOO_BIG, reason="message too big")
         raise WebSocketDisconnect(MESSAGE_TOO_BIG)
     try:
@@ -282,6 +288,9 @@ async def _turn(
     """Start one turn over the socket: the task forwarding its frames (False once the socket
     was closed), or None when it was refused (the client was told)."""
     try:
+        images = await services.admission.images(
+            record, [item.as_input() for item in frame.attachments or ()]
+        )
         admitted = await services.admission.admit(
             record.user_id,  # the socket holds its stream slot; its session was checked
             lambda: services.turns.submit(
@@ -290,6 +299,7 @@ async def _turn(
                 client_message_id=frame.client_message_id,
                 stream=True,
                 origin=origin,
+                images=images,
             ),
             stream=False,
         )

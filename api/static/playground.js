@@ -6,6 +6,7 @@ const userId = localStorage.getItem("chatify-playground-user") ||
   "playground-" + crypto.randomUUID().slice(0, 8);
 localStorage.setItem("chatify-playground-user", userId);
 let sessionId = null;
+let pending = []; // data: URLs of the images chosen for the next message (docs/images.md)
 
 function bubble(role, text) {
   const div = document.createElement("div");
@@ -57,21 +58,50 @@ async function newChat() {
   sessionId = data.session_id;
   bubble("note", "Session " + sessionId + " with " + data.template_id);
   if (data.welcome_message) bubble("assistant", data.welcome_message);
-  for (const id of ["text", "send", "end", "regenerate"]) $(id).disabled = false;
+  for (const id of ["text", "send", "end", "regenerate", "attach"]) $(id).disabled = false;
   $("text").focus();
 }
 
 async function endChat() {
   const data = await api("DELETE", "/session/" + sessionId);
   bubble("note", "Ended: " + data.stats.message_count + " turns in " + data.stats.duration_seconds + " s");
-  for (const id of ["text", "send", "end", "regenerate"]) $(id).disabled = true;
+  for (const id of ["text", "send", "end", "regenerate", "attach"]) $(id).disabled = true;
 }
 
 function send(text) {
   const asked = bubble("user", text);
   const body = { message: text, client_message_id: crypto.randomUUID() };
+  if (pending.length) {
+    body.attachments = pending.map((url) => ({ url }));
+    for (const url of pending) {
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = "an image you sent";
+      img.className = "sent";
+      asked.appendChild(document.createElement("br"));
+      asked.appendChild(img);
+    }
+    pending = [];
+    $("attach").textContent = "Image";
+  }
   return streamTurn("POST", "/message/stream", body, asked);
 }
+
+// Image: the chosen files go with the next message, as data: URLs the service checks.
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+$("attach").addEventListener("click", () => $("image").click());
+$("image").addEventListener("change", async () => {
+  for (const file of $("image").files) pending.push(await readAsDataURL(file));
+  $("image").value = "";
+  $("attach").textContent = "Image (" + pending.length + ")";
+});
 
 // Regenerate: the last reply is answered again (the old one is kept as a variant).
 function regenerate() {

@@ -8,16 +8,19 @@ lives here, once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from services.attachments.service import Attachments, ImageInput
 from services.conversation.sessions import SessionService
 from services.conversation.turns import TurnPipeline
-from services.core.errors import SessionEnded, SessionNotFound
+from services.core.attachment_records import Attachment
+from services.core.errors import ImagesNotSupported, SessionEnded, SessionNotFound
 from services.core.records import SessionRecord
 from services.identity import Caller
 from services.limits.quotas import Quotas, StreamSlot
+from services.templates.service import TemplateService
 
 T = TypeVar("T")
 
@@ -40,7 +43,17 @@ def owned(record: SessionRecord, caller: Caller) -> SessionRecord:
 class Admission:
     """Admits turns for every transport (see the module docstring)."""
 
-    def __init__(self, *, turns: TurnPipeline, sessions: SessionService, quotas: Quotas) -> None:
+    def __init__(
+        self,
+        *,
+        turns: TurnPipeline,
+        sessions: SessionService,
+        quotas: Quotas,
+        attachments: Attachments | None = None,
+        templates: TemplateService | None = None,
+    ) -> None:
+        self._attachments = attachments
+        self._templates = templates
         self._turns = turns
         self._sessions = sessions
         self._quotas = quotas
@@ -81,6 +94,28 @@ class Admission:
             if slot is not None:
                 slot.release()
             raise
+
+    async def images(
+        self, record: SessionRecord, inputs: Sequence[ImageInput]
+    ) -> tuple[Attachment, ...]:
+        """A message's images, checked and stored before its turn starts: 422
+        ``images_not_supported`` (the personality or its model takes none) before any model
+        call, ``invalid_image``, 413 ``payload_too_large``, 404 ``attachment_not_found``."""
+        if not inputs:
+            return ()
+        attachments = self.check_images(record)
+        return await attachments.accept(record.user_id, inputs)
+
+    def check_images(self, record: SessionRecord) -> Attachments:
+        """The attachments service, if the session may take images; else 422
+        ``images_not_supported``."""
+        if self._attachments is None:
+            raise ImagesNotSupported("This service takes no images")
+        template = self._templates.served(record.template_id) if self._templates else None
+        self._attachments.check_allowed(
+            model=record.sampling.model, template_allows=template is None or template.images
+        )
+        return self._attachments
 
     async def slot(self, user_id: str) -> StreamSlot:
         """A stream slot alone: a WebSocket holds one while it is open, a resumed stream one

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from services.attachments.service import Attachments
 from services.conversation.gate import TurnGate
 from services.conversation.memory import Memory
 from services.conversation.prompt import PromptCounter, build_prompt, history_window, smaller_window
@@ -84,7 +85,9 @@ class Branches:
         observer: TurnObserver | None,
         relay: BranchRelay | None = None,
         prices: PriceTable | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
+        self._attachments = attachments  # a regenerated message's images go to the model again
         self._relay = relay
         self._prices = prices
         self._store = store
@@ -122,11 +125,15 @@ class Branches:
         if record.context_tokens is not None:
             await self._tokens.prepare(record.sampling.model)
         window = history_window(asked, earlier, self._tokens)
+        images = answered[0].attachments if regenerate else ()
+        urls = None
+        if self._attachments and (images or any(m.attachments for m in window)):
+            urls = await self._attachments.prompt_urls(record.user_id, window, images)
         prompts: list[Callable[[], list[ChatMessage]]] = [
-            functools.partial(build_prompt, asked, window, text)
+            functools.partial(build_prompt, asked, window, text, images, urls)
         ]
         if (smaller := smaller_window(window)) is not None:
-            prompts.append(functools.partial(build_prompt, asked, smaller, text))
+            prompts.append(functools.partial(build_prompt, asked, smaller, text, images, urls))
         completion = await self._ask(turn, record, prompts, ask, stream=stream)
         usage = completion.usage
         if self._prices is not None:  # priced as a turn is: once, stored by the branch write

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from services.conversation.bus import EventKind as SessionEventKind
 from services.conversation.bus import SessionBus, SessionEvent
+from services.core.attachment_records import Attachment
 from services.core.errors import ChatifyError
 from services.core.records import ToolCall, ToolUse, TurnResult
 
@@ -56,7 +57,9 @@ class Turn:
         client_message_id: str | None,
         origin: str | None = None,
         rewrite: Rewrite | None = None,
+        images: tuple[Attachment, ...] = (),
     ) -> None:
+        self.images = images  # the message's images, checked and stored (``attachments``)
         self.rewrite = rewrite  # a regenerate or an edit (``services.conversation.branches``)
         self.origin = origin  # the connection that sent it, if it follows the turn itself
         self.session_id = session_id

@@ -18,16 +18,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from services.attachments.service import Attachments
 from services.conversation.branches import Branches, BranchRelay
 from services.conversation.bus import SessionBus
 from services.conversation.gate import Ticket, TurnGate
 from services.conversation.memory import Memory
-from services.conversation.prompt import PromptCounter, build_prompt, history_window, smaller_window
+from services.conversation.prompt import (
+    PromptCounter,
+    build_prompt,
+    history_window,
+    smaller_window,
+)
 from services.conversation.registry import ActiveSession, ActiveSessions
 from services.conversation.replay import conflict, log_stored, replay, turn_result
 from services.conversation.stopping import STOPPED, StopRelay, partial_completion, unless_stopped
 from services.conversation.titles import Titles
 from services.conversation.turn_events import Broadcast, HeldDeltas, Rewrite, Turn, TurnRelay
+from services.core.attachment_records import Attachment
 from services.core.errors import (
     ChatifyError,
     ContextTooLong,
@@ -81,7 +88,9 @@ class TurnPipeline:
         prices: PriceTable | None = None,
         stops: StopRelay | None = None,
         rewrites: BranchRelay | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
+        self._attachments = attachments
         self._relay = relay
         self._prices = prices
         self._stops = stops
@@ -106,6 +115,7 @@ class TurnPipeline:
         self.branches = Branches(
             store=store, sessions=sessions, gate=gate, clock=clock, stats=stats, tokens=tokens,
             memory=memory, usage=usage, observer=observer, relay=rewrites, prices=prices,
+            attachments=attachments,
         )  # fmt: skip
 
     @property
@@ -153,6 +163,7 @@ class TurnPipeline:
         stream: bool,
         origin: str | None = None,
         rewrite: Rewrite | None = None,
+        images: tuple[Attachment, ...] = (),
     ) -> tuple[Turn, bool]:
         """Queue a turn, or join the one in flight with this ``client_message_id``.
 
@@ -166,7 +177,7 @@ class TurnPipeline:
             running.joiners += 1
             return running, True
         ticket = self._gate.reserve(session_id)
-        turn = Turn(session_id, text, client_message_id, origin, rewrite)
+        turn = Turn(session_id, text, client_message_id, origin, rewrite, images)
         turn.task = asyncio.create_task(self._run(turn, ticket, stream))
         self._tasks[turn.task] = session_id
         self._latest[session_id] = turn
@@ -268,12 +279,17 @@ class TurnPipeline:
         if record.context_tokens is not None:
             await self._tokens.prepare(record.sampling.model)
         window = history_window(record, active.context, self._tokens)
+        urls: dict[str, str] | None = None
+        if self._attachments and (turn.images or any(m.attachments for m in window)):
+            urls = await self._attachments.prompt_urls(record.user_id, window, turn.images)
         # The prompt with less history is built only if the provider refuses the full one.
         prompts: list[Callable[[], list[ChatMessage]]] = [
-            functools.partial(build_prompt, record, window, turn.text)
+            functools.partial(build_prompt, record, window, turn.text, turn.images, urls)
         ]
         if (smaller := smaller_window(window)) is not None:
-            prompts.append(functools.partial(build_prompt, record, smaller, turn.text))
+            prompts.append(
+                functools.partial(build_prompt, record, smaller, turn.text, turn.images, urls)
+            )
         claiming = asyncio.create_task(
             self._claim(record, turn.client_message_id, known_below=active.next_seq)
         )
@@ -281,6 +297,8 @@ class TurnPipeline:
             answered = await self._ask_while_claiming(
                 turn, prompts, record.sampling, claiming, stream=stream
             )
+            if turn.images and self._attachments:  # written while the model answered
+                await self._attachments.written(turn.images)
         except BaseException as error:
             await self._abandon(record, turn, claiming)
             if isinstance(error, SessionEnded):
@@ -307,6 +325,7 @@ class TurnPipeline:
             model=completion.model,
             tools=completion.tool_uses,
             asked_model=completion.asked_model,
+            attachments=turn.images,
         )
         try:
             stored = await self._store.write_turn(record, claim, new)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from services.attachments.service import Attachments
 from services.conversation.bus import SessionBus, SessionEvent
 from services.conversation.registry import ActiveSessions
 from services.conversation.turns import TurnPipeline
@@ -42,7 +43,9 @@ class UserData:
         turns: TurnPipeline,
         clock: Clock,
         bus: SessionBus | None = None,
+        images: Attachments | None = None,
     ) -> None:
+        self._images = images
         self._bus = bus
         self._store = store
         self._sessions = sessions
@@ -61,6 +64,9 @@ class UserData:
         records = await self._all_sessions(user_id)
         await self._quiesce(records)
         erased = await self._store.delete_sessions(user_id)
+        if self._images is not None:  # after the messages that referenced them
+            images = await self._images.erase_user(user_id)
+            logger.info("erased %d image attachments of a user on request", images)
         logger.info("erased %d sessions of a user on request", erased)
         return erased
 

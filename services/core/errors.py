@@ -202,3 +202,32 @@ class CostLimitExceeded(ChatifyError):
     midnight."""
 
     code, status = "cost_limit", 429
+
+
+class InvalidImage(ChatifyError):
+    """An attachment that is not an image of an accepted type, not the type it claims, cut
+    short, too many of them, or of more pixels than ATTACHMENT_MAX_PIXELS."""
+
+    code, status = "invalid_image", 422
+
+
+class ImageTooLarge(ChatifyError):
+    """An image over ATTACHMENT_MAX_BYTES: answered like a body over its limit."""
+
+    code, status = "payload_too_large", 413
+
+
+class ImagesNotSupported(ChatifyError):
+    """Images sent to a session whose personality turns image input off, or whose model is
+    known not to accept images (MODELS_WITHOUT_IMAGES); refused before any model call."""
+
+    code, status = "images_not_supported", 422
+
+
+class AttachmentNotFound(ChatifyError):
+    """An attachment id the caller's user does not have (another user's answers the same)."""
+
+    code, status = "attachment_not_found", 404
+
+    def __init__(self, attachment_id: str) -> None:
+        super().__init__(f"Attachment {attachment_id[:64]} not found")

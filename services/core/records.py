@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from services.core.attachment_records import Attachment
 from services.core.provider_config import DEFAULT_PROVIDER, Target
 from services.core.usage_counts import DayUsage as DayUsage
 from services.core.usage_counts import ModelUsage as ModelUsage
@@ -282,6 +283,7 @@ class StoredMessage:
     model: str | None = None
     tools: tuple[ToolUse, ...] = ()  # replies: the tools it called first, in order
     finish_reason: str | None = None  # replies: "stopped" when stopped; None: ran to its end
+    attachments: tuple[Attachment, ...] = ()  # user messages: the images sent with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +301,7 @@ class NewTurn:
     tools: tuple[ToolUse, ...] = ()
     asked_model: str | None = None  # the model the provider was asked for (the route's)
     finish_reason: str | None = None  # "stopped": the reply is what came before a stop
+    attachments: tuple[Attachment, ...] = ()  # the user message's images, stored before
 
     @property
     def served_by(self) -> Target | None:

@@ -99,6 +99,18 @@ class Settings(BaseSettings):
     # MAX_MESSAGE_CHARS (4000) message with every character JSON-escaped (12 bytes at most).
     ws_max_frame_bytes: int = Field(65536, ge=1024)
 
+    # Image input (docs/images.md): pictures users attach to their messages
+    attachments_per_message: int = Field(4, ge=0, le=16)  # 0: image input off
+    attachment_max_bytes: int = Field(10_000_000, ge=1024)  # one image as sent; larger is 413
+    attachment_types: Annotated[list[str], NoDecode] = ["png", "jpeg", "webp", "gif"]
+    attachment_max_side: int = Field(2048, ge=64, le=8192)  # longer sides are scaled down
+    attachment_max_pixels: int = Field(40_000_000, ge=4096)  # decoded size; more: invalid_image
+    attachment_history_turns: int = Field(3, ge=1)  # last user turns whose images the model sees
+    attachment_dir: Path | None = None  # local store; None: "attachments" beside SQLITE_PATH
+    # Models known not to accept images: a message with images to them is 422
+    # images_not_supported before any call (matched as a prefix of the model's name).
+    models_without_images: Annotated[list[str], NoDecode] = ["gpt-3.5-turbo", "o1-mini", "o3-mini"]
+
     # Storage
     # firebase when FIREBASE_DATABASE_URL is set; postgres needs DATABASE_URL
     store: Literal["sqlite", "firebase", "postgres"] = "sqlite"
@@ -144,6 +156,10 @@ class Settings(BaseSettings):
     firebase_credentials_json: SecretStr | None = None
     google_application_credentials: Path | None = None
     firebase_database_emulator_host: str | None = None
+    # The Cloud Storage bucket of image attachments (STORE=firebase); None: "<project>.appspot.com"
+    firebase_storage_bucket: str | None = None
+    # Scheme included ("http://127.0.0.1:9199"): a local Cloud Storage server (tests, emulator).
+    storage_emulator_host: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -152,7 +168,15 @@ class Settings(BaseSettings):
             return {**data, "store": "firebase"}
         return data
 
-    @field_validator("cors_origins", "api_keys", "user_api_keys", "admin_api_keys", mode="before")
+    @field_validator(
+        "cors_origins",
+        "api_keys",
+        "user_api_keys",
+        "admin_api_keys",
+        "attachment_types",
+        "models_without_images",
+        mode="before",
+    )
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -170,6 +194,8 @@ class Settings(BaseSettings):
         "metrics_token",
         "redis_url",
         "database_url",
+        "firebase_storage_bucket",
+        "storage_emulator_host",
         mode="before",
     )
     @classmethod
@@ -216,6 +242,27 @@ class Settings(BaseSettings):
             config.environment(name)  # named variables must be set: fail at start, not per call
             config.all_headers(name)
         return self
+
+    @property
+    def ws_frame_limit(self) -> int:
+        """The largest WebSocket frame taken: WS_MAX_FRAME_BYTES, plus room for a message's
+        images as base64 when image input is on."""
+        images = self.attachments_per_message * (self.attachment_max_bytes * 4 // 3 + 64)
+        return self.ws_max_frame_bytes + images
+
+    @property
+    def attachments_path(self) -> Path:
+        """The local folder of image attachments (the SQLite store's, and any but Firebase's)."""
+        return self.attachment_dir or self.sqlite_path.parent / "attachments"
+
+    @property
+    def storage_bucket(self) -> str:
+        """The Cloud Storage bucket of image attachments on the Firebase store."""
+        if self.firebase_storage_bucket:
+            return self.firebase_storage_bucket
+        url = self.firebase_database_url or ""
+        namespace = url.split("ns=")[-1] if "ns=" in url else url.split("//")[-1].split(".")[0]
+        return f"{self.firebase_project_id or namespace}.appspot.com"
 
     @property
     def provider_names(self) -> frozenset[str]:

@@ -99,6 +99,8 @@ class LLMClient(Protocol):
 def message_text(message: ChatMessage) -> str:
     """What a message says, for counting: its content, and any tool calls it makes."""
     text = message.get("content") or ""
+    if isinstance(text, list):  # content parts: their text (images are counted apart)
+        text = " ".join(str(part.get("text") or "") for part in text)
     if message.get("tool_calls"):
         text += json.dumps(message["tool_calls"], ensure_ascii=False)
     return text

@@ -14,6 +14,7 @@ from services.llm.client import (
     GeneratedImage,
     ToolDefinitions,
     estimate_usage,
+    message_text,
 )
 from services.llm.placeholder import placeholder_b64
 
@@ -27,7 +28,7 @@ class OfflineResponder:
         self, messages: list[ChatMessage], sampling: Sampling, *, tools: ToolDefinitions = ()
     ) -> Completion:
         """A deterministic reply that says how to configure a real model (it calls no tools)."""
-        said = messages[-1]["content"]
+        said = message_text(messages[-1])
         if len(said) > 200:
             said = said[:200] + "…"
         content = (

@@ -36,7 +36,7 @@ May import: ``core``.
 from __future__ import annotations
 
 from services.core.settings import Settings
-from services.store.base import Store
+from services.store.base import AttachmentStore, Store
 
 
 def build_store(settings: Settings) -> Store:
@@ -57,3 +57,14 @@ def build_store(settings: Settings) -> Store:
     from services.store.firebase import FirebaseStore
 
     return FirebaseStore(settings)
+
+
+def build_attachment_store(settings: Settings) -> AttachmentStore:
+    """Where image bytes go: the bucket with the Firebase store, else a local folder."""
+    if settings.store == "firebase":
+        from services.store.firebase.attachments import BucketAttachments
+
+        return BucketAttachments(settings)
+    from services.store.sqlite.attachments import DirectoryAttachments
+
+    return DirectoryAttachments(settings.attachments_path)

@@ -8,6 +8,10 @@ Roles (each backend has one file per role, named as here without the ``Store``):
 ``StoreConnection`` (connection.py), ``SessionStore`` (sessions.py), ``TurnStore``
 (turns.py), ``BranchStore`` (branches.py), ``MemoryStore`` (memory.py), ``DocumentStore``
 (documents.py), ``UsageStore`` (usage.py), ``UserDataStore`` (user_data.py).
+
+Beside ``Store``, not part of it: ``AttachmentStore`` (attachments.py), the image bytes that
+messages only reference. SQLite keeps them in a local folder (which any backend without a
+bucket of its own may use too), Firebase in a Cloud Storage bucket.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from services.core.attachment_records import Attachment
 from services.core.branch_records import NewBranch, Variant
 from services.core.provider_config import Target
 from services.core.records import (
@@ -288,3 +293,26 @@ class Store(
     Protocol,
 ):
     """Durable sessions, messages, templates and universal rules: every role of one backend."""
+
+
+class AttachmentStore(Protocol):
+    """Image bytes by user and attachment id; a message row or node holds only the
+    ``Attachment`` reference. A user's attachments are reached only under that user's id, so
+    another user's id never finds them."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Prepare (the folder, the bucket's client)."""
+
+    async def close(self) -> None:
+        """Release threads and clients."""
+
+    async def put(self, user_id: str, attachment: Attachment, data: bytes) -> None:
+        """Store an image's bytes with its reference (written whole, or not at all)."""
+
+    async def get(self, user_id: str, attachment_id: str) -> tuple[Attachment, bytes] | None:
+        """The user's image and its reference, or None."""
+
+    async def delete_user(self, user_id: str) -> int:
+        """Erase every image of the user; how many there were."""

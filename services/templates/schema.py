@@ -130,6 +130,11 @@ class Template(BaseModel):
         description='MCP tools it may call: "server/tool", or "server/*" for all of a server\'s '
         "(servers are MCP_SERVERS)",
     )
+    images: bool = Field(
+        True,
+        description="Whether users may send images to it (docs/images.md); false: a message "
+        "with images is 422 images_not_supported",
+    )
     tags: list[Tag] = Field(
         [], max_length=TAGS_MAX, description="Empty and blank tags are dropped, not refused"
     )

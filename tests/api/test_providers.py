@@ -87,6 +87,7 @@ async def test_a_personality_is_served_by_its_provider_and_the_turn_says_which(
             "tools": None,
             "images": None,
             "finish_reason": None,
+            "attachments": None,
         }
         assert (await history(chat, plain))[-1]["provider"] == "default"
 

@@ -31,6 +31,7 @@ async def test_history_pages_walk_back_oldest_first(chat: RunningApp, llm: MockL
         "tools": None,  # and the tools they called
         "images": None,
         "finish_reason": None,  # "stopped" on a reply a stop cut short
+        "attachments": None,  # the images a user message was sent with (docs/images.md)
     }
     assert first["messages"][1]["provider"] == "default"
     assert first["messages"][1]["model"] == "gpt-test-pirate"  # the default personality's

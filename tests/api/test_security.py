@@ -7,6 +7,7 @@ endpoint cannot ship without a decision about who may call it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ LET_THROUGH = {
     SESSION + "/messages/{seq}": "message_not_found",
     SESSION + "/messages/{seq}/stream": "message_not_found",
     SESSION + "/messages/{seq}/variants/{variant}/select": "message_not_found",
+    SESSION + "/attachments/{attachment_id}": "attachment_not_found",
 }
 POLICY: dict[tuple[str, str], str] = {
     ("GET", "/health"): "public",
@@ -64,6 +66,8 @@ POLICY: dict[tuple[str, str], str] = {
     ("POST", SESSION + "/message"): "owner",
     ("POST", SESSION + "/message/stream"): "owner",
     ("POST", SESSION + "/stop"): "owner",
+    ("POST", SESSION + "/attachments"): "owner",
+    ("GET", SESSION + "/attachments/{attachment_id}"): "owner",
     ("POST", SESSION + "/regenerate"): "owner",
     ("POST", SESSION + "/regenerate/stream"): "owner",
     ("PATCH", SESSION + "/messages/{seq}"): "owner",
@@ -120,6 +124,10 @@ AUTHORING_BODIES: dict[tuple[str, str], Any] = {
     ("POST", RULES + "/rollback"): lambda: {"revision": 1},
 }
 WHO = ["anonymous", "bad", "alice", "bob", "service", "admin"]
+# A 1×1 PNG, for the upload route.
+DOT_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
 
 # What each caller gets on a route of each policy, acting on alice's session / user.
 ALLOWED = {
@@ -214,8 +222,9 @@ async def call(
 ) -> int:
     """Call a route as a caller; the HTTP status, or for the WebSocket its outcome as one."""
     url = path.format(
-        session_id=session_id, user_id="alice", template_id=template_id, number=1, seq=0, variant=1
-    )
+        session_id=session_id, user_id="alice", template_id=template_id, number=1, seq=0,
+        variant=1, attachment_id="0" * 32,
+    )  # fmt: skip
     if method == "WS":
         ws_url = live.url.replace("http://", "ws://") + url
         async with websockets.connect(ws_url, additional_headers=headers) as socket:
@@ -227,7 +236,10 @@ async def call(
             assert closed.value.rcvd is not None
             return closed.value.rcvd.code - 4000  # 4401 -> 401, 4404 -> 404
     body: dict[str, Any] | None = None
-    if (method, path) in AUTHORING_BODIES:
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    if path.endswith("/attachments"):  # an upload: one small PNG
+        files = {"file": ("dot.png", DOT_PNG, "image/png")}
+    elif (method, path) in AUTHORING_BODIES:
         body = AUTHORING_BODIES[(method, path)]()
     elif method == "PATCH" and path == SESSION:
         body = {"title": "Renamed"}
@@ -240,7 +252,7 @@ async def call(
         body = {"message": "hi"} if "message" in path else {"template_id": "plain"}
         if body_user is not None:
             body["user_id"] = body_user
-    async with live.client.stream(method, url, json=body, headers=headers) as response:
+    async with live.client.stream(method, url, json=body, files=files, headers=headers) as response:
         await response.aread()
     if response.status_code in (404, 409) and path in LET_THROUGH:
         if response.json()["error"]["code"] == LET_THROUGH[path]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from services.core.attachment_records import attachments_of
 from services.core.errors import StoreUnavailable
 from services.core.provider_config import Target
 from services.core.records import (
@@ -194,7 +195,9 @@ class FirebaseTurns(FirebaseConnection):
 
     def _write_turn(self, session: SessionRecord, claim: TurnClaim, turn: NewTurn) -> StoredTurn:
         sid, cid, seq = session.session_id, turn.client_message_id, claim.seq
-        user = StoredMessage(seq, "user", turn.user_text, turn.user_at, cid)
+        user = StoredMessage(
+            seq, "user", turn.user_text, turn.user_at, cid, attachments=turn.attachments
+        )
         reply = StoredMessage(
             seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage, turn.provider,
             turn.model, turn.tools, turn.finish_reason,
@@ -309,6 +312,8 @@ def message_doc(m: StoredMessage) -> dict[str, Any]:
         ]
     if m.finish_reason is not None:
         doc["finish_reason"] = m.finish_reason
+    if m.attachments:  # references only: the bytes are in the bucket
+        doc["attachments"] = [a.as_dict() for a in m.attachments]
     return doc
 
 
@@ -329,6 +334,7 @@ def messages_of(data: Any) -> list[StoredMessage]:
             model=doc.get("model"),
             tools=tool_uses(doc.get("tools")),
             finish_reason=doc.get("finish_reason"),
+            attachments=attachments_of(doc.get("attachments")),
         )
         for doc in items
         if isinstance(doc, dict)

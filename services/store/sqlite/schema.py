@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from services.core.attachment_records import attachments_json, attachments_of
 from services.core.records import ModelUsage, SessionRecord, StoredMessage, Usage, tool_uses
 from services.store.sqlite import usage_rows
 
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS messages (
     model TEXT,
     tools TEXT,
     finish_reason TEXT,
+    attachments TEXT,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
@@ -118,7 +120,13 @@ _ADDED_COLUMNS = {
         "fallbacks": "TEXT",
         "tools": "TEXT",
     },
-    "messages": {"provider": "TEXT", "model": "TEXT", "tools": "TEXT", "finish_reason": "TEXT"},
+    "messages": {
+        "provider": "TEXT",
+        "model": "TEXT",
+        "tools": "TEXT",
+        "finish_reason": "TEXT",
+        "attachments": "TEXT",
+    },
     "template_stats": {"cost_micros": "INTEGER NOT NULL DEFAULT 0"},  # older rows: 0
     **usage_rows.ADDED_COLUMNS,
 }
@@ -128,7 +136,8 @@ _ADDED_INDEXES = (
     "ON sessions (user_id, last_activity, session_id)",
 )
 MESSAGE_COLUMNS = (
-    "seq, role, content, timestamp, client_message_id, usage, provider, model, tools, finish_reason"
+    "seq, role, content, timestamp, client_message_id, usage, provider, model, tools, "
+    "finish_reason, attachments"
 )
 MESSAGE_MARKS = ", ".join("?" * (MESSAGE_COLUMNS.count(",") + 2))  # and session_id
 
@@ -174,6 +183,8 @@ def message_of(row: sqlite3.Row | Mapping[str, Any]) -> StoredMessage:
     return StoredMessage(
         row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"], usage,
         row["provider"], row["model"], tool_uses(row["tools"]), row["finish_reason"],
+        # A variant kept before attachments existed has no such field.
+        attachments_of(row["attachments"] if "attachments" in row.keys() else None),
     )  # fmt: skip
 
 
@@ -184,5 +195,5 @@ def message_row(session_id: str, message: StoredMessage) -> tuple[Any, ...]:
     return (
         session_id, message.seq, message.role, message.content, message.timestamp,
         message.client_message_id, usage, message.provider, message.model, tools,
-        message.finish_reason,
+        message.finish_reason, attachments_json(message.attachments),
     )  # fmt: skip

@@ -109,7 +109,7 @@ class SQLiteTurns(SQLiteConnection):
                     raise SessionEnded(session_id, row["status"])
                 user = StoredMessage(
                     row["message_count"] * 2, "user", turn.user_text, turn.user_at,
-                    turn.client_message_id,
+                    turn.client_message_id, attachments=turn.attachments,
                 )  # fmt: skip
                 reply = StoredMessage(
                     user.seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage,
