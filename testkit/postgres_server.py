@@ -66,6 +66,19 @@ def dump(url: str) -> str:
     return done.stdout
 
 
+def query(url: str, sql: str) -> list[str]:
+    """The rows of ``sql`` on the database at ``url`` as ``psql`` prints them (fields apart
+    by ``|``), one string a row."""
+    folder = postgres_bin()
+    if folder is None:
+        raise RuntimeError("no PostgreSQL binaries")
+    done = subprocess.run(
+        [str(folder / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return done.stdout.splitlines()
+
+
 class PostgresServer:
     """One cluster and its server process."""
 

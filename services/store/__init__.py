@@ -60,11 +60,16 @@ def build_store(settings: Settings) -> Store:
 
 
 def build_attachment_store(settings: Settings) -> AttachmentStore:
-    """Where image bytes go: the bucket with the Firebase store, else a local folder."""
+    """Where image bytes go: the bucket with the Firebase store, the database with the
+    PostgreSQL one (replicas share both), else a local folder."""
     if settings.store == "firebase":
         from services.store.firebase.attachments import BucketAttachments
 
         return BucketAttachments(settings)
+    if settings.store == "postgres":
+        from services.store.postgres.attachments import PostgresAttachments
+
+        return PostgresAttachments(settings)
     from services.store.sqlite.attachments import DirectoryAttachments
 
     return DirectoryAttachments(settings.attachments_path)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from services.core.attachment_records import Attachment, user_folder
 from testkit.mock_llm import MockLLM
+from testkit.postgres_server import query
 from testkit.storage_server import StorageServer
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
@@ -48,10 +49,17 @@ def data_url(data: bytes, media_type: str = "image/png") -> str:
 
 
 def stored_files(running: RunningApp, storage: StorageServer) -> list[str]:
-    """Every image object the app's attachment store holds: files or bucket objects."""
+    """Every image object the app's attachment store holds: files, bucket objects or rows
+    (as ``{user folder}/{id}``)."""
     settings = running.services.settings
     if settings.store == "firebase":
         return storage.names(settings.storage_bucket)
+    if settings.store == "postgres" and settings.database_url is not None:
+        rows = query(
+            settings.database_url.get_secret_value(),
+            "SELECT user_id, attachment_id FROM attachments ORDER BY 1, 2",
+        )
+        return [f"{user_folder(user)}/{aid}" for user, aid in (row.split("|") for row in rows)]
     root = settings.attachments_path
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 

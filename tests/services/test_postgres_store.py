@@ -46,7 +46,8 @@ async def test_a_database_of_a_newer_release_is_refused_and_left_alone(
     postgres_server.psql("INSERT INTO schema_version (version, name) VALUES (7, '007_x')", database)
     with pytest.raises(StoreUnavailable, match="schema version 7, newer than this release"):
         await store_on(url).open()
-    assert postgres_server.psql("SELECT count(*) FROM schema_version", database).strip() == "2"
+    count = postgres_server.psql("SELECT count(*) FROM schema_version", database).strip()
+    assert count == str(len(migrations()) + 1)
 
 
 def test_migration_files_are_numbered_without_a_gap(tmp_path: Path) -> None:

@@ -109,14 +109,7 @@ class PostgresConnection:
         return await asyncpg.connect(self._url, timeout=self._timeout)
 
     def _reason(self, exc: BaseException) -> str:
-        """What went wrong, in words, without the password whatever the driver put in it."""
-        if isinstance(exc, TimeoutError):
-            return f"no answer within {self._timeout:g} s (STORE_TIMEOUT_SECONDS)"
-        if isinstance(exc, OSError) and exc.strerror:
-            return f"the server cannot be reached ({exc.strerror})"
-        text = (str(exc).splitlines() or [type(exc).__name__])[0][:300] or type(exc).__name__
-        password = urlsplit(self._url).password
-        return text.replace(unquote(password), "***").replace(password, "***") if password else text
+        return failure_reason(exc, url=self._url, timeout=self._timeout)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -155,6 +148,17 @@ class PostgresConnection:
         async with self._connection() as conn:
             status: str = await conn.execute(sql, *args)
             return status
+
+
+def failure_reason(exc: BaseException, *, url: str, timeout: float) -> str:
+    """What went wrong, in words, without the password whatever the driver put in it."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s (STORE_TIMEOUT_SECONDS)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"the server cannot be reached ({exc.strerror})"
+    text = (str(exc).splitlines() or [type(exc).__name__])[0][:300] or type(exc).__name__
+    password = urlsplit(url).password
+    return text.replace(unquote(password), "***").replace(password, "***") if password else text
 
 
 def describe_url(url: str) -> str:

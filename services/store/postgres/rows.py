@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from services.core.attachment_records import attachments_json, attachments_of
 from services.core.records import (
     ModelUsage,
     SessionRecord,
@@ -28,10 +29,11 @@ SESSION_COLUMNS = (
 USAGE_COLUMNS = tuple(f"usage_{name}" for name in COUNTS)
 SELECT_TOTALS = ", ".join(USAGE_COLUMNS)
 MESSAGE_COLUMNS = (
-    "seq, role, content, timestamp, client_message_id, usage, provider, model, tools, finish_reason"
+    "seq, role, content, timestamp, client_message_id, usage, provider, model, tools, "
+    "finish_reason, attachments"
 )
 # $1 the session, then MESSAGE_COLUMNS in order (JSONB ones cast from their text).
-MESSAGE_VALUES = "$1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10::jsonb, $11"
+MESSAGE_VALUES = "$1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10::jsonb, $11, $12::jsonb"
 
 
 def session_of(row: Mapping[str, Any], shares: tuple[ModelUsage, ...] = ()) -> SessionRecord:
@@ -58,6 +60,8 @@ def message_of(row: Mapping[str, Any]) -> StoredMessage:
         row["seq"], row["role"], row["content"], row["timestamp"], row["client_message_id"],
         Usage.from_dict(usage) if usage else None, row["provider"], row["model"],
         tool_uses(row["tools"]), row["finish_reason"],
+        # A variant kept before migration 002 has no such field.
+        attachments_of(row.get("attachments")),
     )  # fmt: skip
 
 
@@ -76,5 +80,5 @@ def message_values(session_id: str, message: StoredMessage) -> tuple[Any, ...]:
     return (
         session_id, message.seq, message.role, message.content, message.timestamp,
         message.client_message_id, usage_json(message.usage), message.provider, message.model,
-        tools_json(message.tools), message.finish_reason,
+        tools_json(message.tools), message.finish_reason, attachments_json(message.attachments),
     )  # fmt: skip

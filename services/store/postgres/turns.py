@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from services.core.attachment_records import attachments_json
 from services.core.errors import SessionEnded, SessionNotFound, StoreUnavailable
 from services.core.records import (
     NewTurn,
@@ -40,9 +41,9 @@ _WRITE_TURN = (
     "WHERE session_id = $1 AND status = 'active' RETURNING message_count - 1 AS n), "
     f"written AS (INSERT INTO messages ({_MESSAGE_NAMES}) "
     "SELECT $1, n * 2, 'user', $14::text, $15::text, $13::text, NULL::jsonb, NULL::text, "
-    "NULL::text, NULL::jsonb, NULL::text FROM turn UNION ALL "
+    "NULL::text, NULL::jsonb, NULL::text, $24::jsonb FROM turn UNION ALL "
     "SELECT $1, n * 2 + 1, 'assistant', $16::text, $17::text, NULL::text, $18::jsonb, "
-    "$19::text, $20::text, $21::jsonb, $23::text FROM turn), "
+    "$19::text, $20::text, $21::jsonb, $23::text, NULL::jsonb FROM turn), "
     f"{usage_rows.counting(session_rows='turn', day_rows='turn')} "
     "SELECT (SELECT n FROM turn) AS n, (SELECT status FROM sessions WHERE session_id = $1) "
     "AS status"
@@ -129,6 +130,7 @@ class PostgresTurns(PostgresConnection):
                     _WRITE_TURN, *counted, cmid, turn.user_text, turn.user_at, turn.reply,
                     turn.reply_at, usage_json(turn.usage), turn.provider, turn.model,
                     tools_json(turn.tools), preview_of(turn.reply), turn.finish_reason,
+                    attachments_json(turn.attachments),
                 )  # fmt: skip
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != CLIENT_ID_INDEX or cmid is None:
@@ -143,7 +145,9 @@ class PostgresTurns(PostgresConnection):
             raise SessionEnded(sid, row["status"])
         seq = int(row["n"]) * 2
         return StoredTurn(
-            StoredMessage(seq, "user", turn.user_text, turn.user_at, cmid),
+            StoredMessage(
+                seq, "user", turn.user_text, turn.user_at, cmid, attachments=turn.attachments
+            ),
             StoredMessage(
                 seq + 1, "assistant", turn.reply, turn.reply_at, None, turn.usage, turn.provider,
                 turn.model, turn.tools, turn.finish_reason,
