@@ -252,7 +252,8 @@ class Settings(BaseSettings):
 
     @property
     def attachments_path(self) -> Path:
-        """The local folder of image attachments (the SQLite store's, and any but Firebase's)."""
+        """The local folder of image attachments: the SQLite store's (Firebase keeps them in
+        a bucket, PostgreSQL in its database)."""
         return self.attachment_dir or self.sqlite_path.parent / "attachments"
 
     @property
