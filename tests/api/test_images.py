@@ -406,3 +406,18 @@ async def test_a_regenerate_sends_the_messages_images_again(
             again.json()["user_message"]["attachments"]
             == sent.json()["user_message"]["attachments"]
         )
+
+
+async def test_the_export_of_a_user_carries_their_images(
+    make_settings: SettingsFactory, clock: FakeClock, llm: MockLLM
+) -> None:
+    async with running_app(make_settings(), clock) as running:
+        sid = await running.create_session(user_id="gina")
+        sent = await running.send(sid, "Mine", attachments=[{"url": data_url(png())}])
+        assert sent.status_code == 200, sent.text
+        exported = await running.client.get("/api/v1/chatbot/users/gina/export")
+        assert exported.status_code == 200, exported.text
+        first = exported.json()["sessions"][0]["messages"][0]
+        image = await running.client.get(first["attachments"][0]["url"])
+    assert first["attachments"][0]["id"] == sent.json()["user_message"]["attachments"][0]["id"]
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (64, 48)

@@ -1,6 +1,7 @@
 """The attachment side of the storage contract, on every backend: a message keeps only the
 references of its images, and the ``AttachmentStore`` beside the message store keeps their
-bytes under their user (a local folder with SQLite, a Cloud Storage bucket with Firebase)."""
+bytes under their user (a local folder with SQLite, a Cloud Storage bucket with Firebase, the
+``attachments`` table with PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,21 @@ async def test_erasing_a_user_removes_their_images_and_no_one_elses(
     assert await images.get("alice", JPEG.id) is None
     assert await images.get("bob", PNG.id) == (PNG, b"c")
     assert await images.delete_user("alice") == 0
+
+
+async def test_a_variant_chosen_again_brings_its_images_back(store: Store) -> None:
+    session = make_session()
+    await store.create_session(session)
+    await append_turn(store, session, dataclasses.replace(make_turn(0, "c0"), attachments=(PNG,)))
+    edited = await store.write_branch(
+        session, NewBranch(seq=0, turn=branch_turn("no picture"), next_seq=2)
+    )
+    assert edited.user.attachments == ()
+    variants = await store.load_variants(session.session_id, 0)
+    assert variants[0].messages[0].attachments == (PNG,)
+    chosen = await store.select_variant(
+        session, 0, variants[0].number, at="2026-01-01T14:00:00.000Z"
+    )
+    assert chosen is not None and chosen[0].attachments == (PNG,)
+    messages = await store.load_messages(session.session_id, limit=10)
+    assert messages[0].attachments == (PNG,)
