@@ -22,6 +22,7 @@ ROOMS = (
     "limits",
     "identity",
     "conversation",
+    "push",
     "redis",
     "application",
 )
