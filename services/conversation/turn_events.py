@@ -140,11 +140,8 @@ class Turn:
     async def result(self) -> TurnResult:
         """Wait for the stored result (or the turn's error)."""
         assert self.task is not None
-        try:
-            return await asyncio.shield(self.task)
-        finally:
-            if self.task.done():
-                self.heard = True  # the caller gets the reply or the error
+        self.heard = True  # a request waits for it (not cancelled if its client goes)
+        return await asyncio.shield(self.task)
 
 
 class TurnRelay(Protocol):

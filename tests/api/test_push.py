@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,9 +18,10 @@ from services.application import Services
 from services.conversation.turn_events import Turn
 from services.push.notifier import PushNotifier
 from testkit.fcm_server import FCMServer
+from testkit.live import read_events
 from testkit.mock_llm import MockLLM, Reply
 from testkit.redis_server import RedisServer
-from tests.api.conftest import API, Live, collect, until
+from tests.api.conftest import API, Live, LiveFactory, collect, until
 from tests.conftest import FakeClock, RunningApp, SettingsFactory, running_app
 
 USER = "u1"
@@ -164,6 +166,30 @@ async def test_a_turn_nobody_heard_reaches_each_device_once_within_a_second_of_t
         assert (await chat.client.get("/ready")).json()["push"] == "ok"
 
 
+async def test_a_stream_whose_phone_went_away_is_pushed_once(
+    live_app: LiveFactory, fcm: FCMServer, llm: MockLLM
+) -> None:
+    """The real wire: the app reads the first delta and is gone (sent to the background);
+    the turn goes on and its reply is pushed."""
+    resume = threading.Event()
+    llm.script(Reply(content=REPLY, chunks=4, pause_after_chunks=1, resume=resume))
+    async with live_app(**push_settings(fcm)) as live:
+        await register(live, "token-phone-1")
+        session_id = await new_session(live)
+        async with live.stream(session_id, "where?") as response:
+            async for event in read_events(response):
+                if event.event == "delta":
+                    break  # hang up after the first delta
+        # The server saw the hang-up once the stream's slot is given back.
+        await until(lambda: not len(live.services.quotas._streams), "the stream to close")
+        resume.set()
+        [message] = await fcm.wait_for(1)
+        assert message["data"]["session_id"] == session_id
+        assert message["notification"]["body"] == REPLY
+        await until(lambda: not live.services.turns.in_flight_count, "the turn to end")
+    assert fcm.attempts == 1
+
+
 async def test_a_turn_a_client_heard_is_not_pushed(
     make_settings: SettingsFactory, clock: FakeClock, fcm: FCMServer
 ) -> None:
@@ -199,6 +225,7 @@ async def test_a_client_back_within_the_grace_period_cancels_the_push(
         assert (await chat.send(second, "and then?")).status_code == 200  # a new turn
         await push.idle()
         assert chat.services.metrics.pushes("skipped", "reconnected") == 2
+        assert chat.services.metrics.pushes("skipped", "connected") == 1  # the JSON turn
         assert fcm.attempts == 0
 
 
