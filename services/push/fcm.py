@@ -89,25 +89,31 @@ class FcmClient:
 def _outcome(status: int, body: bytes, retry_after: str | None) -> SendOutcome:
     if status == 200:
         return SendOutcome("sent", status)
-    code = _error_code(body)
-    wait = _seconds(retry_after)
+    fcm_code, status_name = _error_codes(body)
     if status in RETRYABLE:
-        return SendOutcome("retry", status, code, wait)
-    if code in DEAD_TOKEN_CODES or status == 404:
-        return SendOutcome("dead_token", status, code or "UNREGISTERED")
-    return SendOutcome("failed", status, code)
+        return SendOutcome("retry", status, fcm_code or status_name, _seconds(retry_after))
+    # Only FCM's own verdict on the token drops it: a 404 or 400 without one (a wrong FCM_URL
+    # or project) must not empty every user's devices.
+    if fcm_code in DEAD_TOKEN_CODES:
+        return SendOutcome("dead_token", status, fcm_code)
+    return SendOutcome("failed", status, fcm_code or status_name)
 
 
-def _error_code(body: bytes) -> str:
-    """FCM's own code (``UNREGISTERED``...), else the error's status, else empty."""
+def _error_codes(body: bytes) -> tuple[str, str]:
+    """FCM's own error code (``UNREGISTERED``...) and the error's status, each maybe empty."""
     try:
         error = orjson.loads(body)["error"]
-        for detail in error.get("details") or ():
-            if detail.get("@type") == _FCM_ERROR and detail.get("errorCode"):
-                return str(detail["errorCode"])
-        return str(error.get("status") or "")
+        fcm_code = next(
+            (
+                str(detail["errorCode"])
+                for detail in error.get("details") or ()
+                if detail.get("@type") == _FCM_ERROR and detail.get("errorCode")
+            ),
+            "",
+        )
+        return fcm_code, str(error.get("status") or "")
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return ""
+        return "", ""
 
 
 def _seconds(header: str | None) -> float | None:

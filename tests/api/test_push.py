@@ -285,6 +285,20 @@ async def test_a_token_fcm_calls_unregistered_or_invalid_is_removed(
         assert chat.services.metrics.pushes("failed", "dead_token") == 2
 
 
+async def test_an_error_without_fcms_verdict_on_the_token_keeps_it(
+    make_settings: SettingsFactory, clock: FakeClock, fcm: FCMServer
+) -> None:
+    """A wrong FCM_URL (404 without FCM's error code) must not empty the user's devices."""
+    async with pushing(make_settings, clock, fcm, fcm_url=f"{fcm.url}/wrong") as chat:
+        await register(chat, "token-phone-1")
+        await unheard_turn(chat.services, await new_session(chat))
+        await notifier(chat.services).idle()
+        assert fcm.attempts == 1 and fcm.messages == []
+        assert chat.services.metrics.pushes("failed", "refused") == 1
+        devices = (await chat.client.get(f"{API}/users/{USER}/devices")).json()["devices"]
+        assert [d["token"] for d in devices] == ["token-phone-1"]
+
+
 async def test_retryable_answers_are_retried_until_fcm_takes_the_message(
     make_settings: SettingsFactory, clock: FakeClock, fcm: FCMServer
 ) -> None:
