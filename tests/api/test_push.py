@@ -243,6 +243,8 @@ async def test_opt_outs_by_user_and_by_session(
         await chat.client.put(f"{API}/users/{USER}/push", json={"enabled": True})
         session_off = await chat.client.put(f"{API}/session/{muted}/push", json={"enabled": False})
         assert session_off.json()["muted_sessions"] == [muted]
+        read = (await chat.client.get(f"{API}/users/{USER}/push")).json()
+        assert read == {"success": True, "enabled": True, "muted_sessions": [muted]}
         await unheard_turn(chat.services, muted)
         await notifier(chat.services).idle()
         assert fcm.attempts == 0
@@ -267,7 +269,34 @@ async def test_without_reply_text_the_notification_has_none(
     assert "treasure" not in caplog.text  # nor in any log line
 
 
+async def test_a_failed_turn_nobody_heard_is_pushed_without_text_or_seq(
+    make_settings: SettingsFactory, clock: FakeClock, fcm: FCMServer, llm: MockLLM
+) -> None:
+    async with pushing(make_settings, clock, fcm) as chat:
+        await register(chat, "token-phone-1")
+        session_id = await new_session(chat)
+        llm.script(Reply(status=500))
+        turn = await unheard_turn(chat.services, session_id)
+        assert turn.task is not None and turn.task.exception() is not None
+        [message] = await fcm.wait_for(1)
+        assert message["notification"] == {"title": "Pirate"}
+        assert message["data"] == {"session_id": session_id, "kind": "failed"}
+
+
 # Reliability ------------------------------------------------------------------------------
+
+
+async def test_an_fcm_that_does_not_answer_is_retried_then_counted(
+    make_settings: SettingsFactory, clock: FakeClock, fcm: FCMServer
+) -> None:
+    with FCMServer() as gone:
+        url = gone.url  # a port nothing listens on once it stopped
+    async with pushing(make_settings, clock, fcm, fcm_url=url, push_max_attempts=2) as chat:
+        await register(chat, "token-phone-1")
+        await unheard_turn(chat.services, await new_session(chat))
+        await notifier(chat.services).idle()
+        assert chat.services.metrics.pushes("failed", "retries_exhausted") == 1
+        assert [d.token for d in await chat.services.store.list_devices(USER)] == ["token-phone-1"]
 
 
 async def test_a_token_fcm_calls_unregistered_or_invalid_is_removed(
