@@ -5,6 +5,7 @@ replicas on one real Redis sending each push once."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import websockets
 
 from services.application import Services
 from services.conversation.turn_events import Turn
@@ -171,23 +173,52 @@ async def test_a_stream_whose_phone_went_away_is_pushed_once(
 ) -> None:
     """The real wire: the app reads the first delta and is gone (sent to the background);
     the turn goes on and its reply is pushed."""
-    resume = threading.Event()
-    llm.script(Reply(content=REPLY, chunks=4, pause_after_chunks=1, resume=resume))
     async with live_app(**push_settings(fcm)) as live:
         await register(live, "token-phone-1")
         session_id = await new_session(live)
-        async with live.stream(session_id, "where?") as response:
-            async for event in read_events(response):
-                if event.event == "delta":
-                    break  # hang up after the first delta
-        # The server saw the hang-up once the stream's slot is given back.
-        await until(lambda: not len(live.services.quotas._streams), "the stream to close")
-        resume.set()
+        await hang_up_as_it_starts(live, llm, session_id)
         [message] = await fcm.wait_for(1)
         assert message["data"]["session_id"] == session_id
         assert message["notification"]["body"] == REPLY
-        await until(lambda: not live.services.turns.in_flight_count, "the turn to end")
     assert fcm.attempts == 1
+
+
+async def hang_up_as_it_starts(
+    live: Live, llm: MockLLM, session_id: str, *, sockets: int = 0
+) -> None:
+    """A streamed turn whose client leaves after its first delta, then finishes (``sockets``:
+    the user's WebSockets open meanwhile)."""
+    resume = threading.Event()
+    llm.script(Reply(content=REPLY, chunks=4, pause_after_chunks=1, resume=resume))
+    # The user's open streams and sockets: the server saw the hang-up once only the sockets
+    # are left.
+    slots = live.services.quotas._streams._streams
+    await until(lambda: slots.get(USER, 0) == sockets, "the sockets to be counted")
+    async with live.stream(session_id, "where?") as response:
+        async for event in read_events(response):
+            if event.event == "delta":
+                break
+    await until(lambda: slots.get(USER, 0) == sockets, "the stream to close")
+    resume.set()
+    await until(lambda: not live.services.turns.in_flight_count, "the turn to end")
+
+
+async def test_a_socket_open_on_the_session_hears_the_reply_so_no_push(
+    live_app: LiveFactory, fcm: FCMServer, llm: MockLLM
+) -> None:
+    """The real wire: another device's WebSocket on the session sees the reply live."""
+    async with live_app(**push_settings(fcm)) as live:
+        await register(live, "token-phone-1")
+        session_id = await new_session(live)
+        url = live.url.replace("http://", "ws://") + f"{API}/session/{session_id}/ws"
+        async with websockets.connect(url) as laptop:
+            assert json.loads(await laptop.recv())["type"] == "chat_history"
+            await hang_up_as_it_starts(live, llm, session_id, sockets=1)
+            metrics = live.services.metrics
+            await until(lambda: metrics.pushes("skipped", "connected") == 1, "the decision")
+        await hang_up_as_it_starts(live, llm, session_id)  # the laptop has closed too
+        [message] = await fcm.wait_for(1)
+        assert message["data"]["session_id"] == session_id
 
 
 async def test_a_turn_a_client_heard_is_not_pushed(
