@@ -257,7 +257,8 @@ def _what_finished(turn: Turn, task: asyncio.Task[TurnResult]) -> Finished | Non
     if error is None:
         result = task.result()
         stored = result.assistant_message
-        if result.replayed or stored is None:
+        # A relayed turn's result reads as a replay here; it is news where it ran.
+        if stored is None or (result.replayed and not turn.relayed):
             return None
         return Finished(turn, stored.seq, result.reply)
     if not isinstance(error, ChatifyError):

@@ -441,3 +441,41 @@ async def test_two_replicas_send_each_push_once_and_see_each_others_clients(
         await notifier(a.services).idle()
         assert len(fcm.messages) == before
         assert a.services.metrics.pushes("skipped", "claimed") == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_reply_relayed_to_a_client_on_another_replica_is_not_pushed(
+    make_settings: SettingsFactory,
+    clock: FakeClock,
+    redis_url: str,
+    fcm: FCMServer,
+    llm: MockLLM,
+) -> None:
+    """A runs the turn with nobody following it; the phone's resend reaches B, which relays
+    A's events to it: the phone heard the reply, so A pushes nothing."""
+    settings = make_settings(**push_settings(fcm, redis_url=redis_url, push_grace_seconds=0.2))
+    async with running_app(settings, clock) as a, running_app(settings, clock) as b:
+        await register(a, "token-phone-1")
+        session_id = await new_session(a)
+        resume = threading.Event()
+        llm.script(Reply(content=REPLY, chunks=4, pause_after_chunks=1, resume=resume))
+        ran, _ = a.services.turns.submit(
+            session_id, text="where?", client_message_id="c-1", stream=True
+        )
+        await until(lambda: any(e.kind == "delta" for e in ran.events), "A's first delta")
+        relayed, _ = b.services.turns.submit(
+            session_id, text="where?", client_message_id="c-1", stream=True
+        )
+
+        async def phone() -> list[str]:
+            return [event.kind async for event in relayed.follow()]
+
+        following = asyncio.create_task(phone())
+        await until(lambda: bool(relayed.events), "B relaying A's events")
+        resume.set()
+        assert (await following)[-1] == "done"
+        assert relayed.relayed and ran.task is not None
+        await asyncio.wait({ran.task})
+        await asyncio.gather(notifier(a.services).idle(), notifier(b.services).idle())
+        assert fcm.attempts == 0
+        assert a.services.metrics.pushes("skipped", "claimed") == 1
