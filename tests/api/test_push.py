@@ -317,6 +317,20 @@ async def test_a_failed_turn_nobody_heard_is_pushed_without_text_or_seq(
 # Reliability ------------------------------------------------------------------------------
 
 
+async def test_past_the_queue_limit_pushes_are_dropped_and_counted(
+    make_settings: SettingsFactory, clock: FakeClock, fcm: FCMServer
+) -> None:
+    async with pushing(
+        make_settings, clock, fcm, push_grace_seconds=60, push_queue_limit=1
+    ) as chat:
+        await register(chat, "token-phone-1")
+        first, second = await new_session(chat), await new_session(chat)
+        await unheard_turn(chat.services, first)
+        await unheard_turn(chat.services, second)
+        assert notifier(chat.services).backlog == 1
+        assert chat.services.metrics.pushes("dropped", "queue_full") == 1
+
+
 async def test_an_fcm_that_does_not_answer_is_retried_then_counted(
     make_settings: SettingsFactory, clock: FakeClock, fcm: FCMServer
 ) -> None:
