@@ -27,6 +27,7 @@ from api.routes import (
     ops,
     personalities,
     playground,
+    push,
     rules,
     sessions,
     stream,
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.include_router(attachments.router, prefix=API_PREFIX)
     app.include_router(branches.router, prefix=API_PREFIX)
     app.include_router(users.router, prefix=API_PREFIX)
+    app.include_router(push.router, prefix=API_PREFIX)
     app.include_router(stream.router, prefix=API_PREFIX)
     app.include_router(ws.router, prefix=API_PREFIX)
     app.include_router(ui_stream.router, prefix=API_PREFIX)

@@ -420,11 +420,21 @@ class ExportedSession(SessionSummary):
     messages: list[ExportedMessage] = Field(description="Every message, oldest first")
 
 
+class ExportedDevice(BaseModel):
+    token: str
+    platform: str
+    app_version: str | None
+    registered_at: str
+
+
 class UserExport(BaseModel):
     success: Literal[True] = True
     user_id: str
     exported_at: str
     sessions: list[ExportedSession] = Field(description="Most recent activity first")
+    devices: list[ExportedDevice] = Field(
+        [], description="Push devices registered (POST /users/{user_id}/devices)"
+    )
 
 
 class UserDeleted(BaseModel):

@@ -1,5 +1,5 @@
 """``python -m bench``: every benchmark of docs/performance.md, docs/tokens.md,
-docs/memory.md, docs/tools.md and docs/streaming.md (stopping), one command.
+docs/memory.md, docs/tools.md, docs/streaming.md (stopping) and docs/push.md, one command.
 
 Each scenario starts its own service (``python -m api``), mock LLM and, for Firebase, the
 Realtime Database test server (for PostgreSQL, a cluster of its own), all on 127.0.0.1;
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bench import conversation, memory, roundtrips, stop, store_bytes, tokens, tools
+from bench import conversation, memory, push, roundtrips, stop, store_bytes, tokens, tools
 from bench.scenario import overhead_row, scenario
 
 logger = logging.getLogger("bench")
@@ -26,7 +26,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        help="memory, bytes, streams1000, roundtrips, tokens, conversation, tools, stop",
+        help="memory, bytes, streams1000, roundtrips, tokens, conversation, tools, stop, push",
     )
     parser.add_argument(
         "--baseline",
@@ -104,6 +104,8 @@ def main() -> None:
         tools.main(["--turns", str(n(400)), "--tool-turns", str(n(60))])
     if "stop" not in args.skip:
         logger.info("\nStopping a reply\n%s", stop.run(n(50)))
+    if "push" not in args.skip:
+        logger.info("\nTurn latency with push notifications off and on\n%s", push.run(n(200), 2))
 
 
 if __name__ == "__main__":

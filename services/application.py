@@ -39,7 +39,12 @@ from services.llm.tokens import TokenCounter
 from services.llm.tools.images import ImageTool
 from services.llm.tools.loop import ToolLimits, ToolLoop
 from services.llm.tools.mcp import McpServers
+from services.push.claims import LocalClaims, PushClaims
+from services.push.devices import PushDevices
+from services.push.fcm import FcmClient
+from services.push.notifier import PushNotifier
 from services.redis.bus import RedisBus
+from services.redis.push import RedisClaims
 from services.redis.turns import RedisTurns
 from services.store import build_attachment_store, build_store
 from services.store.base import Store
@@ -75,8 +80,10 @@ class Services:
     calls: BackgroundCalls
     metrics: Metrics
     attachments: Attachments
+    devices: PushDevices  # push devices and opt-outs, kept whether or not pushes are on
     redis: RedisLink | None = None  # REDIS_URL set: shared limits, resume, live events
     relay: RedisTurns | None = None
+    push: PushNotifier | None = None  # PUSH_ENABLED: FCM notifications of unheard replies
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
@@ -169,6 +176,7 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         calls=calls,
     )
     stack.push_async_callback(memory.close)  # after the turns drained: none starts later
+    push = _start_push(settings, store, templates, redis, bus, meters, stack)
     gate = TurnGate(settings.session_queue_limit)
     turns = TurnPipeline(
         store=store,
@@ -190,6 +198,7 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         stops=bus if isinstance(bus, RedisBus) else None,
         rewrites=bus if isinstance(bus, RedisBus) else None,
         attachments=attachments,
+        watch=push.watch if push is not None else None,
     )
     if isinstance(bus, RedisBus):
         bus.on_stop(turns.stop_here)
@@ -251,9 +260,44 @@ async def start(settings: Settings, clock: Clock, stack: AsyncExitStack) -> Serv
         ),
         metrics=meters,
         attachments=attachments,
+        devices=PushDevices(store=store, clock=clock, limit=settings.push_max_devices_per_user),
         redis=redis,
         relay=relay,
+        push=push,
     )
+
+
+def _start_push(
+    settings: Settings,
+    store: Store,
+    templates: TemplateService,
+    redis: RedisLink | None,
+    bus: SessionBus,
+    meters: Metrics,
+    stack: AsyncExitStack,
+) -> PushNotifier | None:
+    """With PUSH_ENABLED: the notifier, told of every socket that joins a session (closed
+    after the turns drained, since exit callbacks unwind); without it: nothing at all."""
+    if not settings.push_enabled:
+        return None
+    claims: PushClaims = (
+        LocalClaims()
+        if redis is None
+        else RedisClaims(redis, grace_seconds=settings.push_grace_seconds)
+    )
+    push = PushNotifier(
+        settings=settings,
+        store=store,
+        templates=templates,
+        fcm=FcmClient(settings),
+        claims=claims,
+        subscribers=bus.subscribers,
+        observer=meters,
+    )
+    bus.on_subscribe(push.attached)
+    stack.push_async_callback(push.close)
+    logger.info("push notifications on (grace %.1f s)", settings.push_grace_seconds)
+    return push
 
 
 async def _start_redis(

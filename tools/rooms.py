@@ -23,6 +23,7 @@ ROOMS = (
     "limits",
     "identity",
     "conversation",
+    "push",
     "redis",
     "application",
 )

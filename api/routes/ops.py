@@ -40,6 +40,11 @@ class Readiness(BaseModel):
         description="Stored personalities that are invalid (the last good version serves); "
         "they do not make the service unready. Details: GET /api/v1/personalities/problems"
     )
+    push: Literal["ok", "failing"] | None = Field(
+        None,
+        description="Present only with PUSH_ENABLED: `failing` when FCM did not take the last "
+        "push that ended (it does not make the service unready: pushes are lost, not turns)",
+    )
     auth: str | None = Field(
         None,
         description="Present only when callers are not really authenticated: "
@@ -84,7 +89,8 @@ async def ready(services: ServicesDep) -> JSONResponse:
             key: [f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in found]
             for key, found in services.templates.problems().items()
         },
+        push=None if services.push is None else "failing" if services.push.failing else "ok",
         auth=UNVERIFIED_AUTH if services.settings.tokens_unverified else None,
     )
-    shown = body.model_dump(exclude={"auth"} if body.auth is None else None)
+    shown = body.model_dump(exclude={k for k in ("auth", "push") if getattr(body, k) is None})
     return JSONResponse(shown, status_code=503 if problems else 200)

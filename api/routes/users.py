@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from api.deps import CallerDep, PathUserDep, ServicesDep
 from api.errors import documented
 from api.schemas import (
+    ExportedDevice,
     ExportedMessage,
     ExportedSession,
     SessionListItem,
@@ -94,6 +95,10 @@ async def export_user(user_id: PathUserDep, services: ServicesDep, caller: Calle
                 ],
             )
             for item in exported
+        ],
+        devices=[
+            ExportedDevice(**device.as_dict())
+            for device in await services.user_data.export_devices(user_id)
         ],
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -56,6 +56,13 @@ class SessionBus(Protocol):
         """Whether a published event of the session may reach anyone now (a turn skips
         building events nobody would receive: one per delta)."""
 
+    def subscribers(self, session_id: str) -> int:
+        """How many listen to a session in this process."""
+
+    def on_subscribe(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(session_id)`` whenever a subscriber joins here (a client is back:
+        push notifications cancel a push waiting for it)."""
+
 
 class Subscription:
     """One subscriber's queue of events."""
@@ -84,6 +91,7 @@ class LocalBus:
 
     def __init__(self) -> None:
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._on_subscribe: Callable[[str], None] | None = None
 
     def publish(self, event: SessionEvent) -> None:
         """Deliver to this process's subscribers of the session."""
@@ -95,6 +103,8 @@ class LocalBus:
         """Receive the session's events while the context is open."""
         subscription = Subscription()
         self._subscribers.setdefault(session_id, set()).add(subscription)
+        if self._on_subscribe is not None:
+            self._on_subscribe(session_id)
         try:
             yield subscription
         finally:
@@ -108,5 +118,9 @@ class LocalBus:
         return session_id in self._subscribers
 
     def subscribers(self, session_id: str) -> int:
-        """How many are listening to a session (for tests and stats)."""
+        """How many are listening to a session (push notifications, tests and stats)."""
         return len(self._subscribers.get(session_id, ()))
+
+    def on_subscribe(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(session_id)`` whenever a subscriber joins."""
+        self._on_subscribe = hook

@@ -75,6 +75,7 @@ class Turn:
         self.taps: list[Callable[[TurnEvent], None]] = []  # told of each event (a TurnRelay)
         self.stopped = False  # a stop was asked: the reply is what came before it
         self.asking: asyncio.Task[Any] | None = None  # its model call, while it runs
+        self.heard = False  # its end reached a client here (no push needed: services/push)
 
     def stop(self) -> None:
         """Stop the reply being written: its model call is cancelled (which closes the
@@ -124,6 +125,8 @@ class Turn:
                         text = "".join(e.content for e in run)
                         event = TurnEvent(run[-1].id, "delta", event.turn, text)
                         index = end
+                if event.kind in ("done", "error"):
+                    self.heard = True
                 yield event
                 if event.kind in ("done", "error"):
                     return
@@ -140,6 +143,7 @@ class Turn:
     async def result(self) -> TurnResult:
         """Wait for the stored result (or the turn's error)."""
         assert self.task is not None
+        self.heard = True  # a request waits for it (not cancelled if its client goes)
         return await asyncio.shield(self.task)
 
 

@@ -89,8 +89,10 @@ class TurnPipeline:
         stops: StopRelay | None = None,
         rewrites: BranchRelay | None = None,
         attachments: Attachments | None = None,
+        watch: Callable[[Turn], None] | None = None,
     ) -> None:
         self._attachments = attachments
+        self._watch = watch  # told of each new turn: push notifications (PUSH_ENABLED)
         self._relay = relay
         self._prices = prices
         self._stops = stops
@@ -183,6 +185,8 @@ class TurnPipeline:
         self._latest[session_id] = turn
         if self._bus is not None:
             turn.taps.append(Broadcast(turn, self._bus))
+        if self._watch is not None:
+            self._watch(turn)
         if key is not None:
             self._in_flight[key] = turn
         turn.task.add_done_callback(lambda task: self._finished(task, key))

@@ -16,6 +16,7 @@ from services.conversation.bus import SessionBus, SessionEvent
 from services.conversation.registry import ActiveSessions
 from services.conversation.turns import TurnPipeline
 from services.core.errors import SessionNotFound
+from services.core.push_records import Device
 from services.core.records import Clock, SessionCursor, SessionRecord, StoredMessage, isoformat
 from services.store.base import Store
 
@@ -59,10 +60,16 @@ class UserData:
             for record in await self._all_sessions(user_id)
         ]
 
+    async def export_devices(self, user_id: str) -> list[Device]:
+        """The user's push devices (tokens, platforms, app versions)."""
+        return await self._store.list_devices(user_id)
+
     async def erase_user(self, user_id: str) -> int:
-        """Erase every session and message of the user; how many sessions there were."""
+        """Erase every session and message of the user, and their push devices and opt-outs;
+        how many sessions there were."""
         records = await self._all_sessions(user_id)
         await self._quiesce(records)
+        await self._store.delete_push_data(user_id)
         erased = await self._store.delete_sessions(user_id)
         if self._images is not None:  # after the messages that referenced them
             images = await self._images.erase_user(user_id)

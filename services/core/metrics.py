@@ -210,6 +210,15 @@ class Metrics:
             "Turns waiting behind another turn of their session",
             registry=registry,
         )
+        self._pushes = Counter(
+            "chatify_push",
+            "Push notifications (PUSH_ENABLED), by outcome: sent, failed (FCM did not take "
+            "it: dead_token, refused, retries_exhausted), dropped (queue_full), skipped "
+            "(connected, reconnected, opted_out, no_devices, claimed)",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self._pushes_of = _Children(self._pushes)
         # Registered on the first report only: absent while no Redis is configured.
         self._redis_up = Gauge(
             "chatify_redis_up", "1 when Redis answers, 0 when it does not", registry=None
@@ -287,6 +296,27 @@ class Metrics:
         self._store_seconds_of(operation).observe(seconds)
         if failed:
             self._store_failures_of(operation).inc()
+
+    def push_sent(self) -> None:
+        """See ``services.push.notifier.PushObserver``."""
+        self._pushes_of("sent", "").inc()
+
+    def push_failed(self, reason: str) -> None:
+        """See ``PushObserver``."""
+        self._pushes_of("failed", reason).inc()
+
+    def push_dropped(self, reason: str) -> None:
+        """See ``PushObserver``."""
+        self._pushes_of("dropped", reason).inc()
+
+    def push_skipped(self, reason: str) -> None:
+        """See ``PushObserver``."""
+        self._pushes_of("skipped", reason).inc()
+
+    def pushes(self, outcome: str, reason: str = "") -> float:
+        """How many pushes ended so (tests and the bench)."""
+        labels = {"outcome": outcome, "reason": reason}
+        return self.registry.get_sample_value("chatify_push_total", labels) or 0.0
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition the ``Accept`` header asks for (Prometheus text, or OpenMetrics), and

@@ -151,6 +151,18 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     database_pool_size: int = Field(10, ge=1, le=500)  # connections per process, at most
 
+    # Push notifications through Firebase Cloud Messaging (docs/push.md); off unless enabled
+    push_enabled: bool = False
+    push_grace_seconds: float = Field(5.0, ge=0, le=300)  # a client back within it: no push
+    push_include_text: bool = True  # false: the notification says a reply came, not what
+    push_body_chars: int = Field(100, ge=1, le=1000)  # the reply's first characters shown
+    push_max_devices_per_user: int = Field(10, ge=1, le=100)  # the oldest beyond are dropped
+    push_max_attempts: int = Field(4, ge=1, le=10)  # per device, on FCM's 429/500/503
+    push_retry_max_seconds: float = Field(30.0, ge=0)  # longest wait, Retry-After included
+    push_queue_limit: int = Field(10_000, ge=1)  # pushes waiting; more are dropped (counted)
+    fcm_url: str = "https://fcm.googleapis.com"  # http://127.0.0.1:PORT: a local test server
+    fcm_project_id: str | None = None  # None: FIREBASE_PROJECT_ID or the credentials' project
+
     # Firebase Realtime Database (STORE=firebase)
     firebase_database_url: str | None = None
     firebase_credentials_json: SecretStr | None = None
@@ -361,6 +373,31 @@ class Settings(BaseSettings):
                 "(or Firebase credentials that name the project)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_push(self) -> Settings:
+        if not self.push_enabled:
+            return self
+        if not self.fcm_url.startswith(("https://", "http://")):
+            raise ValueError("FCM_URL must start with https:// (or http:// for a test server)")
+        if not (self.fcm_project_id or self.firebase_auth_project_id):
+            raise ValueError(
+                "PUSH_ENABLED=true needs FCM_PROJECT_ID (or FIREBASE_PROJECT_ID, or Firebase "
+                "credentials that name the project)"
+            )
+        if self.fcm_uses_credentials and not (
+            self.firebase_credentials_json is not None or self.google_application_credentials
+        ):
+            raise ValueError(
+                "PUSH_ENABLED=true sends through FCM, which needs FIREBASE_CREDENTIALS_JSON or "
+                "GOOGLE_APPLICATION_CREDENTIALS (a service account allowed to send messages)"
+            )
+        return self
+
+    @property
+    def fcm_uses_credentials(self) -> bool:
+        """Whether FCM requests are signed (not for a plain-HTTP test server)."""
+        return self.fcm_url.startswith("https://")
 
     @property
     def firebase_auth_project_id(self) -> str | None:

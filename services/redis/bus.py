@@ -88,16 +88,18 @@ class RedisBus:
     def subscribe(self, session_id: str) -> Iterator[Subscription]:
         """Receive the session's events, from this replica and the others."""
         channel = self._channel(session_id)
-        with self._local.subscribe(session_id) as subscription:
-            if channel not in self._channels:
-                self._channels.add(channel)
-                self._change("subscribe", channel)
-            try:
+        try:
+            with self._local.subscribe(session_id) as subscription:
+                if channel not in self._channels:
+                    self._channels.add(channel)
+                    self._change("subscribe", channel)
                 yield subscription
-            finally:
-                if not self._local.subscribers(session_id):
-                    self._channels.discard(channel)
-                    self._change("unsubscribe", channel)
+        finally:
+            # Once the local subscription is gone: the last one leaves the channel (checked
+            # inside it, the count never reached 0 and the channel stayed subscribed).
+            if not self._local.subscribers(session_id) and channel in self._channels:
+                self._channels.discard(channel)
+                self._change("unsubscribe", channel)
 
     def listened(self, session_id: str) -> bool:
         """Always: subscribers on other replicas are not known here."""
@@ -106,6 +108,10 @@ class RedisBus:
     def subscribers(self, session_id: str) -> int:
         """How many listen to a session on this replica."""
         return self._local.subscribers(session_id)
+
+    def on_subscribe(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(session_id)`` whenever a subscriber joins on this replica."""
+        self._local.on_subscribe(hook)
 
     def on_stop(self, stop_here: Callable[[str], bool]) -> None:
         """What stops a session's turn in this process (True when it ran one here)."""

@@ -10,12 +10,13 @@ The contract (``base``) is one small protocol per role, and ``Store`` is all of 
 - ``DocumentStore``: templates and the universal rules (seeded, read, written with history)
   and each personality's stats;
 - ``UsageStore``: a background call counted, a user's days read back;
-- ``UserDataStore``: a user's sessions erased (data rights).
+- ``UserDataStore``: a user's sessions erased (data rights);
+- ``DeviceStore``: a user's push devices (FCM tokens) and opt-outs.
 
 Each backend is a package with one file per role, named alike: ``connection.py`` (the client,
 its pools, ``open``/``close``/``ping``), ``sessions.py``, ``turns.py``, ``memory.py``,
-``documents.py``, ``usage.py``, ``user_data.py``, each a mixin on the backend's connection
-class, and ``store.py``, whose one class combines them (``sqlite.SQLiteStore``,
+``documents.py``, ``usage.py``, ``user_data.py``, ``devices.py``, each a mixin on the backend's
+connection class, and ``store.py``, whose one class combines them (``sqlite.SQLiteStore``,
 ``firebase.FirebaseStore``, ``postgres.PostgresStore``). What a backend keeps beside them is
 its own: SQLite's tables and row conversions (``schema.py``) and usage queries
 (``usage_rows.py``); Firebase's key escaping (``rtdb_keys.py``), seq claim node

@@ -7,11 +7,12 @@ Failures to reach the store raise ``StoreUnavailable``; ``None`` means "not foun
 Roles (each backend has one file per role, named as here without the ``Store``):
 ``StoreConnection`` (connection.py), ``SessionStore`` (sessions.py), ``TurnStore``
 (turns.py), ``BranchStore`` (branches.py), ``MemoryStore`` (memory.py), ``DocumentStore``
-(documents.py), ``UsageStore`` (usage.py), ``UserDataStore`` (user_data.py).
+(documents.py), ``UsageStore`` (usage.py), ``UserDataStore`` (user_data.py), ``DeviceStore``
+(devices.py).
 
 Beside ``Store``, not part of it: ``AttachmentStore`` (attachments.py), the image bytes that
 messages only reference. SQLite keeps them in a local folder (which any backend without a
-bucket of its own may use too), Firebase in a Cloud Storage bucket.
+bucket of its own may use too), Firebase in a Cloud Storage bucket, PostgreSQL in a table.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 from services.core.attachment_records import Attachment
 from services.core.branch_records import NewBranch, Variant
 from services.core.provider_config import Target
+from services.core.push_records import Device, PushPreferences
 from services.core.records import (
     CallUsage,
     DayUsage,
@@ -281,6 +283,38 @@ class UserDataStore(Protocol):
         None): gone from the store, not marked. How many sessions were erased."""
 
 
+class DeviceStore(Protocol):
+    """Push notifications: a user's devices (FCM registration tokens) and opt-outs."""
+
+    async def add_device(self, user_id: str, device: Device, *, limit: int) -> list[Device]:
+        """Register a device for the user (a token is held by one user at most: registering
+        it moves it here; registering it again refreshes it), keeping the ``limit`` most
+        recently registered. The user's devices after, most recent first."""
+
+    async def remove_device(self, user_id: str, token: str) -> bool:
+        """Forget one of the user's devices; whether the user had it."""
+
+    async def list_devices(self, user_id: str) -> list[Device]:
+        """The user's devices, most recently registered first."""
+
+    async def load_push_preferences(self, user_id: str) -> PushPreferences:
+        """The user's opt-outs (the defaults when none were set)."""
+
+    async def set_push_preferences(
+        self,
+        user_id: str,
+        *,
+        enabled: bool | None = None,
+        session_id: str | None = None,
+        session_enabled: bool = True,
+    ) -> PushPreferences:
+        """Turn the user's pushes on or off (``enabled``), and/or one session's
+        (``session_id`` with ``session_enabled``); the preferences after."""
+
+    async def delete_push_data(self, user_id: str) -> int:
+        """Erase the user's devices and preferences (data rights); how many devices."""
+
+
 class Store(
     StoreConnection,
     SessionStore,
@@ -290,6 +324,7 @@ class Store(
     DocumentStore,
     UsageStore,
     UserDataStore,
+    DeviceStore,
     Protocol,
 ):
     """Durable sessions, messages, templates and universal rules: every role of one backend."""

@@ -61,6 +61,12 @@ POLICY: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/chatbot/users/{user_id}/export"): "self",
     ("DELETE", "/api/v1/chatbot/users/{user_id}"): "self",
     ("GET", "/api/v1/chatbot/users/{user_id}/usage"): "self",
+    ("POST", "/api/v1/chatbot/users/{user_id}/devices"): "self",
+    ("GET", "/api/v1/chatbot/users/{user_id}/devices"): "self",
+    ("DELETE", "/api/v1/chatbot/users/{user_id}/devices/{token}"): "self",
+    ("GET", "/api/v1/chatbot/users/{user_id}/push"): "self",
+    ("PUT", "/api/v1/chatbot/users/{user_id}/push"): "self",
+    ("PUT", SESSION + "/push"): "owner",
     ("GET", SESSION): "owner",
     ("GET", SESSION + "/messages"): "owner",
     ("POST", SESSION + "/message"): "owner",
@@ -122,6 +128,13 @@ AUTHORING_BODIES: dict[tuple[str, str], Any] = {
     ("PUT", RULES): lambda: {"enabled": True},
     ("PATCH", RULES): lambda: {"enabled": True},
     ("POST", RULES + "/rollback"): lambda: {"revision": 1},
+    # Push devices and opt-outs.
+    ("POST", "/api/v1/chatbot/users/{user_id}/devices"): lambda: {
+        "token": "fcm-token-1234",
+        "platform": "android",
+    },
+    ("PUT", "/api/v1/chatbot/users/{user_id}/push"): lambda: {"enabled": False},
+    ("PUT", SESSION + "/push"): lambda: {"enabled": False},
 }
 WHO = ["anonymous", "bad", "alice", "bob", "service", "admin"]
 # A 1×1 PNG, for the upload route.
@@ -223,7 +236,7 @@ async def call(
     """Call a route as a caller; the HTTP status, or for the WebSocket its outcome as one."""
     url = path.format(
         session_id=session_id, user_id="alice", template_id=template_id, number=1, seq=0,
-        variant=1, attachment_id="0" * 32,
+        variant=1, attachment_id="0" * 32, token="fcm-token-1234",
     )  # fmt: skip
     if method == "WS":
         ws_url = live.url.replace("http://", "ws://") + url

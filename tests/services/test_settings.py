@@ -186,3 +186,15 @@ def test_unverified_tokens_start_with_an_emulated_database_or_when_allowed(
     values: dict[str, Any],
 ) -> None:
     assert settings(**UNVERIFIED, **values).tokens_unverified
+
+
+def test_pushes_need_a_project_and_for_the_real_fcm_credentials() -> None:
+    with pytest.raises(ValueError, match="FCM_PROJECT_ID"):
+        Settings(_env_file=None, push_enabled=True)
+    with pytest.raises(ValueError, match="FIREBASE_CREDENTIALS_JSON"):
+        Settings(_env_file=None, push_enabled=True, fcm_project_id="p")
+    local = Settings(
+        _env_file=None, push_enabled=True, fcm_project_id="p", fcm_url="http://127.0.0.1:9099"
+    )
+    assert not local.fcm_uses_credentials
+    assert not Settings(_env_file=None).push_enabled  # off unless asked

@@ -21,6 +21,7 @@ from services.core.errors import (
     SessionNotFound,
     TemplateNotFound,
 )
+from services.core.push_records import Device, Platform, PushPreferences
 from services.core.records import (
     CallUsage,
     DayUsage,
@@ -756,3 +757,60 @@ async def test_erasing_a_session_erases_its_shares_and_keeps_the_users_days(stor
     await store.create_session(session)
     record = await store.get_session(sid)
     assert record is not None and (record.usage_totals is None or not record.usage_totals.by_model)
+
+
+# DeviceStore ------------------------------------------------------------------------------
+
+
+def device(token: str, at: str, platform: Platform = "android") -> Device:
+    return Device(token, platform, "1.2.3", at)
+
+
+async def test_devices_are_deduplicated_capped_and_listed_newest_first(store: Store) -> None:
+    await store.add_device("u1", device("tok-a", "2026-01-01T00:00:01.000Z"), limit=2)
+    await store.add_device("u1", device("tok-b", "2026-01-01T00:00:02.000Z", "ios"), limit=2)
+    again = device("tok-a", "2026-01-01T00:00:03.000Z")
+    assert await store.add_device("u1", again, limit=2) == [
+        again,
+        device("tok-b", "2026-01-01T00:00:02.000Z", "ios"),
+    ]
+    kept = await store.add_device("u1", device("tok-c", "2026-01-01T00:00:04.000Z"), limit=2)
+    assert [d.token for d in kept] == ["tok-c", "tok-a"]
+    assert await store.list_devices("u1") == kept
+    assert await store.list_devices("u2") == []
+
+
+async def test_a_token_registered_by_another_user_moves_to_them(store: Store) -> None:
+    await store.add_device("u1", device("tok/with.odd$chars", T0), limit=5)
+    await store.add_device("u2", device("tok/with.odd$chars", T0), limit=5)
+    assert await store.list_devices("u1") == []
+    assert [d.token for d in await store.list_devices("u2")] == ["tok/with.odd$chars"]
+    assert not await store.remove_device("u1", "tok/with.odd$chars")
+    assert await store.remove_device("u2", "tok/with.odd$chars")
+    assert await store.list_devices("u2") == []
+
+
+async def test_push_preferences_default_on_and_turn_off_by_user_and_session(
+    store: Store,
+) -> None:
+    assert (await store.load_push_preferences("u1")).allows("s1")
+    after = await store.set_push_preferences("u1", session_id="s1", session_enabled=False)
+    assert not after.allows("s1") and after.allows("s2")
+    assert await store.load_push_preferences("u1") == after
+    off = await store.set_push_preferences("u1", enabled=False)
+    assert not off.allows("s2") and off.muted_sessions == frozenset({"s1"})
+    back = await store.set_push_preferences("u1", enabled=True, session_id="s1")
+    assert back == PushPreferences()
+
+
+async def test_erasing_a_users_push_data_leaves_other_users(store: Store) -> None:
+    await store.add_device("u1", device("tok-a", T0), limit=5)
+    await store.add_device("u1", device("tok-b", T0), limit=5)
+    await store.add_device("u2", device("tok-c", T0), limit=5)
+    await store.set_push_preferences("u1", enabled=False)
+    assert await store.delete_push_data("u1") == 2
+    assert await store.list_devices("u1") == []
+    assert await store.load_push_preferences("u1") == PushPreferences()
+    assert [d.token for d in await store.list_devices("u2")] == ["tok-c"]
+    await store.add_device("u3", device("tok-a", T0), limit=5)  # its holder index is gone too
+    assert [d.token for d in await store.list_devices("u3")] == ["tok-a"]

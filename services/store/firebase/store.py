@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.core.settings import Settings
 from services.store.firebase.branches import FirebaseBranches
+from services.store.firebase.devices import FirebaseDevices
 from services.store.firebase.documents import FirebaseDocuments
 from services.store.firebase.memory import FirebaseMemory
 from services.store.firebase.sessions import FirebaseSessions
@@ -20,6 +21,7 @@ class FirebaseStore(
     FirebaseDocuments,
     FirebaseUsage,
     FirebaseUserData,
+    FirebaseDevices,
 ):
     """``Store`` on a Firebase Realtime Database."""
 

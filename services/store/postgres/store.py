@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.store.postgres.branches import PostgresBranches
+from services.store.postgres.devices import PostgresDevices
 from services.store.postgres.documents import PostgresDocuments
 from services.store.postgres.memory import PostgresMemory
 from services.store.postgres.sessions import PostgresSessions
@@ -19,5 +20,6 @@ class PostgresStore(
     PostgresDocuments,
     PostgresUsage,
     PostgresUserData,
+    PostgresDevices,
 ):
     """``Store`` on a PostgreSQL database."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.store.sqlite.branches import SQLiteBranches
+from services.store.sqlite.devices import SQLiteDevices
 from services.store.sqlite.documents import SQLiteDocuments
 from services.store.sqlite.memory import SQLiteMemory
 from services.store.sqlite.sessions import SQLiteSessions
@@ -19,5 +20,6 @@ class SQLiteStore(
     SQLiteDocuments,
     SQLiteUsage,
     SQLiteUserData,
+    SQLiteDevices,
 ):
     """``Store`` on a SQLite file."""
