@@ -6,6 +6,7 @@ paths, and a user with 10,000 sessions."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -182,6 +183,12 @@ def with_links(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+# A 1×1 PNG, for the upload route.
+DOT_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+
+
 @dataclass
 class Fuzzed:
     """An app served by schemathesis' ASGI transport, its schema, the sessions that exist and
@@ -191,6 +198,18 @@ class Fuzzed:
     session_ids: list[str]
     headers: dict[str, str]
     admin: bool
+    attachment_id: str  # an image of the first session's user
+
+
+def upload_case(schema: schemathesis.BaseSchema, session_id: str) -> schemathesis.Case[Any]:
+    """A valid upload: a 1×1 PNG as the ``file`` field."""
+    upload = schema[f"{API}/session/{{session_id}}/attachments"]["POST"]
+    return upload.Case(
+        path_parameters={"session_id": session_id},
+        body={"file": DOT_PNG},  # type: ignore[dict-item]  # multipart: a file's bytes
+        media_type="multipart/form-data",
+        multipart_content_types={"file": "image/png"},
+    )
 
 
 @pytest.fixture
@@ -227,10 +246,15 @@ def fuzzed(make_settings: SettingsFactory, clock: FakeClock, caller: str) -> Ite
             again.Case(path_parameters={"session_id": ids[0]}).call(headers=headers).status_code
             == 200
         )
+        uploaded = upload_case(schema, ids[0]).call(headers=headers)  # an image to read back
+        assert uploaded.status_code == 201, uploaded.text
         end = schema[f"{API}/session/{{session_id}}"]["DELETE"]
         ended = end.Case(path_parameters={"session_id": ids[1]}).call(headers=headers)
         assert ended.status_code == 200, ended.text
-        yield Fuzzed(schema, ids, headers, admin=caller != "user-key-firebase")
+        yield Fuzzed(
+            schema, ids, headers, admin=caller != "user-key-firebase",
+            attachment_id=uploaded.json()["id"],
+        )  # fmt: skip
     finally:
         asgi.shutdown_lifespans()
 
@@ -250,6 +274,8 @@ def cases(
     if "{seq}" in operation.path:  # the active session's messages, and the variant at seq 1
         variant = {"variant": 1} if "{variant}" in operation.path else {}
         fixed += [{"session_id": fuzzed.session_ids[0], "seq": seq, **variant} for seq in (0, 1)]
+    if "{attachment_id}" in operation.path:
+        fixed.append({"session_id": fuzzed.session_ids[0], "attachment_id": fuzzed.attachment_id})
     if "{user_id}" in operation.path:
         fixed.append({"user_id": FUZZ_USER})
     if "{template_id}" in operation.path:  # "plain" exists, is not the default, has version 1
@@ -265,6 +291,8 @@ def cases(
     ]
     if operation.path == f"{API}/session" and operation.method == "post":  # and a valid one
         strategies.append(st.just(operation.Case(body={"user_id": FUZZ_USER})))
+    if operation.path.endswith("/attachments") and operation.method == "post":
+        strategies.append(st.just(upload_case(fuzzed.schema, fuzzed.session_ids[0])))
     if operation.path == f"{API}/chat":  # useChat's body names the session: use real ones
         text: Any = {"type": "text", "text": "hi"}
         strategies += [
@@ -753,10 +781,20 @@ async def test_path_traversal_session_id_is_404(served: Served, session_id: byte
     assert detail.json()["status"] == "active"
 
 
-async def test_the_server_refuses_a_frame_over_ws_max_frame_bytes(tmp_path: Path) -> None:
-    """``python -m api`` hands WS_MAX_FRAME_BYTES to uvicorn, which closes with 1009 before
-    the app sees the frame (the app's own check closes with the reason "message too big")."""
-    settings: dict[str, Any] = {"sqlite_path": tmp_path / "chatify.db", "ws_max_frame_bytes": 2048}
+@pytest.mark.parametrize("images", [False, True])
+async def test_the_server_refuses_a_frame_over_ws_max_frame_bytes(
+    tmp_path: Path, images: bool
+) -> None:
+    """``python -m api`` hands uvicorn WS_MAX_FRAME_BYTES (plus room for a message's images
+    when image input is on), and uvicorn closes with 1009 before the app sees a larger frame.
+    With images on, a frame without them over WS_MAX_FRAME_BYTES reaches the app, whose own
+    check closes with 1009 and the reason "message too big"."""
+    settings: dict[str, Any] = {
+        "sqlite_path": tmp_path / "chatify.db",
+        "ws_max_frame_bytes": 2048,
+        "attachments_per_message": 4 if images else 0,
+        "attachment_max_bytes": 4096,
+    }
     with running(start_service(**settings)) as service:
         async with httpx.AsyncClient(base_url=service.url) as client:
             created = await client.post(f"{API}/session", json={"user_id": "u1"})
@@ -768,4 +806,4 @@ async def test_the_server_refuses_a_frame_over_ws_max_frame_bytes(tmp_path: Path
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await socket.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == MESSAGE_TOO_BIG
-    assert closed.value.rcvd.reason != "message too big"
+    assert (closed.value.rcvd.reason == "message too big") is images
