@@ -13,7 +13,7 @@ import argparse
 import logging
 
 from bench import conversation, memory, push, roundtrips, stop, store_bytes, tokens, tools
-from bench.scenario import overhead_row, scenario
+from bench.scenario import overhead_row, overhead_table, scenario
 
 logger = logging.getLogger("bench")
 
@@ -77,19 +77,7 @@ def main() -> None:
             overhead_row("sqlite, 1,000 concurrent SSE streams, LLM 5 s", pair, "first delta")
         )
 
-    lines = [
-        "| scenario | direct p50 ms | service p50 ms | overhead p50 ms | overhead p99 ms "
-        "| direct turns/s | service turns/s | service/direct | service CPU ms/turn | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ratio = 100 * r["service_tps"] / r["direct_tps"] if r["direct_tps"] else 0
-        lines.append(
-            f"| {r['name']} | {r['direct_p50']:.2f} | {r['service_p50']:.2f} "
-            f"| {r['over_p50']:.2f} | {r['over_p99']:.2f} | {r['direct_tps']:.0f} "
-            f"| {r['service_tps']:.0f} | {ratio:.0f} % | {r['cpu']:.2f} | {r['errors']} |"
-        )
-    logger.info("\nOverhead, service vs direct in the same run\n%s", "\n".join(lines))
+    logger.info("\nOverhead, service vs direct in the same run\n%s", overhead_table(rows))
     if "memory" not in args.skip:
         memory.main()
     if "bytes" not in args.skip:

@@ -12,29 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
-from bench.scenario import overhead_row, scenario
+from bench.scenario import overhead_row, overhead_table, scenario
 
 logger = logging.getLogger("bench")
 SCENARIOS = ((1, 0, 400), (1, 200, 25), (64, 200, 15))  # users, LLM latency ms, turns each
-
-
-def overhead_table(rows: list[dict[str, Any]]) -> str:
-    """The rows of ``overhead_row`` as a Markdown table."""
-    lines = [
-        "| scenario | direct p50 ms | service p50 ms | overhead p50 ms | overhead p99 ms "
-        "| direct turns/s | service turns/s | service/direct | service CPU ms/turn | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ratio = 100 * r["service_tps"] / r["direct_tps"] if r["direct_tps"] else 0
-        lines.append(
-            f"| {r['name']} | {r['direct_p50']:.2f} | {r['service_p50']:.2f} "
-            f"| {r['over_p50']:.2f} | {r['over_p99']:.2f} | {r['direct_tps']:.0f} "
-            f"| {r['service_tps']:.0f} | {ratio:.0f} % | {r['cpu']:.2f} | {r['errors']} |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,3 +97,20 @@ def overhead_row(name: str, pair: tuple[dict[str, Any], dict[str, Any]], op: str
         "cpu": through["service_cpu_ms_per_turn"],
         "errors": sum(through["errors"].values()),
     }
+
+
+def overhead_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of ``overhead_row`` as a Markdown table."""
+    lines = [
+        "| scenario | direct p50 ms | service p50 ms | overhead p50 ms | overhead p99 ms "
+        "| direct turns/s | service turns/s | service/direct | service CPU ms/turn | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = 100 * r["service_tps"] / r["direct_tps"] if r["direct_tps"] else 0
+        lines.append(
+            f"| {r['name']} | {r['direct_p50']:.2f} | {r['service_p50']:.2f} "
+            f"| {r['over_p50']:.2f} | {r['over_p99']:.2f} | {r['direct_tps']:.0f} "
+            f"| {r['service_tps']:.0f} | {ratio:.0f} % | {r['cpu']:.2f} | {r['errors']} |"
+        )
+    return "\n".join(lines)

@@ -14,11 +14,9 @@ are ``StoreUnavailable`` as on the message store; the password is never logged.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -26,7 +24,7 @@ import asyncpg
 from services.core.attachment_records import Attachment
 from services.core.errors import StoreUnavailable
 from services.core.settings import Settings
-from services.store.postgres.connection import DRIVER_ERRORS, describe_url, failure_reason
+from services.store.postgres.connection import DRIVER_ERRORS, describe_url, failure_reason, pooled
 from services.store.postgres.schema import migrate
 
 logger = logging.getLogger(__name__)
@@ -108,16 +106,8 @@ class PostgresAttachments:
             status: str = await conn.execute("DELETE FROM attachments WHERE user_id = $1", user_id)
         return int(status.rsplit(" ", 1)[-1])
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A pooled connection, its failures as ``StoreUnavailable``."""
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailable("The attachment store is not open")
-        try:
-            async with asyncio.timeout(self._timeout), pool.acquire() as conn:
-                yield conn
-        except DRIVER_ERRORS as exc:
-            state = getattr(exc, "sqlstate", None) or "-"
-            logger.error("postgres attachments error: %s (sqlstate %s)", type(exc).__name__, state)
-            raise StoreUnavailable("The attachment store is unavailable; retry shortly") from exc
+        return pooled(
+            self._pool, seconds=self._timeout, store="attachment store", log_as="attachments"
+        )

@@ -13,6 +13,7 @@ left nothing behind. The password of ``DATABASE_URL`` is never logged or raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -111,19 +112,9 @@ class PostgresConnection:
     def _reason(self, exc: BaseException) -> str:
         return failure_reason(exc, url=self._url, timeout=self._timeout)
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A pooled connection, its failures as ``StoreUnavailable``."""
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailable("The session store is not open")
-        try:
-            async with asyncio.timeout(self._timeout), pool.acquire() as conn:
-                yield conn
-        except DRIVER_ERRORS as exc:
-            state = getattr(exc, "sqlstate", None) or "-"
-            logger.error("postgres store error: %s (sqlstate %s)", type(exc).__name__, state)
-            raise StoreUnavailable("The session store is unavailable; try again shortly") from exc
+        return pooled(self._pool, seconds=self._timeout, store="session store", log_as="store")
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Any]:
@@ -171,3 +162,19 @@ def describe_url(url: str) -> str:
         return "(a DATABASE_URL that does not parse)"
     user = f"{unquote(parts.username)}@" if parts.username else ""
     return f"{user}{host}:{port}{parts.path or '/'}"
+
+
+@asynccontextmanager
+async def pooled(pool: Any, *, seconds: float, store: str, log_as: str) -> AsyncIterator[Any]:
+    """A connection of ``pool`` (None: the ``store`` is not open), its driver's failures
+    logged as ``postgres <log_as> error`` (never the query's values) and raised as
+    ``StoreUnavailable``."""
+    if pool is None:
+        raise StoreUnavailable(f"The {store} is not open")
+    try:
+        async with asyncio.timeout(seconds), pool.acquire() as conn:
+            yield conn
+    except DRIVER_ERRORS as exc:
+        state = getattr(exc, "sqlstate", None) or "-"
+        logger.error("postgres %s error: %s (sqlstate %s)", log_as, type(exc).__name__, state)
+        raise StoreUnavailable(f"The {store} is unavailable; try again shortly") from exc
