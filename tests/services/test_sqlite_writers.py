@@ -8,8 +8,10 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from services.store.sqlite import SQLiteStore
-from services.store.sqlite.connection import transaction
+from services.store.sqlite.connection import GroupCommit, PoolConnection, transaction
 from testkit.stored_turns import append_turn
 from tests.services.test_store_contract import make_session, make_turn
 
@@ -156,3 +158,37 @@ async def test_closing_commits_the_writes_still_waiting(tmp_path: Path) -> None:
             assert await reopened.get_session(session.session_id) is not None
     finally:
         await reopened.close()
+
+
+async def test_a_writer_without_its_connection_fails_each_write_and_serves_once_it_has_one(
+    tmp_path: Path,
+) -> None:
+    # The writer thread opens its connection itself: when that fails (a full disk, a file
+    # it may not open), each write must get the error, not wait for ever.
+    good = SQLiteStore(tmp_path / "chatify.db", threads=1)
+    await good.open()
+    await good.close()
+    attempts = 0
+
+    def connect() -> sqlite3.Connection:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise sqlite3.OperationalError("unable to open database file")
+        return sqlite3.connect(
+            tmp_path / "chatify.db",
+            isolation_level=None,
+            check_same_thread=False,
+            factory=PoolConnection,
+        )
+
+    writer = GroupCommit(connect, threading.Lock())
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await asyncio.wait_for(writer.submit(lambda conn: None), 30)
+        done = await asyncio.wait_for(
+            writer.submit(lambda conn: conn.execute("SELECT 1").fetchone()[0]), 30
+        )
+        assert done == 1
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, writer.stop)

@@ -161,7 +161,7 @@ class GroupCommit:
         self._thread.join()
 
     def _serve(self) -> None:
-        conn = self._connect()
+        conn: sqlite3.Connection | None = None
         while (job := self._jobs.get()) is not None:
             group, last = [job], False
             while len(group) < GROUP_LIMIT:
@@ -173,7 +173,12 @@ class GroupCommit:
                     last = True
                     break
                 group.append(waiting)
-            for (_, loop, future), outcome in zip(group, self._commit(conn, group), strict=True):
+            try:  # opened here, with the group's first write: a failure fails that group
+                conn = conn or self._connect()
+                outcomes = self._commit(conn, group)
+            except Exception as exc:
+                outcomes = [(False, exc)] * len(group)
+            for (_, loop, future), outcome in zip(group, outcomes, strict=True):
                 with suppress(RuntimeError):  # its loop has closed: nobody waits
                     loop.call_soon_threadsafe(_settle, future, outcome)
             if last:
