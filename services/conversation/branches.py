@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from services.attachments.service import Attachments
+from services.conversation.counting import StoredCounts
 from services.conversation.gate import TurnGate
 from services.conversation.memory import Memory
 from services.conversation.prompt import PromptCounter, build_prompt, history_window, smaller_window
@@ -38,7 +39,6 @@ from services.core.errors import (
     NothingToRegenerate,
     SessionEnded,
 )
-from services.core.metrics import TurnObserver
 from services.core.records import (
     Clock,
     NewTurn,
@@ -50,7 +50,6 @@ from services.core.records import (
     isoformat,
 )
 from services.limits.cost import PriceTable
-from services.limits.usage import UsageMeter
 from services.llm.client import ChatMessage, Completion
 from services.store.base import Store
 from services.templates.stats import TemplateStats
@@ -81,8 +80,7 @@ class Branches:
         stats: TemplateStats,
         tokens: PromptCounter,
         memory: Memory | None,
-        usage: UsageMeter | None,
-        observer: TurnObserver | None,
+        counts: StoredCounts,
         relay: BranchRelay | None = None,
         prices: PriceTable | None = None,
         attachments: Attachments | None = None,
@@ -97,8 +95,7 @@ class Branches:
         self._stats = stats
         self._tokens = tokens
         self._memory = memory
-        self._usage = usage
-        self._observer = observer
+        self._counts = counts
 
     async def run(self, turn: Turn, active: ActiveSession, *, stream: bool, ask: Ask) -> TurnResult:
         """Answer the turn's message again and store it as the active branch (the turn's
@@ -164,7 +161,7 @@ class Branches:
         reset = reset or record.summary_seq > seq
         self._remember(active, earlier, stored, reset=reset)
         seconds = time.perf_counter() - started
-        self._count(record, stored, new, completion, seconds)
+        self._counts.count(record, stored, new, completion, seconds=seconds)
         logger.info(
             "session %s: %s of seq %d stored as the active branch",
             record.session_id, "regenerate" if regenerate else "edit", seq,
@@ -264,34 +261,6 @@ class Branches:
             active.seen.add(stored.user.client_message_id)
         if self._memory is not None:
             self._memory.after_turn(active)
-
-    def _count(
-        self,
-        record: SessionRecord,
-        stored: StoredTurn,
-        new: NewTurn,
-        completion: Completion,
-        seconds: float,
-    ) -> None:
-        usage = stored.assistant.usage
-        reply_tokens = usage.completion_tokens if usage else 0
-        self._stats.turn_done(
-            record.template_id,
-            reply_tokens=reply_tokens,
-            served_by=new.served_by,
-            cost_micros=new.usage.cost_micros if new.usage else None,
-        )
-        if self._usage is not None:
-            self._usage.spent(record.user_id, usage, at=new.reply_at)
-        if self._observer is not None:
-            self._observer.turn_stored(
-                template=record.template_id,
-                provider=completion.provider,
-                model=completion.served_by[1],
-                usage=usage,
-                seconds=seconds,
-                first_delta_seconds=None,
-            )
 
 
 def _answered_seq(session_id: str, rewrite: Rewrite, *, end: int) -> int:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from services.attachments.service import Attachments
 from services.conversation.branches import Branches, BranchRelay
 from services.conversation.bus import SessionBus
+from services.conversation.counting import StoredCounts
 from services.conversation.gate import Ticket, TurnGate
 from services.conversation.memory import Memory
 from services.conversation.prompt import (
@@ -96,7 +97,6 @@ class TurnPipeline:
         self._relay = relay
         self._prices = prices
         self._stops = stops
-        self._usage = usage
         self._tools = tools
         self._observer = observer
         self._stats = stats
@@ -114,9 +114,10 @@ class TurnPipeline:
         self._tasks: dict[asyncio.Task[TurnResult], str] = {}  # running turns: their session
         self._latest: dict[str, Turn] = {}  # the last turn submitted per session, while it runs
         self._asking: dict[str, Turn] = {}  # the turn whose reply is being written, per session
+        self._counts = StoredCounts(stats, usage, observer)
         self.branches = Branches(
             store=store, sessions=sessions, gate=gate, clock=clock, stats=stats, tokens=tokens,
-            memory=memory, usage=usage, observer=observer, relay=rewrites, prices=prices,
+            memory=memory, counts=self._counts, relay=rewrites, prices=prices,
             attachments=attachments,
         )  # fmt: skip
 
@@ -339,17 +340,8 @@ class TurnPipeline:
         except ChatifyError:
             self._stats.turn_failed(record.template_id)
             raise
-        if stored.created:
-            self._stats.turn_done(
-                record.template_id,
-                reply_tokens=_reply_tokens(stored),
-                served_by=new.served_by,
-                cost_micros=usage.cost_micros,
-            )
-            if self._usage is not None:
-                self._usage.spent(record.user_id, stored.assistant.usage, at=new.reply_at)
-            if self._titles is not None:
-                self._titles.after_turn(record, stored)
+        if stored.created and self._titles is not None:
+            self._titles.after_turn(record, stored)
         seconds = time.perf_counter() - started
         if not stored.created:  # another instance stored this client_message_id first
             self._sessions.forget(record.session_id)
@@ -365,18 +357,14 @@ class TurnPipeline:
             result = turn_result(
                 record, stored, replayed=False, completion=completion, seconds=seconds
             )
-        if stored.created and self._observer is not None:
+        if stored.created:
             first_delta = turn.first_delta_at
-            self._observer.turn_stored(
-                template=record.template_id,
-                provider=completion.provider,
-                model=completion.served_by[1],  # as in usage's by_model: the model asked for
-                usage=stored.assistant.usage,
-                seconds=seconds,
+            self._counts.count(
+                record, stored, new, completion, seconds=seconds,
                 first_delta_seconds=(
                     first_delta - started if stream and first_delta is not None else None
                 ),
-            )
+            )  # fmt: skip
         log_stored(logger, turn, record, result, completion, content=self._log_content)
         turn.emit("done", result=result)
         return result
@@ -490,8 +478,3 @@ class TurnPipeline:
                 self._tokens.observe(sampling.model, messages, completion.usage.prompt_tokens)
             return completion
         raise AssertionError("no prompt to send")  # prompts is never empty
-
-
-def _reply_tokens(stored: StoredTurn) -> int:
-    usage = stored.assistant.usage
-    return usage.completion_tokens if usage else 0
