@@ -55,14 +55,9 @@ class FirebaseBranches(FirebaseConnection):
             user, tail = tail[0], tail[1:]
             if user.seq != seq - 1 or user.role != "user":
                 raise HistoryChanged("The message to answer again is gone")
-            reply_id = turn.client_message_id
+            user, reply = branch.messages(user)
         else:
-            user = StoredMessage(seq, "user", turn.user_text, turn.user_at, turn.client_message_id)
-            reply_id = None
-        reply = StoredMessage(
-            user.seq + 1, "assistant", turn.reply, turn.reply_at, reply_id, turn.usage,
-            turn.provider, turn.model, turn.tools, turn.finish_reason,
-        )  # fmt: skip
+            user, reply = branch.messages(None)
         new = [reply] if seq % 2 else [user, reply]
         updates = self._swap(session, seq, self._next_number(sid, seq), tail, new, at=turn.reply_at)
         if branch.reset_memory:

@@ -46,17 +46,9 @@ class PostgresBranches(PostgresConnection):
                 )
                 if row is None:
                     raise HistoryChanged("The message to answer again is gone")
-                user = message_of(row)
-                reply_id = turn.client_message_id
+                user, reply = branch.messages(message_of(row))
             else:
-                user = StoredMessage(
-                    branch.seq, "user", turn.user_text, turn.user_at, turn.client_message_id
-                )
-                reply_id = None
-            reply = StoredMessage(
-                user.seq + 1, "assistant", turn.reply, turn.reply_at, reply_id, turn.usage,
-                turn.provider, turn.model, turn.tools, turn.finish_reason,
-            )  # fmt: skip
+                user, reply = branch.messages(None)
             number = await conn.fetchval(
                 "SELECT coalesce(max(variant), 0) + 1 FROM message_variants "
                 "WHERE session_id = $1 AND seq = $2",

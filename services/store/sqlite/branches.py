@@ -42,17 +42,9 @@ class SQLiteBranches(SQLiteConnection):
                     ).fetchone()
                     if row is None:
                         raise HistoryChanged("The message to answer again is gone")
-                    user = message_of(row)
-                    reply_id = turn.client_message_id
+                    user, reply = branch.messages(message_of(row))
                 else:
-                    user = StoredMessage(
-                        branch.seq, "user", turn.user_text, turn.user_at, turn.client_message_id
-                    )
-                    reply_id = None
-                reply = StoredMessage(
-                    user.seq + 1, "assistant", turn.reply, turn.reply_at, reply_id, turn.usage,
-                    turn.provider, turn.model, turn.tools, turn.finish_reason,
-                )  # fmt: skip
+                    user, reply = branch.messages(None)
                 new = [reply] if branch.seq % 2 else [user, reply]
                 _move_tail(
                     conn, sid, branch.seq, _next_number(conn, sid, branch.seq), at=turn.reply_at
