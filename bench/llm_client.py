@@ -6,8 +6,13 @@ a time, as a plain completion and as a stream of about 65 chunks with usage in t
 
 - ``openai SDK``: the client before ``lean-llm`` (the SDK's low-level ``post`` over its aiohttp
   transport, as ``services/llm/client.py`` had it);
-- ``aiohttp (ours)``: ``services.llm.openai_chat.OpenAIChat`` as it ships;
+- ``aiohttp``: ``OpenAIChat`` over aiohttp (``services.llm.http.AiohttpPool``), as it was
+  before our own HTTP/1.1 pool, and as it still is behind a proxy;
+- ``httptools (ours)``: ``services.llm.openai_chat.OpenAIChat`` as it ships, over
+  ``services.llm.http.HTTPPool``;
 - ``httpx``: the same body, parsing and SSE decoder over ``httpx.AsyncClient``.
+
+All run on uvloop, as the service does.
 
     python -m bench.llm_client [--calls 2000]
 """
@@ -15,7 +20,6 @@ a time, as a plain completion and as a stream of about 65 chunks with usage in t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,12 +30,14 @@ import httpx
 import httpx2
 import openai
 import orjson
+import uvloop
 
 from bench.harness import running, start_mock_llm
 from services.core.errors import LLMError
 from services.core.records import Sampling
 from services.core.settings import Settings
 from services.llm.client import ChatMessage, Completion, DeltaSink, estimate_usage
+from services.llm.http import AiohttpPool
 from services.llm.openai_chat import OpenAIChat, request_body
 from services.llm.replies import (
     StreamedReply,
@@ -111,6 +117,23 @@ class SDKChat:
         await self._client.close()
 
 
+class AiohttpChat(OpenAIChat):
+    """``OpenAIChat`` over aiohttp, as it was before ``services.llm.http.HTTPPool``."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(
+            kind="openai",
+            base_url=base_url,
+            api_key="sk-bench",
+            timeout=30,
+            settings=Settings(_env_file=None, llm_max_connections=100),
+        )
+        url, headers = f"{base_url}/chat/completions", {"Authorization": "Bearer sk-bench"}
+        self._http = AiohttpPool(
+            url, headers=headers, connections=100, connect_timeout=30, proxy=None
+        )
+
+
 class HttpxChat:
     """Our client's body, parsing and decoder over ``httpx.AsyncClient`` instead."""
 
@@ -181,7 +204,8 @@ async def measure(base_url: str, calls: int) -> list[tuple[str, float, float]]:
     rows = []
     for name, client in (
         ("openai SDK (before)", SDKChat(base_url)),
-        ("aiohttp (ours)", ours),
+        ("aiohttp", AiohttpChat(base_url)),
+        ("httptools (ours)", ours),
         ("httpx", HttpxChat(base_url)),
     ):
         try:
@@ -223,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("httpx", "httpx2", "openai", "bench.harness"):
         logging.getLogger(name).setLevel(logging.WARNING)
     with running(start_mock_llm("--latency-ms", "0", "--chunks", str(CHUNKS))) as llm:
-        rows = asyncio.run(measure(f"{llm.url}/v1", args.calls))
+        rows = uvloop.run(measure(f"{llm.url}/v1", args.calls))
     logger.info("\n%s", table(rows, args.calls))
 
 

@@ -1,6 +1,7 @@
 """``OpenAIChat``: our own lean client for any OpenAI-compatible chat-completions server, over
-aiohttp (the OpenAI SDK's request path cost about 40 % of a turn's CPU); the SDK is kept for
-image generation only. Failures on the wire, and the SDK's errors, become the API's errors.
+``services.llm.http`` (the OpenAI SDK's request path cost about 40 % of a turn's CPU, aiohttp's
+two thirds of what was left of a call); the SDK is kept for image generation only. Failures on
+the wire, and the SDK's errors, become the API's errors.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import asyncio
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import httpx2
 import openai
 import orjson
@@ -26,6 +27,14 @@ from services.core.errors import (
 from services.core.records import Sampling
 from services.core.settings import Settings
 from services.llm.client import ChatMessage, Completion, DeltaSink, GeneratedImage, ToolDefinitions
+from services.llm.http import (
+    AiohttpPool,
+    ConnectionFailed,
+    ConnectTimeout,
+    HTTPPool,
+    HTTPReply,
+    IdleTimeout,
+)
 from services.llm.replies import StreamedReply, parse_completion
 from services.llm.wire import (
     SSEDecoder,
@@ -40,10 +49,11 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"  # where a key without a base URL 
 class OpenAIChat:
     """Chat completions over the OpenAI HTTP API (or a compatible server).
 
-    Our own lean client: one pooled aiohttp session, the body serialized once with orjson,
-    the reply parsed with orjson and the stream by ``SSEDecoder`` (docs/performance.md
-    has the measurements). Retries and fallback are the router's (services/llm/providers.py).
-    Only images go through the OpenAI SDK: they are rare, and its typed reply fits.
+    Our own lean client: pooled keep-alive connections (``services.llm.http``), the body
+    serialized once with orjson, the reply parsed with orjson and the stream by ``SSEDecoder``
+    as its bytes arrive (docs/performance.md has the measurements). Retries and fallback are
+    the router's (services/llm/providers.py). Only images go through the OpenAI SDK: they are
+    rare, and its typed reply fits.
     """
 
     def __init__(
@@ -59,40 +69,31 @@ class OpenAIChat:
         self.provider: str = kind
         self._deadline = timeout
         self._base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
-        self._url = self._base_url + "/chat/completions"
+        url = self._base_url + "/chat/completions"
         self._api_key = api_key
         self._extra_headers = dict(headers or {})
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # A keyless local server (Ollama, vLLM, llama.cpp) gets no Authorization header.
-        self._headers = {"Content-Type": "application/json", **auth, **self._extra_headers}
-        self._connections = settings.llm_max_connections
+        sent = {"Content-Type": "application/json", **auth, **self._extra_headers}
         self._image_retries = min(1, settings.llm_max_retries)  # images do not fall back
-        self._connect_timeout = min(settings.llm_connect_timeout_seconds, timeout)
+        connect = min(settings.llm_connect_timeout_seconds, timeout)
         # A streamed reply may fall silent this long between two chunks (the first included).
-        self._stream_timeout = aiohttp.ClientTimeout(
-            sock_connect=self._connect_timeout,
-            sock_read=min(settings.llm_stream_idle_seconds, timeout),
-        )
-        # Read once: aiohttp's trust_env looks the proxy up again on every request, which
-        # cost more CPU than the rest of the call (bench/llm_client.py).
-        self._proxy = env_proxy(self._url)
-        self._session: aiohttp.ClientSession | None = None
+        self._idle = min(settings.llm_stream_idle_seconds, timeout)
+        # Read once: looking the proxy up again on every request cost more CPU than the rest
+        # of the call (bench/llm_client.py).
+        proxy = env_proxy(url)
+        self._http: HTTPPool | AiohttpPool = (
+            HTTPPool(url, headers=sent, connections=settings.llm_max_connections,
+                     connect_timeout=connect)
+            if proxy is None
+            else AiohttpPool(url, headers=sent, connections=settings.llm_max_connections,
+                             connect_timeout=connect, proxy=proxy)
+        )  # fmt: skip
         self._images: openai.AsyncOpenAI | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        """The pooled session, made on first use (inside the running event loop)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
-                timeout=aiohttp.ClientTimeout(sock_connect=self._connect_timeout),
-                proxy=self._proxy,
-            )
-        return self._session
 
     async def close(self) -> None:
         """Close the HTTP connection pools."""
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
         if self._images is not None:
             await self._images.close()
 
@@ -101,18 +102,9 @@ class OpenAIChat:
     ) -> Completion:
         """Ask for one reply within the provider's timeout."""
         body = orjson.dumps(request_body(messages, sampling, tools))
+        reply = await self._post(body)
         try:
-            async with (
-                asyncio.timeout(self._deadline),
-                self._http().post(self._url, data=body, headers=self._headers) as response,
-            ):
-                raw = await response.read()
-                if response.status != 200:
-                    raise status_error(response.status, raw, response.headers)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._failure(exc) from exc
-        try:
-            data = orjson.loads(raw)
+            data = orjson.loads(reply.body)
         except orjson.JSONDecodeError as exc:
             raise LLMError(
                 "The language model sent a reply that is not JSON", garbled=True
@@ -127,31 +119,29 @@ class OpenAIChat:
         on_delta: DeltaSink,
         tools: ToolDefinitions = (),
     ) -> Completion:
-        """Stream the reply; usage comes from ``stream_options.include_usage`` when served."""
+        """Stream the reply; usage comes from ``stream_options.include_usage`` when served.
+        The deltas are handed on as the bytes arrive, from the connection's own callback."""
         body = request_body(messages, sampling, tools)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         reply = StreamedReply(sampling.model, on_delta)
-        try:
-            async with (
-                asyncio.timeout(self._deadline),
-                self._http().post(
-                    self._url,
-                    data=orjson.dumps(body),
-                    headers=self._headers,
-                    timeout=self._stream_timeout,
-                ) as response,
-            ):
-                if response.status != 200:
-                    raw = await response.read()
-                    raise status_error(response.status, raw, response.headers)
-                decoder = SSEDecoder()
-                async for piece in response.content.iter_any():
-                    reply.take(decoder.feed(piece))
-                reply.take(decoder.close())
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._failure(exc) from exc
+        decoder = SSEDecoder()
+        await self._post(orjson.dumps(body), sink=lambda piece: reply.take(decoder.feed(piece)))
+        reply.take(decoder.close())
         return reply.finished(messages, sampling.model)
+
+    async def _post(self, body: bytes, *, sink: Callable[[bytes], None] | None = None) -> HTTPReply:
+        """One call within the deadline; an answer other than 200 raises its API error."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                reply = await self._http.post(
+                    body, sink=sink, idle=self._idle if sink is not None else None
+                )
+        except (TimeoutError, ConnectTimeout, IdleTimeout, ConnectionFailed) as exc:
+            raise self._failure(exc) from exc
+        if reply.status != 200:
+            raise status_error(reply.status, reply.body, reply.headers)
+        return reply
 
     async def generate_image(
         self, prompt: str, sampling: Sampling, *, model: str, size: str
@@ -190,18 +180,13 @@ class OpenAIChat:
 
     def _failure(self, exc: Exception) -> LLMError | LLMUnavailable | LLMTimeout:
         """The API error for a call that failed on the wire."""
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, ConnectTimeout):
             return LLMUnavailable("The language model could not be reached; try again shortly")
-        if isinstance(exc, aiohttp.SocketTimeoutError):
-            seconds = self._stream_timeout.sock_read or self._deadline
-            return LLMTimeout(f"The language model stopped sending for {seconds:g} s")
+        if isinstance(exc, IdleTimeout):
+            return LLMTimeout(f"The language model stopped sending for {self._idle:g} s")
         if isinstance(exc, TimeoutError):
             return LLMTimeout(f"The language model did not answer within {self._deadline:g} s")
-        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-            return ProviderUnreachable(
-                "The connection to the language model failed; try again shortly"
-            )
-        return LLMError("The language model sent a reply the service could not read")
+        return ProviderUnreachable("The connection to the language model failed; try again shortly")
 
     def _sdk_failure(
         self, exc: Exception, started: float

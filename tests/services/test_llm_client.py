@@ -23,13 +23,22 @@ from services.llm.client import estimate_usage
 from services.llm.openai_chat import OpenAIChat, env_proxy
 from services.llm.wire import DONE, SSEDecoder, status_error
 from testkit.mock_llm import MockLLM, Reply
+from tests.support.relay_proxy import RelayProxy
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
 SAMPLING = Sampling("gpt-test", 0.5, 40, 0.0, 0.0)
 
 
-@pytest.fixture
-async def client(llm: MockLLM) -> AsyncIterator[OpenAIChat]:
+@pytest.fixture(params=["direct", "proxy"])
+async def client(
+    llm: MockLLM, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[OpenAIChat]:
+    """The client, straight to the mock LLM or through a relaying proxy (aiohttp's path)."""
+    proxy = RelayProxy() if request.param == "proxy" else None
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if proxy is not None:
+        monkeypatch.setenv("HTTP_PROXY", await proxy.start())
     chat = OpenAIChat(
         kind="openai",
         base_url=llm.url,
@@ -40,6 +49,9 @@ async def client(llm: MockLLM) -> AsyncIterator[OpenAIChat]:
     )
     yield chat
     await chat.close()
+    if proxy is not None:
+        await proxy.close()
+        assert proxy.targets and all(t.startswith(f"POST {llm.url}/") for t in proxy.targets)
 
 
 async def test_a_reply_is_asked_once_with_the_body_and_headers_a_provider_expects(
