@@ -11,6 +11,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,15 +30,33 @@ Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 COMPLETION = b'{"choices": [{"message": {"role": "assistant", "content": "hi"}}], "model": "m"}'
 
 
+@dataclass
+class Served:
+    """A test server's URL, and how many connections it has had."""
+
+    url: str = ""
+    connections: int = 0
+
+
+Serve = Callable[[Answer], Awaitable[Served]]
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[str]]]:
-    """Starts a server answering each connection with ``answer``; its URL."""
+async def serve() -> AsyncIterator[Serve]:
+    """Starts a server answering each connection with ``answer``."""
     servers: list[asyncio.Server] = []
 
-    async def start(answer: Answer) -> str:
-        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async def start(answer: Answer) -> Served:
+        served = Served()
+
+        async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            served.connections += 1
+            await answer(reader, writer)
+
+        server = await asyncio.start_server(counted, "127.0.0.1", 0)
         servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        served.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        return served
 
     yield start
     for server in servers:
@@ -86,35 +105,24 @@ async def test_a_server_that_accepts_no_connection_is_a_connect_timeout() -> Non
             connection.close()
 
 
-async def test_a_body_ended_by_closing_the_connection_is_read_whole(
-    serve: Callable[[Answer], Awaitable[str]],
-) -> None:
-    connections = 0
-
+async def test_a_body_ended_by_closing_the_connection_is_read_whole(serve: Serve) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + COMPLETION)
         await writer.drain()
         writer.close()
 
-    client = pool(await serve(answer))
+    served = await serve(answer)
+    client = pool(served.url)
     for _ in range(2):
         reply = await client.post(b"{}")
         assert (reply.status, reply.body) == (200, COMPLETION)
-    assert connections == 2  # a reply without a length is never followed by another
+    assert served.connections == 2  # a reply without a length is never followed by another
     await client.close()
 
 
-async def test_a_reply_out_of_turn_spoils_its_connection_for_the_next_call(
-    serve: Callable[[Answer], Awaitable[str]],
-) -> None:
-    connections = 0
-
+async def test_a_reply_out_of_turn_spoils_its_connection_for_the_next_call(serve: Serve) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
         await read_request(reader)
         reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(COMPLETION), COMPLETION)
         writer.write(reply + b"HTTP/1.1 200 OK\r\n")  # and the start of one nobody asked for
@@ -122,16 +130,16 @@ async def test_a_reply_out_of_turn_spoils_its_connection_for_the_next_call(
         await reader.read()  # until the client closes it
         writer.close()
 
-    client = pool(await serve(answer))
-    assert (await client.post(b"{}")).body == COMPLETION
-    assert (await client.post(b"{}")).body == COMPLETION
-    assert connections == 2
+    served = await serve(answer)
+    client = pool(served.url)
+    async with asyncio.timeout(5):  # a reused connection would wait for the rest of it
+        assert (await client.post(b"{}")).body == COMPLETION
+        assert (await client.post(b"{}")).body == COMPLETION
+    assert served.connections == 2
     await client.close()
 
 
-async def test_a_reply_that_is_not_http_is_a_failed_connection(
-    serve: Callable[[Answer], Awaitable[str]],
-) -> None:
+async def test_a_reply_that_is_not_http_is_a_failed_connection(serve: Serve) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
@@ -139,7 +147,7 @@ async def test_a_reply_that_is_not_http_is_a_failed_connection(
         await reader.read()
         writer.close()
 
-    client = pool(await serve(answer))
+    client = pool((await serve(answer)).url)
     with pytest.raises(ConnectionFailed, match="not HTTP"):
         await client.post(b"{}")
     await client.close()
