@@ -15,6 +15,8 @@ Failures are this module's three exceptions; ``OpenAIChat`` maps them to the API
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -25,6 +27,8 @@ import aiohttp
 import httptools
 
 BodySink = Callable[[bytes], None]  # takes a 200 reply's body as it arrives
+DNS_TTL_SECONDS = 10.0  # a host name's addresses are looked up again after this (as aiohttp)
+Address = tuple[str, int]
 
 
 class ConnectTimeout(Exception):
@@ -78,6 +82,11 @@ class HTTPPool:
         self._connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(connections)
         self._idle: list[_Connection] = []
+        # A burst of new connections looks the name up once (in the loop's thread pool).
+        self._addresses: list[Address] = _literal(self._host, self._port)
+        self._fixed = bool(self._addresses)  # an IP address is never looked up
+        self._fresh_until = float("-inf")
+        self._lookup: asyncio.Future[list[Address]] | None = None
 
     async def post(
         self, body: bytes, *, sink: BodySink | None = None, idle: float | None = None
@@ -109,21 +118,62 @@ class HTTPPool:
             if connection.reusable():
                 return connection
             connection.close()
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
+                return await self._connect()
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"no connection within {self._connect_timeout:g} s") from exc
+
+    async def _connect(self) -> _Connection:
+        """A new connection to the first of the host's addresses that takes one."""
+        loop, failure = asyncio.get_running_loop(), None
+        for host, port in await self._resolved():
+            try:
                 _, connection = await loop.create_connection(
                     _Connection,
-                    self._host,
-                    self._port,
+                    host,
+                    port,
                     ssl=self._tls,
                     server_hostname=self._host if self._tls else None,
                 )
-        except TimeoutError as exc:
-            raise ConnectTimeout(f"no connection within {self._connect_timeout:g} s") from exc
+                return connection
+            except OSError as exc:
+                failure = exc
+        raise ConnectionFailed(f"cannot connect: {type(failure).__name__}") from failure
+
+    async def _resolved(self) -> list[Address]:
+        """The host's addresses: a literal's own, else looked up at most once per
+        ``DNS_TTL_SECONDS`` however many connections wait for them."""
+        if self._fixed or asyncio.get_running_loop().time() < self._fresh_until:
+            return self._addresses
+        if self._lookup is None:
+            self._lookup = asyncio.ensure_future(self._look_up())
+            self._lookup.add_done_callback(self._looked_up)
+        return await asyncio.shield(self._lookup)
+
+    async def _look_up(self) -> list[Address]:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise ConnectionFailed(f"cannot connect: {type(exc).__name__}") from exc
-        return connection
+            raise ConnectionFailed(f"cannot resolve the host: {type(exc).__name__}") from exc
+        addresses = [(str(info[4][0]), int(info[4][1])) for info in found]
+        self._addresses, self._fresh_until = addresses, loop.time() + DNS_TTL_SECONDS
+        return addresses
+
+    def _looked_up(self, lookup: asyncio.Future[list[Address]]) -> None:
+        self._lookup = None
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: each waiter has it raised already
+
+
+def _literal(host: str, port: int) -> list[Address]:
+    """An IP address's own address; nothing for a name (it is looked up)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return []
+    return [(host, port)]
 
 
 class _Connection(asyncio.Protocol):

@@ -77,6 +77,27 @@ async def read_request(reader: asyncio.StreamReader) -> None:
     await reader.readexactly(length)
 
 
+async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request on the connection with ``COMPLETION``."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        while True:
+            await read_request(reader)
+            reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b"
+            writer.write(reply % (len(COMPLETION), COMPLETION))
+            await writer.drain()
+    writer.close()
+
+
+async def test_a_host_name_is_looked_up_and_its_connections_kept_alive(serve: Serve) -> None:
+    served = await serve(keep_answering)
+    client = pool(served.url.replace("127.0.0.1", "localhost"))  # from /etc/hosts
+    for _ in range(2):
+        replies = await asyncio.gather(*(client.post(b"{}") for _ in range(4)))
+        assert [r.body for r in replies] == [COMPLETION] * 4
+    assert served.connections == 4  # the second round reused the first round's
+    await client.close()
+
+
 async def test_a_server_that_accepts_no_connection_is_a_connect_timeout() -> None:
     # A listening socket that never accepts: once its queue is full, the kernel answers no
     # more handshakes, as an overloaded or firewalled host does.
@@ -204,16 +225,7 @@ async def test_https_verifies_the_server_and_then_speaks_through_tls(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            while True:
-                await read_request(reader)
-                reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b"
-                writer.write(reply % (len(COMPLETION), COMPLETION))
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    server = await asyncio.start_server(keep_answering, "127.0.0.1", 0, ssl=context)
     url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
     try:
         untrusted = pool(url)  # the system's authorities do not know this certificate
