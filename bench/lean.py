@@ -10,6 +10,11 @@ targets side by side, and the top functions of a py-spy profile of each side's s
 during the 1-user JSON scenario.
 
     python -m bench.lean [--baseline REV] [--quick] [--only json1 sse200] [--no-profile]
+                         [--client httpx|aiohttp]
+
+``--client aiohttp`` runs the load generator on aiohttp instead of httpx (the client the
+targets were set with): a lighter client, for seeing what the service costs when the clients
+do not take most of the machine (docs/performance.md, "The load generator").
 """
 
 from __future__ import annotations
@@ -146,7 +151,14 @@ class Run:
     profiles: dict[str, pyspy.Profile]
 
 
-def run_all(chosen: list[Spec], repos: dict[str, Path], *, profile: bool, spool: Path) -> Run:
+def run_all(
+    chosen: list[Spec],
+    repos: dict[str, Path],
+    *,
+    profile: bool,
+    spool: Path,
+    client: str = "httpx",
+) -> Run:
     """Each scenario, baseline then HEAD, ``rounds`` times; py-spy on json1's service phase."""
     result = Run({}, {side: pyspy.Profile() for side in SIDES})
     for spec in chosen:
@@ -163,6 +175,7 @@ def run_all(chosen: list[Spec], repos: dict[str, Path], *, profile: bool, spool:
                     transport=spec.transport,
                     chunks=spec.chunks,
                     ramp_seconds=spec.ramp_seconds,
+                    client=client,
                     llm_flags=["--reply", spec.reply] if spec.reply else [],
                     warmup_turns=spec.warmup_turns,
                     repo=repos[side],
@@ -252,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="py-spy each service during json1 and print its top 10 functions (default on)",
     )
+    parser.add_argument(
+        "--client",
+        choices=["httpx", "aiohttp"],
+        default="httpx",
+        help="the load generator's HTTP library (default httpx, as the targets were set)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("httpx", "bench"):  # "bench": each scenario's own table, reprinted labelled
@@ -267,8 +286,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     with checkout(args.baseline) as baseline, tempfile.TemporaryDirectory() as spool:
         logger.info("baseline %s checked out in %s", labels["baseline"], baseline)
+        logger.info("load generator: %s", args.client)
         repos = {"baseline": baseline, "HEAD": REPO}
-        run = run_all(chosen, repos, profile=args.profile, spool=Path(spool))
+        run = run_all(chosen, repos, profile=args.profile, spool=Path(spool), client=args.client)
     report(run, chosen, labels, profile=args.profile)
 
 

@@ -3,7 +3,11 @@ REST or SSE; and, in the same run, the same chat completions with the same growi
 sent straight to the LLM, so the service's overhead is a difference measured side by side.
 
 Virtual users are spread over several client processes so that the client is not the
-bottleneck; each phase reports the clients' CPU use next to the service's.
+bottleneck; each phase reports the clients' CPU use next to the service's. They speak httpx
+by default, the client the lean-turn targets were set with; ``client="aiohttp"`` (``--client
+aiohttp``) is the lighter load generator: with httpx, 1,000 streams took 1.2 of this
+machine's 2 cores in the clients alone, so that row measured their contention as much as
+the service (docs/performance.md, "The load generator").
 
     python -m bench.load --users 32 --turns 20 --latency-ms 200 --store sqlite
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -19,10 +24,11 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 
 logger = logging.getLogger("bench.load")
@@ -42,6 +48,7 @@ class Phase:
     processes: int = 4
     message_chars: int = 60
     ramp_seconds: float = 0.0  # virtual users start spread over this time
+    client: str = "httpx"  # or "aiohttp": see the module docstring
 
 
 @dataclass
@@ -78,46 +85,109 @@ def message(user: int, turn: int, chars: int) -> str:
     return (text + "lorem ipsum dolor sit amet " * 10)[:chars]
 
 
-async def _user_service(phase: Phase, client: httpx.AsyncClient, user: int, out: Result) -> None:
-    started = time.perf_counter()
-    created = await client.post(
-        "/api/v1/chatbot/session", json={"user_id": f"load-{os.getpid()}-{user}"}
-    )
-    out.ops["create"].append((time.perf_counter() - started) * 1000)
-    if created.status_code != 201:
-        out.errors[f"create {created.status_code}"] += 1
+class _Client:
+    """What a virtual user needs of an HTTP client; one implementation per library, so that
+    the users below are the same code whichever measures."""
+
+    async def send(self, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+    def stream(
+        self, url: str, body: Any
+    ) -> contextlib.AbstractAsyncContextManager[tuple[int, AsyncIterator[str]]]:
+        """A POST whose answer is read a line at a time: (status, lines)."""
+        raise NotImplementedError
+
+
+class _Httpx(_Client):
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def send(self, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
+        response = await self._client.request(method, url, json=body)
+        return response.status_code, response.content
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, body: Any) -> AsyncIterator[tuple[int, AsyncIterator[str]]]:
+        async with self._client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+            yield response.status_code, response.aiter_lines()
+
+
+class _Aiohttp(_Client):
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def send(self, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
+        async with self._session.request(method, url, json=body) as response:
+            return response.status, await response.read()
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, body: Any) -> AsyncIterator[tuple[int, AsyncIterator[str]]]:
+        async with self._session.post(url, json=body) as response:
+            if response.status != 200:
+                await response.read()
+            yield response.status, _lines(response.content)
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    async for line in content:  # one line at a time, its newline kept
+        yield line.decode()
+
+
+@contextlib.asynccontextmanager
+async def _client(phase: Phase, users: int) -> AsyncIterator[_Client]:
+    """The phase's client library, holding a connection per user (and a few more)."""
+    if phase.client == "aiohttp":
+        connector = aiohttp.TCPConnector(limit=users + 10)
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            yield _Aiohttp(session)
         return
-    session_id = created.json()["session_id"]
+    if phase.client != "httpx":
+        raise ValueError(f"unknown load client {phase.client!r}: httpx or aiohttp")
+    limits = httpx.Limits(max_connections=users + 10, max_keepalive_connections=users)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        yield _Httpx(client)
+
+
+async def _user_service(phase: Phase, client: _Client, user: int, out: Result) -> None:
+    base = f"{phase.base_url}/api/v1/chatbot/session"
+    started = time.perf_counter()
+    code, answer = await client.send("POST", base, {"user_id": f"load-{os.getpid()}-{user}"})
+    out.ops["create"].append((time.perf_counter() - started) * 1000)
+    if code != 201:
+        out.errors[f"create {code}"] += 1
+        return
+    session = f"{base}/{json.loads(answer)['session_id']}"
     for turn in range(phase.turns):
         body = {"message": message(user, turn, phase.message_chars)}
         started = time.perf_counter()
         if phase.mode == "rest":
-            response = await client.post(f"/api/v1/chatbot/session/{session_id}/message", json=body)
-            code = response.status_code
+            code, _ = await client.send("POST", f"{session}/message", body)
         else:
-            code = await _sse_turn(client, session_id, body, started, out)
+            code = await _sse_turn(client, f"{session}/message/stream", body, started, out)
         out.ops["turn"].append((time.perf_counter() - started) * 1000)
         if code == 200:
             out.turns += 1
         else:
             out.errors[f"turn {code}"] += 1
     started = time.perf_counter()
-    ended = await client.delete(f"/api/v1/chatbot/session/{session_id}")
+    code, _ = await client.send("DELETE", session)
     out.ops["end"].append((time.perf_counter() - started) * 1000)
-    if ended.status_code != 200:
-        out.errors[f"end {ended.status_code}"] += 1
+    if code != 200:
+        out.errors[f"end {code}"] += 1
 
 
 async def _sse_turn(
-    client: httpx.AsyncClient, session_id: str, body: dict[str, Any], started: float, out: Result
+    client: _Client, url: str, body: dict[str, Any], started: float, out: Result
 ) -> int:
-    url = f"/api/v1/chatbot/session/{session_id}/message/stream"
-    async with client.stream("POST", url, json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            return response.status_code
+    async with client.stream(url, body) as (code, lines):
+        if code != 200:
+            return code
         first = True
-        async for line in response.aiter_lines():
+        async for line in lines:
             if first and line.startswith("event: delta"):
                 out.ops["first delta"].append((time.perf_counter() - started) * 1000)
                 first = False
@@ -128,9 +198,10 @@ async def _sse_turn(
     return 598
 
 
-async def _user_direct(phase: Phase, client: httpx.AsyncClient, user: int, out: Result) -> None:
+async def _user_direct(phase: Phase, client: _Client, user: int, out: Result) -> None:
     history: list[dict[str, str]] = []
     stream = phase.mode == "direct-stream"
+    url = f"{phase.llm_url}/chat/completions"
     for turn in range(phase.turns):
         text = message(user, turn, phase.message_chars)
         body: dict[str, Any] = {
@@ -148,9 +219,9 @@ async def _user_direct(phase: Phase, client: httpx.AsyncClient, user: int, out: 
         started = time.perf_counter()
         reply = ""
         if stream:
-            async with client.stream("POST", "/chat/completions", json=body) as response:
+            async with client.stream(url, body) as (code, lines):
                 first = True
-                async for line in response.aiter_lines():
+                async for line in lines:
                     if line.startswith("data: {"):
                         chunk = json.loads(line[6:])
                         for choice in chunk["choices"]:
@@ -160,12 +231,10 @@ async def _user_direct(phase: Phase, client: httpx.AsyncClient, user: int, out: 
                                     (time.perf_counter() - started) * 1000
                                 )
                                 first = False
-                code = response.status_code
         else:
-            response = await client.post("/chat/completions", json=body)
-            code = response.status_code
+            code, answer = await client.send("POST", url, body)
             if code == 200:
-                reply = response.json()["choices"][0]["message"]["content"]
+                reply = json.loads(answer)["choices"][0]["message"]["content"]
         out.ops["turn"].append((time.perf_counter() - started) * 1000)
         if code != 200:
             out.errors[f"turn {code}"] += 1
@@ -177,18 +246,15 @@ async def _user_direct(phase: Phase, client: httpx.AsyncClient, user: int, out: 
 async def _run_users(phase: Phase, users: list[int]) -> Result:
     out = Result()
     direct = phase.mode.startswith("direct")
-    limits = httpx.Limits(max_connections=len(users) + 10, max_keepalive_connections=len(users))
-    async with httpx.AsyncClient(
-        base_url=phase.llm_url if direct else phase.base_url, limits=limits, timeout=120
-    ) as client:
+    async with _client(phase, len(users)) as client:
         run = _user_direct if direct else _user_service
 
         async def guarded(user: int) -> None:
             await asyncio.sleep(phase.ramp_seconds * user / max(1, phase.users))
             try:
                 await run(phase, client, user, out)
-            except httpx.HTTPError as exc:  # counted, never fatal: the table says how many
-                out.errors[type(exc).__name__] += 1
+            except (httpx.HTTPError, aiohttp.ClientError, TimeoutError) as exc:
+                out.errors[type(exc).__name__] += 1  # counted, never fatal: the table says
 
         await asyncio.gather(*(guarded(user) for user in users))
     return out
@@ -293,6 +359,7 @@ def main() -> None:
     parser.add_argument("--store", choices=["sqlite", "firebase"], default="sqlite")
     parser.add_argument("--transport", choices=["rest", "sse"], default="rest")
     parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--client", choices=["httpx", "aiohttp"], default="httpx")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with running(start_mock_llm("--latency-ms", str(args.latency_ms))) as llm:
@@ -310,6 +377,7 @@ def main() -> None:
                             service.url,
                             f"{llm.url}/v1",
                             args.processes,
+                            client=args.client,
                         )
                     ),
                     measure(
@@ -320,6 +388,7 @@ def main() -> None:
                             service.url,
                             f"{llm.url}/v1",
                             args.processes,
+                            client=args.client,
                         ),
                         service.popen.pid,
                     ),

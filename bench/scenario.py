@@ -27,6 +27,7 @@ def scenario(
     chunks: int = 4,
     processes: int = 4,
     ramp_seconds: float = 0.0,
+    client: str = "httpx",
     llm_flags: Sequence[str] = (),
     warmup_turns: int = 0,
     repo: Path = REPO,
@@ -34,7 +35,8 @@ def scenario(
     **settings: object,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(direct, service) summaries of one configuration, the service run from ``repo``;
-    ``llm_flags`` go to the mock LLM, ``sampler(pid)`` wraps the service phase (a profiler).
+    ``llm_flags`` go to the mock LLM, ``sampler(pid)`` wraps the service phase (a profiler);
+    ``client``: the load generator's HTTP library (``bench.load``).
 
     ``warmup_turns``: one user's turns through the service first, not measured, so that its
     one-time work (FastAPI building routes on first use, the first title and memory fold)
@@ -50,14 +52,15 @@ def scenario(
                 direct_mode = "direct" if transport == "rest" else "direct-stream"
                 base = (service.url, f"{llm.url}/v1")
                 if warmup_turns:
-                    measure(Phase(transport, 1, warmup_turns, *base, 1))
+                    measure(Phase(transport, 1, warmup_turns, *base, 1, client=client))
                 direct = measure(
-                    Phase(direct_mode, users, turns, *base, processes, 60, ramp_seconds)
+                    Phase(direct_mode, users, turns, *base, processes, 60, ramp_seconds, client)
                 )
                 pid = service.popen.pid
                 with sampler(pid) if sampler else contextlib.nullcontext():
                     through = measure(
-                        Phase(transport, users, turns, *base, processes, 60, ramp_seconds), pid
+                        Phase(transport, users, turns, *base, processes, 60, ramp_seconds, client),
+                        pid,
                     )
         finally:
             if rtdb:
