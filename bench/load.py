@@ -34,6 +34,9 @@ import httpx
 logger = logging.getLogger("bench.load")
 SYSTEM_PROMPT = "x" * 1100  # about the size of a seed personality with the universal rules
 CONTEXT = 10
+# Through the service: from asking for a session to its first turn's first delta (what a user
+# who opens a chat waits for); direct, the first turn's first delta (there is no session).
+FROM_START = "start to first delta"
 
 
 @dataclass
@@ -154,7 +157,7 @@ async def _client(phase: Phase, users: int) -> AsyncIterator[_Client]:
 
 async def _user_service(phase: Phase, client: _Client, user: int, out: Result) -> None:
     base = f"{phase.base_url}/api/v1/chatbot/session"
-    started = time.perf_counter()
+    started = opened = time.perf_counter()
     code, answer = await client.send("POST", base, {"user_id": f"load-{os.getpid()}-{user}"})
     out.ops["create"].append((time.perf_counter() - started) * 1000)
     if code != 201:
@@ -167,7 +170,9 @@ async def _user_service(phase: Phase, client: _Client, user: int, out: Result) -
         if phase.mode == "rest":
             code, _ = await client.send("POST", f"{session}/message", body)
         else:
-            code = await _sse_turn(client, f"{session}/message/stream", body, started, out)
+            code, first = await _sse_turn(client, f"{session}/message/stream", body, started, out)
+            if turn == 0 and first is not None:  # what a user opening a chat waits for
+                out.ops[FROM_START].append((first - opened) * 1000)
         out.ops["turn"].append((time.perf_counter() - started) * 1000)
         if code == 200:
             out.turns += 1
@@ -182,20 +187,21 @@ async def _user_service(phase: Phase, client: _Client, user: int, out: Result) -
 
 async def _sse_turn(
     client: _Client, url: str, body: dict[str, Any], started: float, out: Result
-) -> int:
+) -> tuple[int, float | None]:
+    """The turn's status (599: an error event, 598: no end) and when its first delta came."""
+    first: float | None = None
     async with client.stream(url, body) as (code, lines):
         if code != 200:
-            return code
-        first = True
+            return code, first
         async for line in lines:
-            if first and line.startswith("event: delta"):
-                out.ops["first delta"].append((time.perf_counter() - started) * 1000)
-                first = False
+            if first is None and line.startswith("event: delta"):
+                first = time.perf_counter()
+                out.ops["first delta"].append((first - started) * 1000)
             if line.startswith("event: error"):
-                return 599
+                return 599, first
             if line.startswith("event: done"):
-                return 200
-    return 598
+                return 200, first
+    return 598, first
 
 
 async def _user_direct(phase: Phase, client: _Client, user: int, out: Result) -> None:
@@ -227,9 +233,10 @@ async def _user_direct(phase: Phase, client: _Client, user: int, out: Result) ->
                         for choice in chunk["choices"]:
                             reply += choice["delta"].get("content") or ""
                             if first and reply:
-                                out.ops["first delta"].append(
-                                    (time.perf_counter() - started) * 1000
-                                )
+                                waited = (time.perf_counter() - started) * 1000
+                                out.ops["first delta"].append(waited)
+                                if turn == 0:  # nothing to start: the same wait
+                                    out.ops[FROM_START].append(waited)
                                 first = False
         else:
             code, answer = await client.send("POST", url, body)
