@@ -2,9 +2,9 @@
 
 The earlier commit (``--baseline``, default a553ade, the code before the lean-turn work) is
 checked out into a temporary git worktree. Each scenario then runs for the baseline and for
-this checkout (HEAD), alternating (twice each where CPU per turn is compared): each run goes
-direct to the mock LLM, then through that side's service, started as the Procfile starts it
-with the service's defaults and settings from the environment only. The mock LLM and the
+this checkout (HEAD), alternating (twice each for CPU per turn, 64 users and Firebase): each
+run goes direct to the mock LLM, then through that side's service, started as the Procfile
+starts it with the service's defaults and settings from the environment only. The mock LLM and the
 Realtime Database test server are this checkout's for both. Prints the per-phase tables, the
 targets side by side, and the top functions of a py-spy profile of each side's service
 during the 1-user JSON scenario.
@@ -55,7 +55,10 @@ class Spec:
     chunks: int = 4
     reply: str | None = None  # the mock's fixed reply, instead of its echo
     ramp_seconds: float = 0.0
-    rounds: int = 1  # baseline/HEAD alternations; 2 where CPU per turn is compared
+    # Baseline/HEAD alternations: 2 where CPU per turn is compared, and for the 64-user and
+    # Firebase rows, whose one-run figures moved by more than their margins (94-96 %,
+    # +10 to +33 ms on the same code); the 1,000 streams take 5 minutes a round.
+    rounds: int = 1
     # One user's unmeasured turns first. Measured at a553ade, 1 user, LLM 0 ms: after 10 such
     # turns the next 80 still cost 5.0 ms of CPU each, after 40 they cost 3.25, as every 80
     # after that (one-time work, not a turn's cost; idling 15 s first changed nothing).
@@ -90,6 +93,7 @@ def specs(quick: bool) -> list[Spec]:
             turns=n(15),
             latency_ms=200,
             warmup_turns=10,  # of 200 ms each; this target is about throughput, not CPU
+            rounds=2,
         ),
         Spec(
             name="streams1000",
@@ -109,6 +113,7 @@ def specs(quick: bool) -> list[Spec]:
             turns=n(10),
             latency_ms=200,
             warmup_turns=10,
+            rounds=2,
         ),
     ]
 
