@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -426,8 +431,17 @@ def bench_settings(llm_url: str, rtdb_url: str | None, **extra: object) -> dict[
         settings["store"] = "postgres"
     else:
         settings["store"] = "sqlite"
-        settings["sqlite_path"] = f"/tmp/chatify-bench-{os.getpid()}-{time.time_ns()}.db"
+        settings["sqlite_path"] = str(_scratch() / f"{time.time_ns()}.db")
     return settings
+
+
+@functools.cache
+def _scratch() -> Path:
+    """This process's directory for SQLite databases, removed when it exits (each file used to
+    stay in /tmp: a full ``bench.lean`` run left about 50 MB behind)."""
+    path = Path(tempfile.mkdtemp(prefix="chatify-bench-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
