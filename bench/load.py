@@ -435,6 +435,16 @@ def bench_settings(llm_url: str, rtdb_url: str | None, **extra: object) -> dict[
     return settings
 
 
+def remove_database(settings: dict[str, Any]) -> None:
+    """Delete a stopped service's SQLite files (the database, its WAL and shared memory), so
+    that a long run neither piles them up nor leaves the next scenario sharing the disk with
+    their pages still being written back."""
+    path = settings.get("sqlite_path")
+    if path:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 @functools.cache
 def _scratch() -> Path:
     """This process's directory for SQLite databases, removed when it exits (each file used to

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import REPO, running, start_mock_llm, start_rtdb, start_service
-from bench.load import Phase, bench_settings, measure, summary_table
+from bench.load import Phase, bench_settings, measure, remove_database, summary_table
 from testkit.postgres_server import PostgresServer, postgres_bin
 
 logger = logging.getLogger("bench")
@@ -62,6 +62,7 @@ def scenario(
                         Phase(transport, users, turns, *base, processes, 60, ramp_seconds, client),
                         pid,
                     )
+            remove_database(config)
         finally:
             if rtdb:
                 rtdb.stop()
