@@ -13,6 +13,7 @@ import pytest
 from services.core.errors import StoreUnavailable
 from services.core.settings import Settings
 from services.store.postgres import PostgresStore
+from services.store.postgres.notify import DocumentListener
 from services.store.postgres.schema import migrations
 from services.store.versions import DocRef
 from testkit.postgres_server import PostgresServer, require_postgres
@@ -74,6 +75,30 @@ async def test_a_role_that_may_not_create_tables_fails_the_start_in_one_line(
     message = str(refused.value)
     assert message.startswith("Cannot prepare the PostgreSQL store at reader@127.0.0.1:")
     assert "permission denied for schema public" in message and "reader-pw-77" not in message
+
+
+async def test_a_connection_that_cannot_listen_is_not_left_open() -> None:
+    """A reconnect that fails half-way (connected, then LISTEN refused while the server shuts
+    down) terminates that connection at once: left to the garbage collector, each such attempt
+    kept a socket open until then (and asyncpg warned of an unclosed connection)."""
+
+    class RefusesToListen:
+        terminated = False
+
+        async def add_listener(self, channel: str, callback: object) -> None:
+            raise ConnectionError("the database system is shutting down")
+
+        def terminate(self) -> None:
+            self.terminated = True
+
+    conn = RefusesToListen()
+
+    async def connect() -> RefusesToListen:
+        return conn
+
+    with pytest.raises(ConnectionError, match="shutting down"):
+        await DocumentListener(connect).start()
+    assert conn.terminated
 
 
 @pytest.fixture

@@ -56,7 +56,11 @@ class DocumentListener:
 
     async def _open(self) -> Any:
         conn = await self._connect()
-        await conn.add_listener(CHANNEL, self._notified)
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+        except BaseException:  # e.g. the server is shutting down: leave no connection open
+            conn.terminate()
+            raise
         return conn
 
     async def _keep(self) -> None:
