@@ -2,15 +2,16 @@
 
 The earlier commit (``--baseline``, default a553ade, the code before the lean-turn work) is
 checked out into a temporary git worktree. Each scenario then runs for the baseline and for
-this checkout (HEAD), alternating (twice each for CPU per turn, 64 users and Firebase): each
-run goes direct to the mock LLM, then through that side's service, started as the Procfile
-starts it with the service's defaults and settings from the environment only. The mock LLM and the
-Realtime Database test server are this checkout's for both. Prints the per-phase tables, the
-targets side by side, and the top functions of a py-spy profile of each side's service
-during the 1-user JSON scenario.
+this checkout (HEAD), alternating (four rounds for CPU per turn, two for 64 users and
+Firebase; ``--rounds N`` for every chosen scenario), the side that goes first changing from
+round to round: each run goes direct to the mock LLM, then through that side's service,
+started as the Procfile starts it with the service's defaults and settings from the
+environment only. The mock LLM and the Realtime Database test server are this checkout's
+for both. Prints the per-phase tables, the targets side by side, and the top functions of a
+py-spy profile of each side's service during the 1-user JSON scenario.
 
     python -m bench.lean [--baseline REV] [--quick] [--only json1 sse200] [--no-profile]
-                         [--client httpx|aiohttp]
+                         [--client httpx|aiohttp] [--rounds N]
 
 ``--client aiohttp`` runs the load generator on aiohttp instead of httpx (the client the
 targets were set with): a lighter client, for seeing what the service costs when the clients
@@ -55,7 +56,7 @@ class Spec:
     chunks: int = 4
     reply: str | None = None  # the mock's fixed reply, instead of its echo
     ramp_seconds: float = 0.0
-    # Baseline/HEAD alternations: 2 where CPU per turn is compared, and for the 64-user and
+    # Baseline/HEAD alternations: 4 where CPU per turn is compared, 2 for the 64-user and
     # Firebase rows, whose one-run figures moved by more than their margins (94-96 %,
     # +10 to +33 ms on the same code); the 1,000 streams take 5 minutes a round.
     rounds: int = 1
@@ -72,7 +73,9 @@ def specs(quick: bool) -> list[Spec]:
         return max(3, int(turns * (0.2 if quick else 1.0)))
 
     return [
-        Spec(name="json1", title="SQLite, 1 user, LLM 0 ms, JSON", users=1, turns=n(400), rounds=2),
+        # Four rounds for the CPU rows: on this shared machine one round's ratio moves by
+        # ±15 % (measured: 0.71-1.09 over eight pairs of the same two commits).
+        Spec(name="json1", title="SQLite, 1 user, LLM 0 ms, JSON", users=1, turns=n(400), rounds=4),
         # The mock splits a reply into at most one chunk per character: a fixed reply of 200
         # characters in 200 chunks makes 200 deltas every turn (its echo of a message would
         # give fewer, and the service trims the message's trailing space).
@@ -84,7 +87,7 @@ def specs(quick: bool) -> list[Spec]:
             transport="sse",
             chunks=200,
             reply=("lorem ipsum dolor sit amet " * 8)[:200],
-            rounds=2,
+            rounds=4,
         ),
         Spec(
             name="users64",
@@ -163,13 +166,16 @@ def run_all(
     profile: bool,
     spool: Path,
     client: str = "httpx",
+    rounds: int | None = None,
 ) -> Run:
-    """Each scenario, baseline then HEAD, ``rounds`` times; py-spy on json1's service phase."""
+    """Each scenario on both sides, ``rounds`` times (the spec's by default), baseline first
+    in odd rounds and HEAD first in even ones; py-spy on json1's service phase."""
     result = Run({}, {side: pyspy.Profile() for side in SIDES})
     for spec in chosen:
-        for round_ in range(1, spec.rounds + 1):
-            for side in SIDES:
-                logger.info("%s: %s, round %d of %d", spec.name, side, round_, spec.rounds)
+        total = rounds or spec.rounds
+        for round_ in range(1, total + 1):
+            for side in SIDES if round_ % 2 else SIDES[::-1]:
+                logger.info("%s: %s, round %d of %d", spec.name, side, round_, total)
                 output = spool / f"{spec.name}-{side}-{round_}.raw"
                 sampler = _sampler(output) if profile and spec.name == "json1" else None
                 pair = scenario(
@@ -276,7 +282,15 @@ def main(argv: list[str] | None = None) -> None:
         default="httpx",
         help="the load generator's HTTP library (default httpx, as the targets were set)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="rounds per side for every chosen scenario (default: each scenario's own)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("httpx", "bench"):  # "bench": each scenario's own table, reprinted labelled
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -293,7 +307,14 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("baseline %s checked out in %s", labels["baseline"], baseline)
         logger.info("load generator: %s", args.client)
         repos = {"baseline": baseline, "HEAD": REPO}
-        run = run_all(chosen, repos, profile=args.profile, spool=Path(spool), client=args.client)
+        run = run_all(
+            chosen,
+            repos,
+            profile=args.profile,
+            spool=Path(spool),
+            client=args.client,
+            rounds=args.rounds,
+        )
     report(run, chosen, labels, profile=args.profile)
 
 

@@ -3,7 +3,9 @@
 Figures come from ``bench.scenario.overhead_row`` of each (direct, service) pair: a latency
 target is each side's p50 over the direct call measured next to it, a throughput target its
 turns/s over direct's, an overhead target the difference, and a CPU target HEAD's service CPU
-per turn over the baseline's. Several rounds give the median, with every value shown.
+per turn over the baseline's. Several rounds give the median, with every value shown; a CPU
+target's ratio is the median of each round's own (the two sides of a round ran one after the
+other, so a machine whose speed drifts between rounds moves both alike).
 """
 
 from __future__ import annotations
@@ -120,9 +122,12 @@ def target_row(target: Target, rows: dict[str, list[dict[str, Any]]], *, text: s
     direct = "–"
     if direct_key is not None:
         direct = _cell([row[direct_key] for side in SIDES for row in rows[side]], unit, digits)
-    if target.kind == "cpu":  # HEAD against baseline, each the median of its rounds
-        ratio = _divide(_median(figures["HEAD"]), _median(figures["baseline"]))
+    if target.kind == "cpu":  # HEAD against baseline, round by round
+        rounds = [_divide(h, b) for b, h in zip(figures["baseline"], figures["HEAD"], strict=True)]
+        ratio = _median(rounds)
         shown = _shown(target.kind, ratio)
+        if len(rounds) > 1:
+            shown += f" ({', '.join(_shown(target.kind, r) for r in rounds)} by round)"
     else:  # each side against the direct call measured next to it
         by = {side: _median([_ratio(target.kind, row) for row in rows[side]]) for side in SIDES}
         ratio = by["HEAD"]
