@@ -17,7 +17,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from services.attachments.service import Attachments
 from services.conversation.branches import Branches, BranchRelay
@@ -296,14 +295,9 @@ class TurnPipeline:
             prompts.append(
                 functools.partial(build_prompt, record, smaller, turn.text, turn.images, urls)
             )
-        claiming: asyncio.Future[TurnClaim | StoredTurn]
-        if turn.client_message_id is None and self._store.claims_only_ids:
-            claiming = asyncio.get_running_loop().create_future()  # nothing to claim
-            claiming.set_result(TurnClaim())
-        else:
-            claiming = asyncio.create_task(
-                self._claim(record, turn.client_message_id, known_below=active.next_seq)
-            )
+        claiming = asyncio.create_task(
+            self._claim(record, turn.client_message_id, known_below=active.next_seq)
+        )
         try:
             answered = await self._ask_while_claiming(
                 turn, prompts, record.sampling, claiming, stream=stream
@@ -380,7 +374,7 @@ class TurnPipeline:
         turn: Turn,
         prompts: list[Callable[[], list[ChatMessage]]],
         sampling: Sampling,
-        claiming: asyncio.Future[TurnClaim | StoredTurn],
+        claiming: asyncio.Task[TurnClaim | StoredTurn],
         *,
         stream: bool,
     ) -> tuple[Completion, TurnClaim] | StoredTurn:
@@ -400,10 +394,8 @@ class TurnPipeline:
         if turn.stopped:
             asking.cancel()
         try:
-            if not claiming.done():  # else known at once (no id to look up)
-                both: set[asyncio.Future[Any]] = {asking, claiming}
-                await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-            if claiming.done():
+            done, _ = await asyncio.wait({asking, claiming}, return_when=asyncio.FIRST_COMPLETED)
+            if claiming in done:
                 early = claiming.result()
                 if isinstance(early, StoredTurn):
                     return early
@@ -436,7 +428,7 @@ class TurnPipeline:
         return await self._store.claim_turn(record, client_message_id, known_below=known_below)
 
     async def _abandon(
-        self, record: SessionRecord, turn: Turn, claiming: asyncio.Future[TurnClaim | StoredTurn]
+        self, record: SessionRecord, turn: Turn, claiming: asyncio.Task[TurnClaim | StoredTurn]
     ) -> None:
         """Give back what the claim reserved for a turn that will not be written."""
         try:

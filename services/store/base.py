@@ -105,10 +105,6 @@ class SessionStore(Protocol):
 class TurnStore(Protocol):
     """A session's messages: read back, and written a turn (two messages) at a time."""
 
-    claims_only_ids: bool
-    """True when ``claim_turn`` reserves nothing for a turn without a ``client_message_id``
-    (it answers ``TurnClaim()`` at once, the write taking its seqs): the caller may skip it."""
-
     async def load_messages(
         self, session_id: str, *, limit: int, before: int | None = None
     ) -> list[StoredMessage]:

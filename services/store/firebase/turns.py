@@ -56,8 +56,6 @@ _WAIT_SECONDS = 0.1  # in a pool thread, never on the event loop
 class FirebaseTurns(FirebaseConnection):
     """``TurnStore``: a session's ``conversation_history``, written a claimed turn at a time."""
 
-    claims_only_ids = False  # every claim reserves the turn's seqs (``next_seq``)
-
     def _init_turns(self, cached_sessions: int) -> None:
         # Last known (value, ETag) of each session's next_seq; pool threads share it.
         self._slots: LRUCache[str, tuple[Any, str]] = LRUCache(cached_sessions)

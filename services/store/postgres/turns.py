@@ -59,8 +59,6 @@ _FIND_TURN = (
 class PostgresTurns(PostgresConnection):
     """``TurnStore`` on the ``messages`` table: a turn is one statement."""
 
-    claims_only_ids = True  # seqs are taken by the write
-
     async def load_messages(
         self, session_id: str, *, limit: int, before: int | None = None
     ) -> list[StoredMessage]:

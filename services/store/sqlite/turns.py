@@ -25,8 +25,6 @@ from services.store.sqlite.schema import MESSAGE_COLUMNS, MESSAGE_MARKS, message
 class SQLiteTurns(SQLiteConnection):
     """``TurnStore`` on the ``messages`` table: a turn is one transaction."""
 
-    claims_only_ids = True  # seqs are taken by the write
-
     async def load_messages(
         self, session_id: str, *, limit: int, before: int | None = None
     ) -> list[StoredMessage]:
