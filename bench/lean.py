@@ -143,10 +143,11 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def describe(rev: str) -> str:
-    """A short commit id, with ``+changes`` for a checkout with uncommitted edits."""
+def describe(rev: str, *, worktree: bool = False) -> str:
+    """A short commit id; with ``worktree`` (the code run is this checkout's files, not a
+    clean checkout of ``rev``), ``+changes`` when they hold uncommitted edits."""
     short = _git("rev-parse", "--short", f"{rev}^{{commit}}")
-    if rev == "HEAD" and _git("status", "--porcelain", "--untracked-files=no"):
+    if worktree and _git("status", "--porcelain", "--untracked-files=no"):
         short += "+changes"
     return short
 
@@ -300,7 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         logger.info("--quick: a smoke run (fewer turns, 200 streams instead of 1,000)")
     try:
-        labels = {"baseline": f"({describe(args.baseline)})", "HEAD": f"({describe('HEAD')})"}
+        labels = {
+            "baseline": f"({describe(args.baseline)})",
+            "HEAD": f"({describe('HEAD', worktree=True)})",
+        }
     except RuntimeError as exc:  # an unknown REV, most likely: say so, not a traceback
         parser.error(str(exc))
     with checkout(args.baseline) as baseline, tempfile.TemporaryDirectory() as spool:
