@@ -90,16 +90,19 @@ def start(
     return Proc(popen, "/".join(base[:3]), log, args)
 
 
-def start_service(port: int | None = None, *, repo: Path = REPO, **settings: Any) -> Proc:
+def start_service(
+    port: int | None = None, *, repo: Path = REPO, module: str = "api", **settings: Any
+) -> Proc:
     """``python -m api`` (the Procfile's command) with settings from the environment only, run
-    from the checkout ``repo`` (another commit's worktree, for a baseline)."""
+    from the checkout ``repo`` (another commit's worktree, for a baseline); ``module``: another
+    service to run the same way (``bench.floor_service``)."""
     port = port or free_port()
     values: dict[str, object] = {"port": port, "host": "127.0.0.1", "log_level": "WARNING"}
     values.update(settings)
     env = clean_env(**values)
     env["PYTHONPATH"] = str(repo)  # else that checkout would import this one's code
     return start(
-        [sys.executable, "-m", "api"],
+        [sys.executable, "-m", module],
         env=env,
         ready_url=f"http://127.0.0.1:{port}/health",
         name="chatify",

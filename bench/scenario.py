@@ -31,12 +31,14 @@ def scenario(
     llm_flags: Sequence[str] = (),
     warmup_turns: int = 0,
     repo: Path = REPO,
+    module: str = "api",
     sampler: Callable[[int], contextlib.AbstractContextManager[object]] | None = None,
     **settings: object,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(direct, service) summaries of one configuration, the service run from ``repo``;
     ``llm_flags`` go to the mock LLM, ``sampler(pid)`` wraps the service phase (a profiler);
-    ``client``: the load generator's HTTP library (``bench.load``).
+    ``client``: the load generator's HTTP library (``bench.load``); ``module``: the service
+    to start (``python -m module``; ``bench.floor_service`` for the floor).
 
     ``warmup_turns``: one user's turns through the service first, not measured, so that its
     one-time work (FastAPI building routes on first use, the first title and memory fold)
@@ -48,7 +50,7 @@ def scenario(
             settings = {**settings, "database_url": database_url}
         try:
             config = bench_settings(llm.url, rtdb.url if rtdb else None, **settings)
-            with running(start_service(repo=repo, **config)) as service:
+            with running(start_service(repo=repo, module=module, **config)) as service:
                 direct_mode = "direct" if transport == "rest" else "direct-stream"
                 base = (service.url, f"{llm.url}/v1")
                 if warmup_turns:
