@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import REPO
-from bench.lean import DEFAULT_BASELINE, checkout, describe
+from bench.lean import add_baseline_argument, checkout, describe
 from bench.scenario import scenario
 
 logger = logging.getLogger(__name__)
@@ -87,14 +87,11 @@ def table(cpu: dict[str, list[float]], labels: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Measure the three sides and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--baseline",
-        default=DEFAULT_BASELINE,
-        metavar="REV",
-        help=f"the commit to compare against (default {DEFAULT_BASELINE})",
-    )
+    add_baseline_argument(parser)
     parser.add_argument("--rounds", type=int, default=6, metavar="N", help="default 6")
-    parser.add_argument("--turns", type=int, default=400, metavar="N", help="a side's turns")
+    parser.add_argument(
+        "--turns", type=int, default=400, metavar="N", help="a side's turns (default 400)"
+    )
     parser.add_argument(
         "--set",
         nargs="+",

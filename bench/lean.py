@@ -143,6 +143,16 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def add_baseline_argument(parser: argparse.ArgumentParser) -> None:
+    """``--baseline REV``, the commit to compare against (this bench's and ``bench.floor``'s)."""
+    parser.add_argument(
+        "--baseline",
+        default=DEFAULT_BASELINE,
+        metavar="REV",
+        help=f"the commit to compare against (default {DEFAULT_BASELINE})",
+    )
+
+
 def describe(rev: str, *, worktree: bool = False) -> str:
     """A short commit id; with ``worktree`` (the code run is this checkout's files, not a
     clean checkout of ``rev``), ``+changes`` when they hold uncommitted edits."""
@@ -262,12 +272,7 @@ def targets_table(run: Run, chosen: list[Spec], labels: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen scenarios against both checkouts and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--baseline",
-        default=DEFAULT_BASELINE,
-        metavar="REV",
-        help=f"the commit to compare against (default {DEFAULT_BASELINE})",
-    )
+    add_baseline_argument(parser)
     parser.add_argument("--quick", action="store_true", help="fewer turns (a smoke run)")
     names = [spec.name for spec in specs(quick=False)]
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=", ".join(names))
