@@ -192,3 +192,19 @@ async def test_a_writer_without_its_connection_fails_each_write_and_serves_once_
         assert done == 1
     finally:
         await asyncio.get_running_loop().run_in_executor(None, writer.stop)
+
+
+async def test_workers_starting_together_on_a_new_file_all_start(tmp_path: Path) -> None:
+    # Several worker processes (WEB_CONCURRENCY > 1) open the same new file at once, and each
+    # adds the columns it finds missing: two that both found one missing both added it, and
+    # the second failed its start ("duplicate column name"), stopping the whole service.
+    # Stores of their own here, each with its own connections, meet in SQLite as processes do.
+    for attempt in range(8):
+        stores = [SQLiteStore(tmp_path / f"new-{attempt}.db", threads=1) for _ in range(4)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))
+        with sqlite3.connect(tmp_path / f"new-{attempt}.db") as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(template_stats)")}
+        assert "cost_micros" in columns

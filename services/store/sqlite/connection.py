@@ -24,6 +24,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
@@ -36,6 +37,7 @@ from services.store.sqlite.schema import migrate
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 GROUP_LIMIT = 64  # writes one commit takes at most
+_WAL_RETRY_SECONDS = 0.01  # between two asks for WAL mode on a file another process sets up
 
 
 class SQLiteConnection:
@@ -101,12 +103,16 @@ class SQLiteConnection:
                 check_same_thread=False,
                 factory=PoolConnection,
             )
-            conn.writes = self._writes
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            # Deleted rows are overwritten, not just unlinked (data-rights deletions).
-            conn.execute("PRAGMA secure_delete=ON")
+            try:
+                conn.writes = self._writes
+                conn.row_factory = sqlite3.Row
+                _use_wal(conn, self._busy_timeout)
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+                # Deleted rows are overwritten, not just unlinked (data-rights deletions).
+                conn.execute("PRAGMA secure_delete=ON")
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -132,6 +138,22 @@ class SQLiteConnection:
         except sqlite3.Error as exc:
             logger.error("sqlite store error: %s: %s", type(exc).__name__, exc)
             raise StoreUnavailable("The session store is unavailable; try again shortly") from exc
+
+
+def _use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode (it stays so). A new file's switch needs it to itself, and
+    SQLite answers "database is locked" at once, without its busy handler, to a connection
+    that asks while another process switches or sets the file up (workers starting together
+    on a new file): asked again until ``timeout``. Runs in a store thread, never on the loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_SECONDS)
 
 
 Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]

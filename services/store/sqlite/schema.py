@@ -143,16 +143,27 @@ MESSAGE_MARKS = ", ".join("?" * (MESSAGE_COLUMNS.count(",") + 2))  # and session
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Create what is missing: tables, then columns and indexes added since the first release."""
-    conn.executescript(_SCHEMA)
-    conn.executescript(usage_rows.USAGE_SCHEMA)
-    for table, columns in _ADDED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns.items():
-            if name not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-    for statement in _ADDED_INDEXES:
-        conn.execute(statement)
+    """Create what is missing: tables, then columns and indexes added since the first release.
+
+    All in one write transaction: worker processes (``WEB_CONCURRENCY`` > 1) that start
+    together on a new file take turns through SQLite's lock, so each finds the columns the one
+    before it added (two that both found a column missing both added it, and the second failed
+    its start with "duplicate column name", stopping the service)."""
+    try:
+        # executescript commits a transaction left open before it, never one it begins.
+        conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\n{usage_rows.USAGE_SCHEMA}")
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        for statement in _ADDED_INDEXES:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def json_or_none(text: str, what: str) -> Any:
